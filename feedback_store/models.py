@@ -1,0 +1,121 @@
+"""The tables. The store is the truth; everything else (model snapshots) is a cache.
+
+Times are UNIX seconds (float, UTC) so SQLite and PostgreSQL compare them the same way.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Exchange(SQLModel, table=True):
+    """One chat request and the reply the gateway delivered."""
+
+    id: str = Field(primary_key=True, max_length=40)  # the reply id
+    created_at: float = Field(index=True)
+    model: str = Field(default="", max_length=200)
+    route: str = Field(default="", max_length=200)
+    end_user: str | None = Field(default=None, max_length=200, index=True)
+    stream: bool = False
+    request_json: str = Field(default="", sa_column=Column(Text, nullable=False))
+    question: str = Field(default="", sa_column=Column(Text, nullable=False))
+    reply_text: str = Field(default="", sa_column=Column(Text, nullable=False))
+    finish_reason: str | None = Field(default=None, max_length=40)
+    #: complete | incomplete (stream broke) | upstream_error
+    status: str = Field(default="complete", max_length=20)
+    upstream_status: int = 200
+    upstream_ms: float = 0.0
+    total_ms: float = 0.0
+    confidence: float = 0.5
+    decision: str = Field(default="deliver", max_length=20, index=True)
+    ask_feedback: bool = False
+    outlier: bool = False
+    #: JSON: the feature dict the model scored, so learning sees exactly that
+    features_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    #: JSON: why the policy decided as it did (low-scoring features, outlier, drift)
+    reasons_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    #: JSON: free request metadata for report segments (e.g. locale)
+    meta_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+
+
+class Feedback(SQLModel, table=True):
+    """The current vote of one voter on one reply (last vote wins)."""
+
+    __table_args__ = (UniqueConstraint("reply_id", "voter", name="uq_feedback_reply_voter"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    reply_id: str = Field(foreign_key="exchange.id", index=True, max_length=40)
+    voter: str = Field(max_length=200)
+    rating: str = Field(max_length=4)  # up | down
+    reason: str | None = Field(default=None, max_length=20)
+    comment: str | None = Field(default=None, sa_column=Column(Text))
+    correction: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: float
+    updated_at: float
+    changes: int = 0
+
+
+class Label(SQLModel, table=True):
+    """An append-only learning event: what the learner consumes, in id order.
+
+    The first end-user vote of a reply and every reviewer verdict append one row,
+    in the same transaction as the vote or verdict itself.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    reply_id: str = Field(foreign_key="exchange.id", index=True, max_length=40)
+    source: str = Field(max_length=10)  # user | reviewer
+    value: int  # 1 helpful, 0 not
+    weight: float = 1.0
+    created_at: float
+
+
+class Escalation(SQLModel, table=True):
+    """A review item and its outbox state."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    reply_id: str = Field(foreign_key="exchange.id", index=True, max_length=40)
+    #: pending (not yet in the channel) | posted | approved | rejected | corrected
+    #: | expired | failed (dead letter)
+    state: str = Field(default="pending", max_length=12, index=True)
+    hold: bool = False
+    trigger: str = Field(default="policy", max_length=20)  # policy | downvote | outlier
+    created_at: float
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    channel: str | None = Field(default=None, max_length=40)
+    message_ts: str | None = Field(default=None, max_length=40)
+    posted_at: float | None = None
+    decided_by: str | None = Field(default=None, max_length=200)
+    decided_at: float | None = None
+    decision_reason: str | None = Field(default=None, max_length=20)
+    correction: str | None = Field(default=None, sa_column=Column(Text))
+    #: the card needs updating in the channel (after a decision)
+    card_stale: bool = False
+
+
+class ModelSnapshot(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: float
+    #: the id of the newest Label folded into this snapshot
+    last_label_id: int = 0
+    labels: int = 0
+    blob: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class Event(SQLModel, table=True):
+    """Things worth reporting: drift, dead letters, start-ups."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: float = Field(index=True)
+    kind: str = Field(max_length=40, index=True)
+    data_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+
+
+class KeyValue(SQLModel, table=True):
+    """Small durable settings the gateway generates itself (the token secret)."""
+
+    key: str = Field(primary_key=True, max_length=80)
+    value: str = Field(sa_column=Column(Text, nullable=False))

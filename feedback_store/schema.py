@@ -1,0 +1,90 @@
+"""Schema revisions through Alembic: ``hitl db upgrade`` and the start-up check.
+
+Alembic runs on a synchronous engine in a worker thread: it happens once, at start-up
+or from the command line, never on the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect
+
+from .errors import SchemaError
+from .urls import sync_url
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    if head is None:  # pragma: no cover - the package ships its migrations
+        raise SchemaError("no migrations found in the package; reinstall hitl-gateway")
+    return head
+
+
+def current_revision(url: str) -> str | None:
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def _has_tables(url: str) -> bool:
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as conn:
+            return bool(inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def upgrade(url: str) -> str:
+    """Bring the database to the newest revision; returns it."""
+    command.upgrade(alembic_config(url), "head")
+    return head_revision()
+
+
+def ensure_schema(url: str, *, config_hint: str = "config.toml") -> None:
+    """Create the schema on an empty database; refuse one at an older revision."""
+    head = head_revision()
+    current = current_revision(url)
+    if current == head:
+        return
+    if current is None:
+        if _has_tables(url):
+            raise SchemaError(
+                f"the database at {redact_url(url)} has tables but no schema revision; "
+                "point [store] url at an empty database or one made by hitl"
+            )
+        upgrade(url)
+        return
+    raise SchemaError(
+        f"the database is at schema revision {current}, this version needs {head}: "
+        f"run `hitl db upgrade --config {config_hint}`"
+    )
+
+
+async def ensure_schema_async(url: str, *, config_hint: str = "config.toml") -> None:
+    await asyncio.to_thread(ensure_schema, url, config_hint=config_hint)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(sync_url(url)).render_as_string(hide_password=True)

@@ -1,0 +1,207 @@
+"""The composition root: the only place that knows every part.
+
+``build_app(settings)`` builds the store, the upstream adapter, the scorer and the
+routes; long-lived resources (engine, HTTP pool, background tasks) open in the
+lifespan and close on shutdown. Nothing here runs at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from feedback_store import SchemaError, Store, StoreError
+
+from .auth import ClientKeyMiddleware
+from .chat import ChatEndpoint
+from .errors import ConfigError, SchemaOutdated, StoreUnavailable
+from .feedback import FeedbackEndpoint
+from .policy import AskLimiter, ReviewBudget, Thresholds
+from .ratelimit import RateLimiter
+from .recorder import Recorder
+from .responses import error_response, json_response
+from .scoring import Scorer
+from .settings import Secrets, Settings
+from .tokens import TokenSigner, new_secret
+from .upstream import Upstream
+
+log = logging.getLogger("hitl")
+
+EXPOSED_HEADERS = [
+    "X-HITL-Reply-Id",
+    "X-HITL-Feedback-Token",
+    "X-HITL-Confidence",
+    "X-HITL-Decision",
+]
+
+
+def build_upstream(settings: Settings, secrets: Secrets) -> Upstream:
+    if settings.upstream.kind == "local":
+        from adapters.local import LocalUpstream
+
+        return LocalUpstream()
+    from adapters.openai import OpenAIUpstream
+
+    return OpenAIUpstream(
+        base_url=settings.upstream.base_url,
+        timeout_s=settings.upstream.timeout_s,
+        connect_timeout_s=settings.upstream.connect_timeout_s,
+        max_connections=settings.upstream.max_connections,
+    )
+
+
+@dataclass
+class Gateway:
+    """Everything the app holds, for the lifespan and for tests that look inside."""
+
+    settings: Settings
+    secrets: Secrets
+    store: Store
+    upstream: Upstream
+    signer: TokenSigner
+    scorer: Scorer
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def build_app(
+    settings: Settings,
+    *,
+    environ: Mapping[str, str] | None = None,
+    upstream: Upstream | None = None,
+    store: Store | None = None,
+    rng: random.Random | None = None,
+) -> Starlette:
+    environ = os.environ if environ is None else environ
+    secrets = Secrets(settings, environ)
+    if settings.upstream.kind == "openai" and not secrets.upstream_api_key:
+        log.warning(
+            "no upstream API key: $%s is empty; requests go upstream without one",
+            settings.upstream.api_key_env,
+        )
+    store = store or Store(
+        settings.store.url,
+        commit_batch=settings.store.commit_batch,
+        config_hint=settings.source if settings.source != "built-in defaults" else "config.toml",
+    )
+    upstream = upstream or build_upstream(settings, secrets)
+    signer = TokenSigner()
+    policy = settings.policy
+    scorer = Scorer(
+        brain=None,
+        prior=policy.prior,
+        thresholds=Thresholds(
+            escalate_below=policy.escalate_below,
+            hold_below=policy.hold_below,
+            ask_margin=policy.ask_margin,
+        ),
+        budget=ReviewBudget(share=policy.review_budget, per_hour=policy.max_reviews_per_hour),
+        asker=AskLimiter(policy.ask_per_user_per_hour),
+        ask_sample_rate=policy.ask_sample_rate,
+        risky_models=frozenset(policy.risky_models),
+        rng=rng,
+    )
+    gateway = Gateway(settings, secrets, store, upstream, signer, scorer)
+    recorder = Recorder(store)
+    chat = ChatEndpoint(
+        upstream=upstream,
+        scorer=scorer,
+        signer=signer,
+        record=recorder,
+        api_key=secrets.upstream_api_key,
+        forward_client_auth=settings.upstream.forward_client_auth,
+        max_body_bytes=settings.server.max_body_bytes,
+        stream_hitl_chunk=settings.server.stream_hitl_chunk,
+    )
+    feedback = FeedbackEndpoint(
+        store=store,
+        signer=signer,
+        max_body_bytes=settings.server.max_feedback_bytes,
+        user_weight=settings.learner.user_weight,
+        limiter=RateLimiter(settings.server.feedback_per_minute),
+    )
+
+    async def healthz(request: Request) -> Response:
+        ok = await store.ping()
+        body = {"status": "ok" if ok else "unavailable", "store": "ok" if ok else "unreachable"}
+        return json_response(body, status=200 if ok else 503)
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/v1/chat/completions", chat.completions, methods=["POST"]),
+        Route("/v1/feedback", feedback.post, methods=["POST"]),
+        Route("/v1/{path:path}", chat.passthrough, methods=["GET", "POST", "DELETE"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            await store.start()
+        except SchemaError as exc:
+            raise SchemaOutdated(str(exc)) from exc
+        except StoreError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        try:
+            secret = secrets.token_secret or await store.get_or_create_value(
+                "feedback_token_secret", new_secret
+            )
+            try:
+                signer.set_secret(secret)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"${settings.server.token_secret_env}: {exc} (or unset it to let the "
+                    "gateway generate and keep one)"
+                ) from None
+            await upstream.start()
+            try:
+                yield
+            finally:
+                await upstream.aclose()
+        finally:
+            await store.close()
+
+    middleware = []
+    if settings.server.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.server.cors_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["authorization", "content-type", "x-hitl-feedback-token", "x-hitl-user", "x-hitl-risk"],
+                expose_headers=EXPOSED_HEADERS,
+            )
+        )
+    if secrets.client_keys:
+        middleware.append(Middleware(ClientKeyMiddleware, keys=secrets.client_keys))
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(404, f"no route for {request.method} {request.url.path}", "not_found")
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return error_response(
+            405, f"{request.method} is not allowed on {request.url.path}", "method_not_allowed"
+        )
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal error in the gateway; see its log", "internal_error")
+
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
+    )
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,71 @@
+"""Bearer-key checks: client keys on ``/v1/*``, the admin token on admin routes."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .responses import error_body
+
+
+def bearer(headers: Headers) -> str | None:
+    value = headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def matches_any(token: str | None, keys: Iterable[str]) -> bool:
+    if token is None:
+        return False
+    # Compare against every key so timing says nothing about which one is close.
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(token.encode(), key.encode())
+    return found
+
+
+class ClientKeyMiddleware:
+    """When client keys are configured, ``/v1/*`` needs ``Authorization: Bearer <key>``.
+
+    Feedback and reply lookups carry their own per-reply token and are exempt, so a
+    browser can vote without holding an API key.
+    """
+
+    exempt = ("/v1/feedback", "/v1/replies/")
+
+    def __init__(self, app: ASGIApp, *, keys: frozenset[str]) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if scope["method"] == "OPTIONS" or path.startswith(self.exempt):
+            await self.app(scope, receive, send)
+            return
+        if matches_any(bearer(Headers(scope=scope)), self.keys):
+            await self.app(scope, receive, send)
+            return
+        body = error_body(
+            401,
+            "missing or unknown API key: send 'Authorization: Bearer <key>' with one of "
+            "the gateway's client keys",
+            "invalid_api_key",
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b"Bearer"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

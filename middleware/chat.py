@@ -1,0 +1,322 @@
+"""``POST /v1/chat/completions`` and the plain ``/v1/*`` passthrough."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from .bodies import BodyTooLarge, read_body
+from .errors import StoreUnavailable, UpstreamError
+from .exchange import (
+    ReplySummary,
+    StreamSummary,
+    event_data,
+    read_completion,
+    read_conversation,
+    split_events,
+)
+from .headers import forward_headers
+from .responses import error_response
+from .scoring import Assessment, Scorer
+from .tokens import TokenSigner, new_reply_id
+from .upstream import Upstream, UpstreamReply, UpstreamRequest
+
+log = logging.getLogger("hitl.chat")
+
+Recorder = Callable[[dict[str, Any], Assessment], Any]
+
+
+def hitl_object(reply_id: str, token: str, assessment: Assessment) -> dict[str, Any]:
+    return {
+        "reply_id": reply_id,
+        "feedback_token": token,
+        "confidence": round(assessment.confidence, 4),
+        "decision": assessment.decision.kind,
+        "ask_feedback": assessment.decision.ask_feedback,
+    }
+
+
+def _relay_headers(reply: UpstreamReply) -> dict[str, str]:
+    return {k: v for k, v in reply.headers if k not in ("content-type",)}
+
+
+def _upstream_failure(reply: UpstreamReply) -> Response:
+    """A non-2xx upstream answer: 4xx is the client's error and passes through unchanged."""
+    if reply.status < 500:
+        media = dict(reply.headers).get("content-type", "application/json")
+        return Response(
+            reply.body,
+            status_code=reply.status,
+            media_type=media,
+            headers=_relay_headers(reply),
+        )
+    return error_response(
+        502,
+        f"the upstream model answered HTTP {reply.status}; the gateway did not retry",
+        "upstream_error",
+    )
+
+
+class ChatEndpoint:
+    def __init__(
+        self,
+        *,
+        upstream: Upstream,
+        scorer: Scorer,
+        signer: TokenSigner,
+        record: Callable[..., Any],
+        api_key: str | None,
+        forward_client_auth: bool,
+        max_body_bytes: int,
+        stream_hitl_chunk: bool,
+    ) -> None:
+        self.upstream = upstream
+        self.scorer = scorer
+        self.signer = signer
+        self.record = record
+        self.api_key = api_key
+        self.forward_client_auth = forward_client_auth
+        self.max_body_bytes = max_body_bytes
+        self.stream_hitl_chunk = stream_hitl_chunk
+
+    def _headers(self, request: Request) -> list[tuple[str, str]]:
+        return forward_headers(
+            request.headers.items(),
+            api_key=self.api_key,
+            forward_client_auth=self.forward_client_auth,
+        )
+
+    async def passthrough(self, request: Request) -> Response:
+        """Other ``/v1/*`` routes (models, embeddings...): forwarded, not scored."""
+        try:
+            body = await read_body(request, self.max_body_bytes)
+        except BodyTooLarge as exc:
+            return error_response(413, str(exc), "body_too_large")
+        path = request.url.path.removeprefix("/v1")
+        upstream_request = UpstreamRequest(
+            request.method, path, request.url.query, self._headers(request), body
+        )
+        try:
+            reply = await self.upstream.send(upstream_request)
+        except UpstreamError as exc:
+            return error_response(exc.status_code, str(exc), exc.code)
+        if reply.status >= 500:
+            return _upstream_failure(reply)
+        media = dict(reply.headers).get("content-type")
+        return Response(
+            reply.body, status_code=reply.status, media_type=media, headers=_relay_headers(reply)
+        )
+
+    async def completions(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            body = await read_body(request, self.max_body_bytes)
+        except BodyTooLarge as exc:
+            return error_response(413, str(exc), "body_too_large")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return error_response(400, f"the request body is not valid JSON ({exc})", "invalid_json")
+        if not isinstance(payload, dict):
+            return error_response(400, "the request body must be a JSON object", "invalid_request")
+        messages = payload.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return error_response(
+                400, "'messages' must be a non-empty array of messages", "invalid_request", param="messages"
+            )
+        upstream_request = UpstreamRequest(
+            "POST", "/chat/completions", "", self._headers(request), body, payload
+        )
+        context = _RequestContext(
+            reply_id=new_reply_id(),
+            payload=payload,
+            end_user=_end_user(payload, request),
+            risky=request.headers.get("x-hitl-risk", "").lower() == "high",
+            started=started,
+        )
+        if payload.get("stream") is True:
+            return await self._stream(upstream_request, context)
+        return await self._complete(upstream_request, context)
+
+    async def _complete(self, upstream_request: UpstreamRequest, ctx: _RequestContext) -> Response:
+        upstream_started = time.perf_counter()
+        try:
+            reply = await self.upstream.send(upstream_request)
+        except UpstreamError as exc:
+            return error_response(exc.status_code, str(exc), exc.code)
+        upstream_ms = (time.perf_counter() - upstream_started) * 1000
+        if reply.status >= 300:
+            return _upstream_failure(reply)
+        try:
+            completion = orjson.loads(reply.body)
+        except orjson.JSONDecodeError:
+            return error_response(
+                502, "the upstream model answered with a body that is not JSON", "upstream_error"
+            )
+        if not isinstance(completion, dict):
+            return error_response(502, "the upstream model answered with a non-object", "upstream_error")
+        summary = read_completion(completion)
+        assessment = self._assess(ctx, summary, reply.signals, completion.get("model"))
+        try:
+            await self._record(ctx, summary, assessment, upstream_ms, reply.status, "complete", False)
+        except StoreUnavailable as exc:
+            return error_response(503, str(exc), "store_unavailable")
+        token = self.signer.sign(ctx.reply_id)
+        completion["hitl"] = hitl_object(ctx.reply_id, token, assessment)
+        headers = _relay_headers(reply)
+        headers.update(
+            {
+                "x-hitl-reply-id": ctx.reply_id,
+                "x-hitl-feedback-token": token,
+                "x-hitl-confidence": f"{assessment.confidence:.4f}",
+                "x-hitl-decision": assessment.decision.kind,
+            }
+        )
+        return Response(orjson.dumps(completion), media_type="application/json", headers=headers)
+
+    async def _stream(self, upstream_request: UpstreamRequest, ctx: _RequestContext) -> Response:
+        upstream_started = time.perf_counter()
+        try:
+            opened = await self.upstream.open_stream(upstream_request)
+        except UpstreamError as exc:
+            return error_response(exc.status_code, str(exc), exc.code)
+        if isinstance(opened, UpstreamReply):
+            return _upstream_failure(opened)
+        stream = opened
+        token = self.signer.sign(ctx.reply_id)
+
+        async def relay() -> AsyncIterator[bytes]:
+            folded = StreamSummary()
+            buffer = bytearray()
+            status = "complete"
+            recorded = False
+            try:
+                try:
+                    async for chunk in stream.chunks():
+                        buffer += chunk
+                        out = []
+                        for event in split_events(buffer):
+                            data = event_data(event)
+                            if data == b"[DONE]":
+                                continue  # held back: our chunk goes before it
+                            if data is not None:
+                                try:
+                                    folded.add(orjson.loads(data))
+                                except orjson.JSONDecodeError:
+                                    pass
+                            out.append(event)
+                        if out:
+                            yield b"".join(out)
+                except UpstreamError as exc:
+                    status = "incomplete"
+                    log.warning("stream %s broke midway: %s", ctx.reply_id, exc)
+                finally:
+                    await stream.aclose()
+                upstream_ms = (time.perf_counter() - upstream_started) * 1000
+                summary = folded.finish()
+                assessment = self._assess(ctx, summary, stream.signals, folded.model)
+                await self._record(ctx, summary, assessment, upstream_ms, stream.status, status, True)
+                recorded = True
+                if self.stream_hitl_chunk:
+                    hitl = hitl_object(ctx.reply_id, token, assessment)
+                    if status != "complete":
+                        hitl["incomplete"] = True
+                    final = {
+                        "id": folded.id or ctx.reply_id,
+                        "object": "chat.completion.chunk",
+                        "created": folded.created or int(time.time()),
+                        "model": folded.model or str(ctx.payload.get("model", "")),
+                        "choices": [],
+                        "hitl": hitl,
+                    }
+                    yield b"data: " + orjson.dumps(final) + b"\n\n"
+                yield b"data: [DONE]\n\n"
+            finally:
+                if not recorded:
+                    log.warning("stream %s ended before it was recorded", ctx.reply_id)
+
+        headers = {
+            "x-hitl-reply-id": ctx.reply_id,
+            "x-hitl-feedback-token": token,
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",
+        }
+        return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
+
+    def _assess(
+        self,
+        ctx: _RequestContext,
+        summary: ReplySummary,
+        signals: dict[str, float],
+        model: Any,
+    ) -> Assessment:
+        conversation = read_conversation(ctx.payload["messages"])
+        ctx.conversation_question = conversation.question
+        return self.scorer.assess(
+            question=conversation.question,
+            history=conversation.history,
+            reply=summary,
+            signals=signals,
+            model=str(model or ctx.payload.get("model") or ""),
+            route="chat",
+            end_user=ctx.end_user,
+            risky=ctx.risky,
+        )
+
+    async def _record(
+        self,
+        ctx: _RequestContext,
+        summary: ReplySummary,
+        assessment: Assessment,
+        upstream_ms: float,
+        upstream_status: int,
+        status: str,
+        stream: bool,
+    ) -> None:
+        await self.record(
+            reply_id=ctx.reply_id,
+            payload=ctx.payload,
+            question=ctx.conversation_question,
+            summary=summary,
+            assessment=assessment,
+            end_user=ctx.end_user,
+            stream=stream,
+            status=status,
+            upstream_status=upstream_status,
+            upstream_ms=upstream_ms,
+            total_ms=(time.perf_counter() - ctx.started) * 1000,
+        )
+
+
+class _RequestContext:
+    __slots__ = ("conversation_question", "end_user", "payload", "reply_id", "risky", "started")
+
+    def __init__(
+        self,
+        *,
+        reply_id: str,
+        payload: dict[str, Any],
+        end_user: str | None,
+        risky: bool,
+        started: float,
+    ) -> None:
+        self.reply_id = reply_id
+        self.payload = payload
+        self.end_user = end_user
+        self.risky = risky
+        self.started = started
+        self.conversation_question = ""
+
+
+def _end_user(payload: dict[str, Any], request: Request) -> str | None:
+    header = request.headers.get("x-hitl-user")
+    if header:
+        return header[:200]
+    user = payload.get("user")
+    return user[:200] if isinstance(user, str) and user else None

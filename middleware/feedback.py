@@ -1,0 +1,126 @@
+"""``POST /v1/feedback``: a thumbs up or down on one reply."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from feedback_store import Store, StoreError
+
+from .bodies import BodyTooLarge, read_body
+from .ratelimit import RateLimiter
+from .responses import error_response, json_response
+from .tokens import TokenSigner
+
+log = logging.getLogger("hitl.feedback")
+
+Reason = Literal["incorrect", "incomplete", "unsafe", "off-topic", "tone", "other"]
+
+
+class FeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    reply_id: str = Field(min_length=1, max_length=40)
+    token: str = Field(min_length=1, max_length=200)
+    rating: Literal["up", "down"]
+    reason: Reason | None = None
+    comment: str | None = Field(default=None, max_length=4000)
+    correction: str | None = Field(default=None, max_length=32000)
+
+
+def validation_message(exc: ValidationError) -> tuple[str, str]:
+    """(field, message) of the first problem, phrased for a person."""
+    first = exc.errors()[0]
+    name = ".".join(str(part) for part in first["loc"]) or "body"
+    if first["type"] == "missing":
+        return name, f"'{name}' is required"
+    if first["type"] == "extra_forbidden":
+        return name, f"'{name}' is not a field of this request"
+    if first["type"] == "literal_error" and name == "reason":
+        return name, (
+            "'reason' must be one of incorrect, incomplete, unsafe, off-topic, tone, other"
+        )
+    return name, f"'{name}': {first['msg']}"
+
+
+def voter_of(end_user: str | None) -> str:
+    return f"user:{end_user}" if end_user else "user"
+
+
+class FeedbackEndpoint:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        signer: TokenSigner,
+        max_body_bytes: int,
+        user_weight: float,
+        limiter: RateLimiter,
+        on_downvote: Callable[[str, str | None], Awaitable[None]] | None = None,
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.max_body_bytes = max_body_bytes
+        self.user_weight = user_weight
+        self.limiter = limiter
+        self.on_downvote = on_downvote
+
+    async def post(self, request: Request) -> Response:
+        client = request.client.host if request.client else "unknown"
+        if not self.limiter.allow(client):
+            return error_response(
+                429,
+                "too many feedback requests from this address; wait a minute and retry",
+                "rate_limited",
+                headers={"retry-after": str(self.limiter.retry_after(client))},
+            )
+        try:
+            body = await read_body(request, self.max_body_bytes)
+        except BodyTooLarge as exc:
+            return error_response(413, str(exc), "body_too_large")
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return error_response(400, f"the request body is not valid JSON ({exc})", "invalid_json")
+        try:
+            vote = FeedbackIn.model_validate(data)
+        except ValidationError as exc:
+            field, message = validation_message(exc)
+            return error_response(422, message, "invalid_field", param=field)
+        # A wrong token answers 403 whether or not the reply exists, so ids can't be probed.
+        if not self.signer.verify(vote.reply_id, vote.token):
+            return error_response(
+                403, "the feedback token does not match this reply", "invalid_token", param="token"
+            )
+        try:
+            exchange = await self.store.get_exchange(vote.reply_id)
+            if exchange is None:
+                return error_response(404, f"no reply with id {vote.reply_id!r}", "unknown_reply")
+            result = await self.store.vote(
+                reply_id=vote.reply_id,
+                voter=voter_of(exchange["end_user"]),
+                rating=vote.rating,
+                reason=vote.reason,
+                comment=vote.comment,
+                correction=vote.correction,
+                weight=self.user_weight,
+            )
+        except StoreError as exc:
+            log.error("feedback on %s not stored: %s", vote.reply_id, exc)
+            return error_response(503, "the vote could not be stored; retry", "store_unavailable")
+        if vote.rating == "down" and vote.comment and self.on_downvote is not None:
+            await self.on_downvote(vote.reply_id, vote.comment)
+        return json_response(
+            {
+                "reply_id": vote.reply_id,
+                "rating": vote.rating,
+                "status": "created" if result.created else "updated",
+            },
+            status=201 if result.created else 200,
+        )

@@ -1,0 +1,177 @@
+"""What to do with a scored reply: a pure function, plus the small state it is fed.
+
+``decide()`` takes values and returns a value; the stateful parts (the review budget,
+the per-user asking limit) live in small classes whose answers are passed in.
+
+| condition                                               | decision  |
+| ------------------------------------------------------- | --------- |
+| risky route and confidence < hold_below                 | hold      |
+| (confidence < escalate_below or outlier), budget allows | escalate  |
+| uncertain (near the boundary) or sampled, may ask       | ask       |
+| otherwise                                               | deliver   |
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+DecisionKind = Literal["deliver", "ask", "escalate", "hold"]
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    escalate_below: float = 0.3
+    hold_below: float = 0.2
+    ask_margin: float = 0.15
+    boundary: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionContext:
+    outlier: bool = False
+    risky: bool = False
+    #: the reply won the random draw that keeps some confident replies asked too
+    sampled: bool = False
+    #: the end user's asking allowance is not used up
+    may_ask: bool = True
+    #: a drift was detected recently: ask more widely
+    drifting: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    #: the review budget (share of recent decisions, hourly cap, running quantile)
+    #: has room for this reply
+    allows_review: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    kind: DecisionKind
+    ask_feedback: bool
+    reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def reviewed(self) -> bool:
+        return self.kind in ("escalate", "hold")
+
+
+def is_candidate(confidence: float, outlier: bool, thresholds: Thresholds) -> bool:
+    """Whether a reply should go to people if the budget allows."""
+    return confidence < thresholds.escalate_below or outlier
+
+
+def decide(
+    confidence: float,
+    context: DecisionContext,
+    budget: BudgetState,
+    thresholds: Thresholds,
+) -> Decision:
+    reasons: list[str] = []
+    margin = thresholds.ask_margin * (2.0 if context.drifting else 1.0)
+    uncertain = abs(confidence - thresholds.boundary) < margin
+    ask = context.may_ask and (uncertain or context.sampled)
+    if context.risky and confidence < thresholds.hold_below:
+        reasons.append(f"risky route, confidence {confidence:.2f} < {thresholds.hold_below:g}")
+        if context.outlier:
+            reasons.append("outlier")
+        return Decision("hold", ask, tuple(reasons))
+    if confidence < thresholds.escalate_below:
+        reasons.append(f"confidence {confidence:.2f} < {thresholds.escalate_below:g}")
+    if context.outlier:
+        reasons.append("outlier")
+    if reasons and budget.allows_review:
+        return Decision("escalate", ask, tuple(reasons))
+    if ask:
+        return Decision("ask", True, ("uncertain",) if uncertain else ("sampled",))
+    return Decision("deliver", False, ())
+
+
+class ReviewBudget:
+    """Keeps escalations within a share of recent decisions and an hourly cap.
+
+    The least confident go first: a candidate is allowed when its confidence is at or
+    below the ``share``-quantile of recent scores, and escalating it would keep the
+    escalated share of the last ``window`` decisions at or below ``share``.
+    """
+
+    def __init__(self, *, share: float, per_hour: int | None, window: int = 1000) -> None:
+        self.share = share
+        self.per_hour = per_hour
+        self.window = window
+        self._decisions: deque[bool] = deque()
+        self._escalated = 0
+        self._scores: deque[float] = deque()
+        self._sorted: list[float] = []
+        self._hour: deque[float] = deque()
+
+    def threshold(self) -> float:
+        """The running ``share``-quantile of recent scores (1.0 until there are any)."""
+        if self.share >= 1.0 or not self._sorted:
+            return 1.0
+        index = max(0, math.ceil(self.share * len(self._sorted)) - 1)
+        return self._sorted[index]
+
+    def allows(self, confidence: float, now: float) -> bool:
+        if self.share <= 0.0:
+            return False
+        if self.per_hour is not None:
+            while self._hour and self._hour[0] <= now - 3600.0:
+                self._hour.popleft()
+            if len(self._hour) >= self.per_hour:
+                return False
+        if self.share >= 1.0:
+            return True
+        n = len(self._decisions) + 1
+        if (self._escalated + 1) / n > self.share:
+            return False
+        # Too few scores for a quantile: the share limit alone decides.
+        return len(self._sorted) < 20 or confidence <= self.threshold()
+
+    def record(self, confidence: float, escalated: bool, now: float) -> None:
+        self._decisions.append(escalated)
+        self._escalated += escalated
+        if len(self._decisions) > self.window:
+            self._escalated -= self._decisions.popleft()
+        self._scores.append(confidence)
+        bisect.insort(self._sorted, confidence)
+        if len(self._scores) > self.window:
+            old = self._scores.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, old)]
+        if escalated:
+            self._hour.append(now)
+
+    @property
+    def escalated_share(self) -> float:
+        return self._escalated / len(self._decisions) if self._decisions else 0.0
+
+
+class AskLimiter:
+    """At most ``per_hour`` feedback requests per end user per hour (sliding window)."""
+
+    def __init__(self, per_hour: int, *, max_users: int = 100_000) -> None:
+        self.per_hour = per_hour
+        self.max_users = max_users
+        self._asked: dict[str, deque[float]] = {}
+
+    def may_ask(self, user: str | None, now: float) -> bool:
+        if user is None:
+            return self.per_hour > 0
+        times = self._asked.get(user)
+        if times is None:
+            return self.per_hour > 0
+        while times and times[0] <= now - 3600.0:
+            times.popleft()
+        return len(times) < self.per_hour
+
+    def record(self, user: str | None, now: float) -> None:
+        if user is None:
+            return
+        if user not in self._asked and len(self._asked) >= self.max_users:
+            # Bounded memory: forget the oldest user (dicts keep insertion order).
+            self._asked.pop(next(iter(self._asked)))
+        self._asked.setdefault(user, deque()).append(now)

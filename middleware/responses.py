@@ -1,0 +1,51 @@
+"""Errors in the OpenAI shape: ``{"error": {"message", "type", "code"}}``."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.responses import Response
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "upstream_timeout",
+}
+
+
+def error_body(status: int, message: str, code: str, *, param: str | None = None) -> bytes:
+    error: dict[str, str | None] = {
+        "message": message,
+        "type": _TYPES.get(status, "server_error"),
+        "code": code,
+    }
+    if param is not None:
+        error["param"] = param
+    return orjson.dumps({"error": error})
+
+
+def error_response(
+    status: int,
+    message: str,
+    code: str,
+    *,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return Response(
+        error_body(status, message, code, param=param),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def json_response(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)

@@ -1,0 +1,253 @@
+"""Typed, validated settings, loaded once by the composition root.
+
+The file names environment variables; it never holds a secret. ``HITL_<SECTION>_<KEY>``
+in the environment overrides one value (parsed as a TOML value when it is one, else
+taken as a string).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+MiB = 1024 * 1024
+KiB = 1024
+
+REASONS = ("incorrect", "incomplete", "unsafe", "off-topic", "tone", "other")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(20 * MiB, gt=0)
+    max_feedback_bytes: int = Field(64 * KiB, gt=0)
+    client_keys_env: str = ""
+    cors_origins: list[str] = []
+    stream_hitl_chunk: bool = True
+    token_secret_env: str = "HITL_TOKEN_SECRET"
+    feedback_per_minute: int = Field(60, ge=0)
+    log_format: Literal["text", "json"] = "text"
+    log_bodies: bool = False
+
+
+class UpstreamSettings(_Section):
+    kind: Literal["local", "openai"] = "local"
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(60.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    forward_client_auth: bool = False
+    max_connections: int = Field(256, gt=0)
+    logprobs: bool = False
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must start with http:// or https:// and name a host")
+        return value.rstrip("/")
+
+
+class StoreSettings(_Section):
+    url: str = "sqlite:///hitl.db"
+    commit_batch: int = Field(256, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not re.match(r"^(sqlite(\+aiosqlite)?|postgresql(\+psycopg)?)://", value):
+            raise ValueError(
+                "must be a sqlite:///PATH or postgresql+psycopg://USER@HOST/DB URL"
+            )
+        return value
+
+
+class LearnerSettings(_Section):
+    user_weight: float = Field(1.0, gt=0)
+    reviewer_weight: float = Field(3.0, gt=0)
+    snapshot_every_labels: int = Field(200, gt=0)
+    snapshot_interval_s: float = Field(60.0, gt=0)
+    rolling_window: int = Field(500, gt=1)
+
+
+class PolicySettings(_Section):
+    prior: float = Field(0.5, ge=0, le=1)
+    escalate_below: float = Field(0.3, ge=0, le=1)
+    hold_below: float = Field(0.2, ge=0, le=1)
+    review_budget: float = Field(0.1, ge=0, le=1)
+    max_reviews_per_hour: int = Field(120, ge=0)
+    ask_margin: float = Field(0.15, ge=0, le=0.5)
+    ask_sample_rate: float = Field(0.05, ge=0, le=1)
+    ask_per_user_per_hour: int = Field(10, ge=0)
+    risky_models: list[str] = []
+    review_downvotes: bool = True
+    hold_timeout_s: float = Field(120.0, gt=0)
+    hold_fallback: str = (
+        "A person is checking this answer and could not confirm it in time. "
+        "Please try again or contact support."
+    )
+
+
+class SlackSettings(_Section):
+    enabled: bool = False
+    channel: str = ""
+    api_url: str = "https://slack.com/api/"
+    bot_token_env: str = "SLACK_BOT_TOKEN"
+    signing_secret_env: str = "SLACK_SIGNING_SECRET"
+    reviewers: list[str] = []
+
+    @field_validator("api_url")
+    @classmethod
+    def _slash(cls, value: str) -> str:
+        if not re.match(r"^https?://", value):
+            raise ValueError("must start with http:// or https://")
+        return value if value.endswith("/") else value + "/"
+
+
+class PrivacySettings(_Section):
+    redact: list[str] = []
+
+    @field_validator("redact")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from exc
+        return value
+
+
+class ReportSettings(_Section):
+    admin_token_env: str = "HITL_ADMIN_TOKEN"
+    protect_metrics: bool = False
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    store: StoreSettings = StoreSettings()
+    learner: LearnerSettings = LearnerSettings()
+    policy: PolicySettings = PolicySettings()
+    slack: SlackSettings = SlackSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    report: ReportSettings = ReportSettings()
+    #: where the values came from, for messages; not a setting
+    source: str = Field("built-in defaults", exclude=True)
+
+
+class Secrets:
+    """Values read from the environment variables the settings name.
+
+    Kept apart from ``Settings`` so that no secret is ever printed with them.
+    """
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str]) -> None:
+        def get(name: str) -> str | None:
+            value = environ.get(name, "") if name else ""
+            return value or None
+
+        self.upstream_api_key = get(settings.upstream.api_key_env)
+        keys = get(settings.server.client_keys_env)
+        self.client_keys = frozenset(k.strip() for k in keys.split(",") if k.strip()) if keys else None
+        self.token_secret = get(settings.server.token_secret_env)
+        self.admin_token = get(settings.report.admin_token_env)
+        self.slack_bot_token = get(settings.slack.bot_token_env)
+        self.slack_signing_secret = get(settings.slack.signing_secret_env)
+
+    def __repr__(self) -> str:
+        return "Secrets(<hidden>)"
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    sections = {name: section for name, section in Settings.model_fields.items() if name != "source"}
+    overrides: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith("HITL_") or name == "HITL_CONFIG":
+            continue
+        rest = name[5:].lower()
+        for section in sections:
+            if rest.startswith(section + "_"):
+                key = rest[len(section) + 1 :]
+                try:
+                    value: Any = tomllib.loads(f"v = {raw}")["v"]
+                except tomllib.TOMLDecodeError:
+                    value = raw
+                overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def _describe(error: dict[str, Any], data: Mapping[str, Any]) -> str:
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc)
+    msg = error["msg"]
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key (check the spelling; see the configuration reference in README.md)"
+    value: Any = data
+    for part in error["loc"]:
+        if isinstance(value, Mapping) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and isinstance(part, int) and part < len(value):
+            value = value[part]
+        else:
+            value = None
+            break
+    msg = msg.removeprefix("Value error, ")
+    return f"{key} = {value!r}: {msg}"
+
+
+def settings_from_mapping(data: Mapping[str, Any], *, source: str = "<mapping>") -> Settings:
+    try:
+        return Settings.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"config error in {source}: {_describe(dict(first), data)}") from None
+
+
+def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path | None:
+    """--config, else $HITL_CONFIG, else ./config.toml if it exists, else None (defaults)."""
+    if cli_path:
+        return Path(cli_path)
+    if environ.get("HITL_CONFIG"):
+        return Path(environ["HITL_CONFIG"])
+    default = Path("config.toml")
+    return default if default.exists() else None
+
+
+def load_settings(
+    path: Path | None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: dict[str, Any],
+) -> Settings:
+    """Read ``path`` (None: built-in defaults), apply env and explicit overrides, validate."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source = "built-in defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(
+                f"config file {path} does not exist (pass --config PATH or set HITL_CONFIG)"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config error in {path}: not valid TOML ({exc})") from None
+    for layer in (_env_overrides(environ), overrides):
+        for section, values in layer.items():
+            if not isinstance(data.get(section), dict):
+                data[section] = {}
+            data[section] = {**data[section], **values}
+    return settings_from_mapping(data, source=source)

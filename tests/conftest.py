@@ -1,0 +1,64 @@
+"""Shared fixtures: a real fake upstream, and gateways served on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from middleware.app import build_app
+from middleware.settings import Settings, settings_from_mapping
+
+from .fake_openai import make_app
+from .servers import ServerThread
+
+
+@pytest.fixture(scope="session")
+def upstream_server() -> Iterator[ServerThread]:
+    with ServerThread(make_app(slow_s=3.0)) as server:
+        yield server
+
+
+@pytest.fixture
+def upstream_requests(upstream_server: ServerThread) -> list[dict[str, Any]]:
+    requests: list[dict[str, Any]] = upstream_server.config.app.state.requests  # type: ignore[attr-defined]
+    requests.clear()
+    return requests
+
+
+def gateway_settings(tmp_path: Path, upstream_url: str | None, **sections: dict[str, Any]) -> Settings:
+    data: dict[str, Any] = {
+        "store": {"url": f"sqlite:///{tmp_path / 'hitl.db'}"},
+        "upstream": {"kind": "local"}
+        if upstream_url is None
+        else {"kind": "openai", "base_url": upstream_url + "/v1", "timeout_s": 1.5},
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return settings_from_mapping(data, source="test")
+
+
+GatewayFactory = Callable[..., ServerThread]
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path, upstream_server: ServerThread) -> Iterator[GatewayFactory]:
+    """Start a gateway (real uvicorn on 127.0.0.1) over the fake upstream.
+
+    ``gateway_factory(environ={...}, local=False, **sections)``; stopped at teardown.
+    """
+    started: list[ServerThread] = []
+
+    def start(*, environ: dict[str, str] | None = None, local: bool = False,
+              **sections: dict[str, Any]) -> ServerThread:
+        settings = gateway_settings(tmp_path, None if local else upstream_server.url, **sections)
+        app = build_app(settings, environ=environ or {})
+        server = ServerThread(app).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
