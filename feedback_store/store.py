@@ -1,11 +1,15 @@
-"""The store: one async engine, reads on any connection, writes through one writer.
+"""The store: an async API over SQLAlchemy Core, with every write through one writer.
 
-Writes are *jobs* (``async def job(conn) -> result``) queued to a single writer task.
-The writer runs every job waiting in the queue inside one transaction and commits
-once (group commit), then resolves each job's future. A caller's ``await`` returns
-only after its job is durable, so a 2xx is never sent for something not yet committed.
-If a grouped transaction fails, the writer rolls back and reruns each job alone, so
-one bad job fails only its own caller.
+Writes are *jobs* (``def job(conn: Connection) -> result``, plain synchronous code)
+queued to a single writer. The writer takes every job waiting in the queue, runs them
+in one transaction on its own thread and commits once (group commit), then resolves
+each job's future on the event loop. A caller's ``await`` returns only after its job
+is durable, so a 2xx is never sent for something not yet committed. If a grouped
+transaction fails, the writer rolls back and reruns each job alone, so one bad job
+fails only its own caller.
+
+Reads run on a small thread pool. Database work crosses to a thread once per batch
+or read rather than once per statement, which is what the async drivers cost.
 """
 
 from __future__ import annotations
@@ -14,21 +18,34 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import event, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .errors import StoreError
 from .models import Escalation, Event, Exchange, Feedback, KeyValue, Label, ModelSnapshot
 from .schema import ensure_schema_async, redact_url
-from .urls import async_url, is_sqlite
+from .urls import is_sqlite, sync_url
 
 T = TypeVar("T")
-Job = Callable[[AsyncConnection], Awaitable[Any]]
+Job = Callable[[Connection], Any]
 
 exchange_t = Exchange.__table__  # type: ignore[attr-defined]
 feedback_t = Feedback.__table__  # type: ignore[attr-defined]
@@ -38,12 +55,70 @@ snapshot_t = ModelSnapshot.__table__  # type: ignore[attr-defined]
 event_t = Event.__table__  # type: ignore[attr-defined]
 kv_t = KeyValue.__table__  # type: ignore[attr-defined]
 
+# The statements on the request and learning paths, built once: SQLAlchemy then skips
+# rebuilding and re-keying them per call, which costs more than SQLite's own work.
+_INSERT_EXCHANGE = insert(exchange_t)
+_INSERT_ESCALATION = insert(escalation_t)
+_EXCHANGE = select(exchange_t).where(exchange_t.c.id == bindparam("reply_id"))
+_END_USER = select(exchange_t.c.end_user).where(exchange_t.c.id == bindparam("reply_id"))
+_VOTE_OF = select(feedback_t.c.id, feedback_t.c.rating).where(
+    feedback_t.c.reply_id == bindparam("reply_id"), feedback_t.c.voter == bindparam("voter")
+)
+_UPDATE_VOTE = (
+    update(feedback_t)
+    .where(feedback_t.c.id == bindparam("feedback_id"))
+    .values(
+        rating=bindparam("rating"),
+        reason=bindparam("reason"),
+        comment=bindparam("comment"),
+        correction=bindparam("correction"),
+        updated_at=bindparam("updated_at"),
+        changes=feedback_t.c.changes + 1,
+    )
+)
+_INSERT_VOTE = insert(feedback_t)
+_USER_LABEL_OF = (
+    select(label_t.c.id)
+    .where(label_t.c.reply_id == bindparam("reply_id"), label_t.c.source == "user")
+    .limit(1)
+)
+_INSERT_LABEL = insert(label_t)
+_LABELS_AFTER = (
+    select(
+        label_t.c.id,
+        label_t.c.reply_id,
+        label_t.c.source,
+        label_t.c.value,
+        label_t.c.weight,
+        label_t.c.created_at,
+        exchange_t.c.confidence,
+        exchange_t.c.features_json,
+        exchange_t.c.end_user,
+    )
+    .join(exchange_t, exchange_t.c.id == label_t.c.reply_id)
+    .where(label_t.c.id > bindparam("after"))
+    .order_by(label_t.c.id)
+    .limit(bindparam("limit"))
+)
+
 
 @dataclass(frozen=True, slots=True)
 class VoteResult:
     created: bool  # a new vote (201) rather than a changed or repeated one (200)
     label_id: int | None  # the Label appended for the learner, if this vote is learned
     previous_rating: str | None
+    found: bool = True  # False: no exchange with that reply id; nothing was stored
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewResult:
+    applied: bool  # this verdict was committed (False: another reviewer decided first)
+    label_id: int | None  # the Label appended for the learner, when applied
+    escalation: dict[str, Any]  # the escalation row after the call
+
+
+#: escalation states that hold a reviewer's verdict: the first one wins
+DECIDED_STATES = ("approved", "rejected", "corrected")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +135,26 @@ class LabelRow:
 
 
 class Store:
-    def __init__(self, url: str, *, commit_batch: int = 256, config_hint: str = "config.toml"):
+    def __init__(
+        self,
+        url: str,
+        *,
+        commit_batch: int = 256,
+        config_hint: str = "config.toml",
+        durable: bool = True,
+    ):
+        """``durable=False`` (SQLite only) skips the fsync per commit and runs the
+        statements on the event loop: for throwaway stores such as ``hitl replay``'s,
+        never for a gateway's."""
         self.url = url
+        self.durable = durable
         self.commit_batch = commit_batch
         self.config_hint = config_hint
-        self._engine: AsyncEngine | None = None
+        self._engine: Engine | None = None
         self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._write_thread: ThreadPoolExecutor | None = None
+        self._read_threads: ThreadPoolExecutor | None = None
         self._listeners: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
@@ -77,23 +165,28 @@ class Store:
     async def start(self, *, migrate: bool = True) -> None:
         if migrate:
             await ensure_schema_async(self.url, config_hint=self.config_hint)
-        kwargs: dict[str, Any] = {}
-        if not is_sqlite(self.url):
-            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
-        engine = create_async_engine(async_url(self.url), **kwargs)
+        kwargs: dict[str, Any] = {"pool_size": 6, "max_overflow": 10}
         if is_sqlite(self.url):
+            kwargs["connect_args"] = {"check_same_thread": False}
+        else:
+            kwargs["pool_pre_ping"] = True
+        engine = create_engine(sync_url(self.url), **kwargs)
+        if is_sqlite(self.url):
+            durable = self.durable
 
-            @event.listens_for(engine.sync_engine, "connect")
+            @event.listens_for(engine, "connect")
             def _pragmas(dbapi_connection: Any, _record: Any) -> None:
                 cursor = dbapi_connection.cursor()
                 cursor.execute("PRAGMA journal_mode=WAL")
                 # FULL: a commit is on disk before we acknowledge it, even on power loss.
-                cursor.execute("PRAGMA synchronous=FULL")
+                cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
                 cursor.execute("PRAGMA busy_timeout=10000")
                 cursor.execute("PRAGMA foreign_keys=ON")
                 cursor.close()
 
         self._engine = engine
+        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="hitl-store-writer")
+        self._read_threads = ThreadPoolExecutor(4, thread_name_prefix="hitl-store-reader")
         self._writer = asyncio.create_task(self._write_loop(), name="hitl-store-writer")
 
     async def close(self) -> None:
@@ -104,12 +197,16 @@ class Store:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
+        for pool in (self._write_thread, self._read_threads):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._write_thread = self._read_threads = None
         if self._engine is not None:
-            await self._engine.dispose()
+            self._engine.dispose()
             self._engine = None
 
     @property
-    def engine(self) -> AsyncEngine:
+    def engine(self) -> Engine:
         if self._engine is None:
             raise StoreError("the store is not started (call Store.start() in the lifespan)")
         return self._engine
@@ -122,66 +219,96 @@ class Store:
         for listener in self._listeners:
             listener()
 
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(conn)`` on a reader thread; database errors become ``StoreError``."""
+        if self._read_threads is None:
+            raise StoreError("the store is not started (call Store.start() in the lifespan)")
+        engine = self.engine
+
+        def run() -> T:
+            with engine.connect() as conn:
+                return fn(conn)
+
+        try:
+            if not self.durable:
+                return run()
+            return await asyncio.get_running_loop().run_in_executor(self._read_threads, run)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"the database could not be read: {exc}") from exc
+
+    async def first(self, query: Any) -> Any:
+        """The first row of a read-only query, or None."""
+        return await self.read(lambda conn: conn.execute(query).first())
+
+    async def all(self, query: Any) -> Sequence[Any]:
+        """Every row of a read-only query."""
+        return await self.read(lambda conn: conn.execute(query).all())
+
     async def ping(self) -> bool:
         try:
-            async with asyncio.timeout(2.0), self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            async with asyncio.timeout(2.0):
+                await self.read(lambda conn: conn.execute(text("SELECT 1")).scalar())
             return True
-        except (SQLAlchemyError, OSError, TimeoutError, StoreError):
+        except (OSError, TimeoutError, StoreError):
             return False
 
     # -- the writer --------------------------------------------------------------
 
-    async def write(self, job: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run ``job`` in the writer's next transaction; return once it is committed."""
+    async def write(self, job: Callable[[Connection], T]) -> T:
+        """Run ``job(conn)`` in the writer's next transaction; return once it is committed."""
         if self._writer is None or self._writer.done():
             raise StoreError("the store writer is not running")
+        if not self.durable:
+            # No fsync to wait for: the statements are microseconds of CPU, cheaper on
+            # the loop than two thread hops (replay is sequential and pays each hop).
+            ((ok, value),) = self._run_batch([job])
+            if ok:
+                return value  # type: ignore[no-any-return]
+            raise value
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((job, future))
         return await future
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
             while len(batch) < self.commit_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._run_batch(batch)
+                live = [(job, fut) for job, fut in batch if not fut.cancelled()]
+                if live:
+                    jobs = [job for job, _ in live]
+                    outcomes = await loop.run_in_executor(self._write_thread, self._run_batch, jobs)
+                    for (_, fut), (ok, value) in zip(live, outcomes, strict=True):
+                        if fut.done():
+                            continue
+                        if ok:
+                            fut.set_result(value)
+                        else:
+                            fut.set_exception(value)
             finally:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _run_batch(self, batch: list[tuple[Job, asyncio.Future[Any]]]) -> None:
-        live = [(job, fut) for job, fut in batch if not fut.cancelled()]
-        if not live:
-            return
+    def _run_batch(self, jobs: list[Job]) -> list[tuple[bool, Any]]:
+        """On the writer thread: all jobs in one transaction, else each alone."""
         try:
-            async with self.engine.begin() as conn:
-                results = [await job(conn) for job, _ in live]
+            with self.engine.begin() as conn:
+                results = [job(conn) for job in jobs]
+            return [(True, result) for result in results]
         except Exception:
-            if len(live) == 1:
-                await self._run_alone(*live[0])
-            else:
-                for job, fut in live:
-                    await self._run_alone(job, fut)
-            return
-        for (_, fut), result in zip(live, results, strict=True):
-            if not fut.done():
-                fut.set_result(result)
+            pass
+        return [self._run_alone(job) for job in jobs]
 
-    async def _run_alone(self, job: Job, fut: asyncio.Future[Any]) -> None:
+    def _run_alone(self, job: Job) -> tuple[bool, Any]:
         try:
-            async with self.engine.begin() as conn:
-                result = await job(conn)
+            with self.engine.begin() as conn:
+                return True, job(conn)
         except SQLAlchemyError as exc:
-            if not fut.done():
-                fut.set_exception(StoreError(f"the database refused a write: {exc}"))
+            return False, StoreError(f"the database refused a write: {exc}")
         except Exception as exc:
-            if not fut.done():
-                fut.set_exception(exc)
-        else:
-            if not fut.done():
-                fut.set_result(result)
+            return False, exc
 
     # -- exchanges ---------------------------------------------------------------
 
@@ -190,25 +317,19 @@ class Store:
     ) -> None:
         """Commit one exchange (and its escalation, the outbox row) together."""
 
-        async def job(conn: AsyncConnection) -> None:
-            await conn.execute(insert(exchange_t), [exchange])
+        def job(conn: Connection) -> None:
+            conn.execute(_INSERT_EXCHANGE, exchange)
             if escalation is not None:
-                await conn.execute(insert(escalation_t), [escalation])
+                conn.execute(_INSERT_ESCALATION, escalation)
 
         await self.write(job)
 
     async def get_exchange(self, reply_id: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(exchange_t).where(exchange_t.c.id == reply_id))
-            ).first()
+        row = await self.read(lambda conn: conn.execute(_EXCHANGE, {"reply_id": reply_id}).first())
         return dict(row._mapping) if row is not None else None
 
     async def exchange_exists(self, reply_id: str) -> bool:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(exchange_t.c.id).where(exchange_t.c.id == reply_id))
-            ).first()
+        row = await self.first(select(exchange_t.c.id).where(exchange_t.c.id == reply_id))
         return row is not None
 
     # -- feedback and labels -----------------------------------------------------
@@ -217,7 +338,7 @@ class Store:
         self,
         *,
         reply_id: str,
-        voter: str,
+        voter: Callable[[str | None], str],
         rating: str,
         reason: str | None,
         comment: str | None,
@@ -225,61 +346,48 @@ class Store:
         weight: float,
         now: float | None = None,
     ) -> VoteResult:
-        """Store a vote (last vote wins). The first vote on a reply becomes a label."""
+        """Store a vote (last vote wins). The first vote on a reply becomes a label.
+
+        ``voter(end_user)`` names the voter from the exchange's end user, read in the
+        same transaction, so a vote costs one round trip to the database.
+        """
         at = time.time() if now is None else now
         value = 1 if rating == "up" else 0
 
-        async def job(conn: AsyncConnection) -> VoteResult:
-            existing = (
-                await conn.execute(
-                    select(feedback_t.c.id, feedback_t.c.rating).where(
-                        feedback_t.c.reply_id == reply_id, feedback_t.c.voter == voter
-                    )
-                )
-            ).first()
+        def job(conn: Connection) -> VoteResult:
+            exchange = conn.execute(_END_USER, {"reply_id": reply_id}).first()
+            if exchange is None:
+                return VoteResult(created=False, label_id=None, previous_rating=None, found=False)
+            voter_id = voter(exchange.end_user)
+            existing = conn.execute(_VOTE_OF, {"reply_id": reply_id, "voter": voter_id}).first()
+            values = {
+                "rating": rating,
+                "reason": reason,
+                "comment": comment,
+                "correction": correction,
+                "updated_at": at,
+            }
             if existing is not None:
-                await conn.execute(
-                    update(feedback_t)
-                    .where(feedback_t.c.id == existing.id)
-                    .values(
-                        rating=rating,
-                        reason=reason,
-                        comment=comment,
-                        correction=correction,
-                        updated_at=at,
-                        changes=feedback_t.c.changes + 1,
-                    )
-                )
+                conn.execute(_UPDATE_VOTE, {**values, "feedback_id": existing.id})
                 return VoteResult(created=False, label_id=None, previous_rating=existing.rating)
-            await conn.execute(
-                insert(feedback_t).values(
-                    reply_id=reply_id,
-                    voter=voter,
-                    rating=rating,
-                    reason=reason,
-                    comment=comment,
-                    correction=correction,
-                    created_at=at,
-                    updated_at=at,
-                    changes=0,
-                )
+            conn.execute(
+                _INSERT_VOTE,
+                {**values, "reply_id": reply_id, "voter": voter_id, "created_at": at, "changes": 0},
             )
             # Only the first end-user label of a reply is learned.
-            learned = (
-                await conn.execute(
-                    select(func.count())
-                    .select_from(label_t)
-                    .where(label_t.c.reply_id == reply_id, label_t.c.source == "user")
-                )
-            ).scalar_one()
-            label_id = None
-            if not learned:
-                result = await conn.execute(
-                    insert(label_t)
-                    .values(reply_id=reply_id, source="user", value=value, weight=weight, created_at=at)
-                    .returning(label_t.c.id)
-                )
-                label_id = int(result.scalar_one())
+            if conn.execute(_USER_LABEL_OF, {"reply_id": reply_id}).first() is not None:
+                return VoteResult(created=True, label_id=None, previous_rating=None)
+            result = conn.execute(
+                _INSERT_LABEL,
+                {
+                    "reply_id": reply_id,
+                    "source": "user",
+                    "value": value,
+                    "weight": weight,
+                    "created_at": at,
+                },
+            )
+            label_id = int(result.inserted_primary_key[0])
             return VoteResult(created=True, label_id=label_id, previous_rating=None)
 
         result = await self.write(job)
@@ -289,38 +397,18 @@ class Store:
 
     async def feedback_for(self, reply_id: str) -> dict[str, Any] | None:
         """The newest end-user vote on a reply, or None."""
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(feedback_t)
-                    .where(feedback_t.c.reply_id == reply_id)
-                    .order_by(feedback_t.c.updated_at.desc())
-                    .limit(1)
-                )
-            ).first()
+        row = await self.first(
+            select(feedback_t)
+            .where(feedback_t.c.reply_id == reply_id)
+            .order_by(feedback_t.c.updated_at.desc())
+            .limit(1)
+        )
         return dict(row._mapping) if row is not None else None
 
     async def labels_after(self, label_id: int, limit: int = 1000) -> list[LabelRow]:
         """Labels newer than ``label_id``, oldest first, with what was predicted."""
-        query = (
-            select(
-                label_t.c.id,
-                label_t.c.reply_id,
-                label_t.c.source,
-                label_t.c.value,
-                label_t.c.weight,
-                label_t.c.created_at,
-                exchange_t.c.confidence,
-                exchange_t.c.features_json,
-                exchange_t.c.end_user,
-            )
-            .join(exchange_t, exchange_t.c.id == label_t.c.reply_id)
-            .where(label_t.c.id > label_id)
-            .order_by(label_t.c.id)
-            .limit(limit)
-        )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        params = {"after": label_id, "limit": limit}
+        rows = await self.read(lambda conn: conn.execute(_LABELS_AFTER, params).all())
         return [LabelRow(**row._mapping) for row in rows]
 
     async def user_label_counts(self) -> dict[str, tuple[int, int]]:
@@ -331,15 +419,14 @@ class Store:
             .where(label_t.c.source == "user", exchange_t.c.end_user.is_not(None))
             .group_by(exchange_t.c.end_user)
         )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self.all(query)
         return {row[0]: (int(row[1] or 0), int(row[2])) for row in rows}
 
     # -- model snapshots ---------------------------------------------------------
 
     async def save_snapshot(self, blob: bytes, *, last_label_id: int, labels: int) -> None:
-        async def job(conn: AsyncConnection) -> None:
-            await conn.execute(
+        def job(conn: Connection) -> None:
+            conn.execute(
                 insert(snapshot_t).values(
                     created_at=time.time(), last_label_id=last_label_id, labels=labels, blob=blob
                 )
@@ -348,15 +435,12 @@ class Store:
             keep = (
                 select(snapshot_t.c.id).order_by(snapshot_t.c.id.desc()).limit(3).scalar_subquery()
             )
-            await conn.execute(snapshot_t.delete().where(snapshot_t.c.id.not_in(keep)))
+            conn.execute(snapshot_t.delete().where(snapshot_t.c.id.not_in(keep)))
 
         await self.write(job)
 
     async def latest_snapshot(self) -> ModelSnapshot | None:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(snapshot_t).order_by(snapshot_t.c.id.desc()).limit(1))
-            ).first()
+        row = await self.first(select(snapshot_t).order_by(snapshot_t.c.id.desc()).limit(1))
         return ModelSnapshot(**row._mapping) if row is not None else None
 
     # -- events and small values -------------------------------------------------
@@ -368,8 +452,8 @@ class Store:
             "data_json": json.dumps(data),
         }
 
-        async def job(conn: AsyncConnection) -> None:
-            await conn.execute(insert(event_t).values(**values))
+        def job(conn: Connection) -> None:
+            conn.execute(insert(event_t).values(**values))
 
         await self.write(job)
 
@@ -377,19 +461,18 @@ class Store:
         query = select(event_t).order_by(event_t.c.id)
         if kind is not None:
             query = query.where(event_t.c.kind == kind)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self.all(query)
         return [dict(row._mapping) for row in rows]
 
     async def get_or_create_value(self, key: str, factory: Callable[[], str]) -> str:
         """The stored value for ``key``; the first caller's ``factory()`` wins."""
 
-        async def job(conn: AsyncConnection) -> str:
-            row = (await conn.execute(select(kv_t.c.value).where(kv_t.c.key == key))).first()
+        def job(conn: Connection) -> str:
+            row = (conn.execute(select(kv_t.c.value).where(kv_t.c.key == key))).first()
             if row is not None:
                 return str(row[0])
             value = factory()
-            await conn.execute(insert(kv_t).values(key=key, value=value))
+            conn.execute(insert(kv_t).values(key=key, value=value))
             return value
 
         return await self.write(job)
@@ -397,32 +480,307 @@ class Store:
     # -- escalations (the outbox) --------------------------------------------------
 
     async def escalation_for(self, reply_id: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(escalation_t)
-                    .where(escalation_t.c.reply_id == reply_id)
-                    .order_by(escalation_t.c.id.desc())
-                    .limit(1)
-                )
-            ).first()
+        row = await self.first(
+            select(escalation_t)
+            .where(escalation_t.c.reply_id == reply_id)
+            .order_by(escalation_t.c.id.desc())
+            .limit(1)
+        )
         return dict(row._mapping) if row is not None else None
 
     async def add_escalation(self, values: dict[str, Any]) -> int:
-        async def job(conn: AsyncConnection) -> int:
-            result = await conn.execute(
+        def job(conn: Connection) -> int:
+            result = conn.execute(
                 insert(escalation_t).values(**values).returning(escalation_t.c.id)
             )
             return int(result.scalar_one())
 
         return await self.write(job)
 
+    async def record_review(
+        self,
+        *,
+        reply_id: str,
+        state: str,
+        reviewer: str,
+        reason: str | None,
+        correction: str | None,
+        value: int,
+        weight: float,
+        now: float,
+    ) -> ReviewResult | None:
+        """Commit a reviewer's verdict and its label together; the first verdict wins.
+
+        None when the reply is unknown. A reply that was never escalated gets an
+        escalation row here (trigger "api"), so every verdict lives in one place.
+        """
+        esc = escalation_t.c
+        verdict = {
+            "state": state,
+            "decided_by": reviewer,
+            "decided_at": now,
+            "decision_reason": reason,
+            "correction": correction,
+        }
+
+        def job(conn: Connection) -> ReviewResult | None:
+            if (
+                conn.execute(select(exchange_t.c.id).where(exchange_t.c.id == reply_id)).first()
+                is None
+            ):
+                return None
+            row = conn.execute(
+                select(esc.id).where(esc.reply_id == reply_id).order_by(esc.id.desc()).limit(1)
+            ).first()
+            if row is None:
+                esc_id = conn.execute(
+                    insert(escalation_t)
+                    .values(
+                        reply_id=reply_id,
+                        trigger="api",
+                        created_at=now,
+                        next_attempt_at=now,
+                        **verdict,
+                    )
+                    .returning(esc.id)
+                ).scalar_one()
+                applied = True
+            else:
+                esc_id = row.id
+                # Conditional, so two processes racing on one item still get one winner.
+                applied = (
+                    conn.execute(
+                        update(escalation_t)
+                        .where(esc.id == esc_id, esc.state.not_in(DECIDED_STATES))
+                        .values(
+                            card_stale=esc.message_ts.is_not(None), next_attempt_at=now, **verdict
+                        )
+                    ).rowcount
+                    == 1
+                )
+            label_id = None
+            if applied:
+                label_id = int(
+                    conn.execute(
+                        insert(label_t)
+                        .values(
+                            reply_id=reply_id,
+                            source="reviewer",
+                            value=value,
+                            weight=weight,
+                            created_at=now,
+                        )
+                        .returning(label_t.c.id)
+                    ).scalar_one()
+                )
+            current = conn.execute(select(escalation_t).where(esc.id == esc_id)).one()
+            return ReviewResult(applied, label_id, dict(current._mapping))
+
+        return await self.write(job)
+
+    async def open_review(self, reply_id: str, *, trigger: str, now: float) -> int | None:
+        """Queue a review of ``reply_id`` unless it has one; the new escalation's id or None.
+
+        An undecided card already in the channel is marked stale instead, so it is redrawn
+        with what changed (a user's complaint).
+        """
+        esc = escalation_t.c
+
+        def job(conn: Connection) -> int | None:
+            row = conn.execute(
+                select(esc.id, esc.state, esc.message_ts)
+                .where(esc.reply_id == reply_id)
+                .order_by(esc.id.desc())
+                .limit(1)
+            ).first()
+            if row is None:
+                return int(
+                    conn.execute(
+                        insert(escalation_t)
+                        .values(
+                            reply_id=reply_id,
+                            state="pending",
+                            trigger=trigger,
+                            created_at=now,
+                            next_attempt_at=now,
+                        )
+                        .returning(esc.id)
+                    ).scalar_one()
+                )
+            if row.state == "posted" and row.message_ts is not None:
+                conn.execute(
+                    update(escalation_t)
+                    .where(esc.id == row.id)
+                    .values(card_stale=True, next_attempt_at=now)
+                )
+            return None
+
+        return await self.write(job)
+
+    @staticmethod
+    def _outbox_due() -> Any:
+        esc = escalation_t.c
+        return or_(
+            esc.state == "pending", and_(esc.card_stale.is_(True), esc.message_ts.is_not(None))
+        )
+
+    async def claim_escalations(
+        self, *, now: float, lease_s: float, limit: int
+    ) -> list[dict[str, Any]]:
+        """Due outbox rows (to post, or cards to redraw), leased to this caller for ``lease_s``.
+
+        The lease is a conditional update, so two dispatchers never take the same row.
+        """
+        esc = escalation_t.c
+        query = (
+            select(escalation_t)
+            .where(self._outbox_due(), esc.next_attempt_at <= now)
+            .order_by(esc.next_attempt_at, esc.id)
+            .limit(limit)
+        )
+        until = now + lease_s
+
+        def job(conn: Connection) -> list[dict[str, Any]]:
+            claimed = []
+            for row in conn.execute(query).all():
+                taken = conn.execute(
+                    update(escalation_t)
+                    .where(esc.id == row.id, esc.next_attempt_at == row.next_attempt_at)
+                    .values(next_attempt_at=until)
+                ).rowcount
+                if taken == 1:
+                    claimed.append({**row._mapping, "next_attempt_at": until})
+            return claimed
+
+        return await self.write(job)
+
+    async def mark_posted(self, escalation_id: int, *, channel: str, ts: str, now: float) -> None:
+        """The card is in the channel. Decided meanwhile: keep the verdict, redraw the card."""
+        esc = escalation_t.c
+        where = {"channel": channel, "message_ts": ts, "posted_at": now, "last_error": None}
+
+        def job(conn: Connection) -> None:
+            posted = conn.execute(
+                update(escalation_t)
+                .where(esc.id == escalation_id, esc.state == "pending")
+                .values(state="posted", **where)
+            ).rowcount
+            if not posted:
+                conn.execute(
+                    update(escalation_t)
+                    .where(esc.id == escalation_id)
+                    .values(card_stale=True, next_attempt_at=now, **where)
+                )
+
+        await self.write(job)
+
+    async def mark_card_current(self, escalation_id: int) -> None:
+        esc = escalation_t.c
+
+        def job(conn: Connection) -> None:
+            conn.execute(
+                update(escalation_t)
+                .where(esc.id == escalation_id)
+                .values(card_stale=False, last_error=None)
+            )
+
+        await self.write(job)
+
+    async def retry_escalation(
+        self, escalation_id: int, *, attempts: int, at: float, error: str
+    ) -> None:
+        esc = escalation_t.c
+
+        def job(conn: Connection) -> None:
+            conn.execute(
+                update(escalation_t)
+                .where(esc.id == escalation_id)
+                .values(attempts=attempts, next_attempt_at=at, last_error=error[:2000])
+            )
+
+        await self.write(job)
+
+    async def defer_escalations(self, escalation_ids: Sequence[int], *, at: float) -> None:
+        """Move rows to ``at`` without counting an attempt (channel-wide pauses, parking)."""
+        if not escalation_ids:
+            return
+        esc = escalation_t.c
+
+        def job(conn: Connection) -> None:
+            conn.execute(
+                update(escalation_t)
+                .where(esc.id.in_(list(escalation_ids)))
+                .values(next_attempt_at=at)
+            )
+
+        await self.write(job)
+
+    async def dead_letter(
+        self, escalation: dict[str, Any], *, error: str, now: float, card_only: bool
+    ) -> None:
+        """A permanent channel error: the post goes to state ``failed`` (or, for a card
+        redraw, the card is left as it is), with an ``review_dead_letter`` event."""
+        esc = escalation_t.c
+        data = {
+            "escalation_id": escalation["id"],
+            "reply_id": escalation["reply_id"],
+            "what": "update" if card_only else "post",
+            "error": error[:2000],
+        }
+
+        def job(conn: Connection) -> None:
+            values: dict[str, Any] = {"last_error": error[:2000]}
+            if card_only:
+                values["card_stale"] = False
+                conn.execute(
+                    update(escalation_t).where(esc.id == escalation["id"]).values(**values)
+                )
+            else:
+                conn.execute(
+                    update(escalation_t)
+                    .where(esc.id == escalation["id"], esc.state == "pending")
+                    .values(state="failed", **values)
+                )
+            conn.execute(
+                insert(event_t).values(
+                    created_at=now, kind="review_dead_letter", data_json=json.dumps(data)
+                )
+            )
+
+        await self.write(job)
+
+    async def unpark_escalations(self, *, parked_from: float, now: float) -> int:
+        """Pending rows parked at or after ``parked_from`` become due now; how many."""
+        esc = escalation_t.c
+
+        def job(conn: Connection) -> int:
+            return int(
+                conn.execute(
+                    update(escalation_t)
+                    .where(esc.state == "pending", esc.next_attempt_at >= parked_from)
+                    .values(next_attempt_at=now)
+                ).rowcount
+            )
+
+        return await self.write(job)
+
+    async def next_escalation_due(self) -> float | None:
+        """When the outbox next has work (a time, maybe past), or None when it is empty."""
+        query = select(func.min(escalation_t.c.next_attempt_at)).where(self._outbox_due())
+        value = await self.read(lambda conn: conn.execute(query).scalar())
+        return None if value is None else float(value)
+
+    async def review_counts(self) -> dict[str, int]:
+        """Escalations per state (only states that have any)."""
+        query = select(escalation_t.c.state, func.count()).group_by(escalation_t.c.state)
+        rows = await self.all(query)
+        return {str(row[0]): int(row[1]) for row in rows}
+
     async def count_rows(self, model: type[Any]) -> int:
         table = model.__table__
-        async with self.engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
+        query = select(func.count()).select_from(table)
+        return int(await self.read(lambda conn: conn.execute(query).scalar_one()))
 
     async def fetch_all(self, query: Any) -> Sequence[Any]:
         """Run a read-only query (for reports and tests)."""
-        async with self.engine.connect() as conn:
-            return (await conn.execute(query)).all()
+        return await self.all(query)

@@ -3,16 +3,6 @@
 from __future__ import annotations
 
 
-def async_url(url: str) -> str:
-    if url.startswith("sqlite+aiosqlite://"):
-        return url
-    if url.startswith("sqlite://"):
-        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
-    if url.startswith("postgresql://"):
-        return "postgresql+psycopg://" + url[len("postgresql://") :]
-    return url
-
-
 def sync_url(url: str) -> str:
     if url.startswith("sqlite+aiosqlite://"):
         return "sqlite://" + url[len("sqlite+aiosqlite://") :]

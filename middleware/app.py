@@ -28,6 +28,7 @@ from .auth import ClientKeyMiddleware
 from .chat import ChatEndpoint
 from .errors import ConfigError, SchemaOutdated, StoreUnavailable
 from .feedback import FeedbackEndpoint
+from .learner import Brain, Learner
 from .policy import AskLimiter, ReviewBudget, Thresholds
 from .ratelimit import RateLimiter
 from .recorder import Recorder
@@ -72,6 +73,7 @@ class Gateway:
     upstream: Upstream
     signer: TokenSigner
     scorer: Scorer
+    learner: Learner
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,8 +100,16 @@ def build_app(
     upstream = upstream or build_upstream(settings, secrets)
     signer = TokenSigner()
     policy = settings.policy
+    brain = Brain(rolling_window=settings.learner.rolling_window)
+    learner = Learner(
+        store,
+        brain,
+        snapshot_every_labels=settings.learner.snapshot_every_labels,
+        snapshot_interval_s=settings.learner.snapshot_interval_s,
+    )
+    store.on_label(learner.wake)
     scorer = Scorer(
-        brain=None,
+        brain=brain,
         prior=policy.prior,
         thresholds=Thresholds(
             escalate_below=policy.escalate_below,
@@ -112,7 +122,7 @@ def build_app(
         risky_models=frozenset(policy.risky_models),
         rng=rng,
     )
-    gateway = Gateway(settings, secrets, store, upstream, signer, scorer)
+    gateway = Gateway(settings, secrets, store, upstream, signer, scorer, learner)
     recorder = Recorder(store)
     chat = ChatEndpoint(
         upstream=upstream,
@@ -163,11 +173,17 @@ def build_app(
                     f"${settings.server.token_secret_env}: {exc} (or unset it to let the "
                     "gateway generate and keep one)"
                 ) from None
+            # Learn every label the store holds before the port opens.
+            replayed = await learner.restore()
+            if replayed:
+                log.info("learned %d labels committed since the last model snapshot", replayed)
+            learner.start()
             await upstream.start()
             try:
                 yield
             finally:
                 await upstream.aclose()
+                await learner.close()
         finally:
             await store.close()
 

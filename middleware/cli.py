@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="PATH",
             help="config file (default: $HITL_CONFIG, else ./config.toml, else built-in defaults)",
         )
+        if name != "serve":
+            p.add_argument("--store", metavar="URL", help="store URL (overrides [store] url)")
         p.set_defaults(handler=handler)
         return p
 

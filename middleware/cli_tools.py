@@ -4,4 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-REGISTER: list[Callable[..., None]] = []
+from . import cli_replay
+
+REGISTER: list[Callable[..., None]] = [cli_replay.register]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -93,18 +93,25 @@ class FeedbackEndpoint:
         except ValidationError as exc:
             field, message = validation_message(exc)
             return error_response(422, message, "invalid_field", param=field)
+        status, answer = await self.submit(vote)
+        if status >= 400:
+            error = answer["error"]
+            return error_response(status, error["message"], error["code"], param=error.get("param"))
+        return json_response(answer, status=status)
+
+    async def submit(self, vote: FeedbackIn) -> tuple[int, dict[str, Any]]:
+        """Check and store one validated vote: (HTTP status, answer). Replay calls this too."""
+
+        def fail(status: int, message: str, code: str, param: str | None = None) -> tuple[int, dict[str, Any]]:
+            return status, {"error": {"message": message, "code": code, "param": param}}
+
         # A wrong token answers 403 whether or not the reply exists, so ids can't be probed.
         if not self.signer.verify(vote.reply_id, vote.token):
-            return error_response(
-                403, "the feedback token does not match this reply", "invalid_token", param="token"
-            )
+            return fail(403, "the feedback token does not match this reply", "invalid_token", "token")
         try:
-            exchange = await self.store.get_exchange(vote.reply_id)
-            if exchange is None:
-                return error_response(404, f"no reply with id {vote.reply_id!r}", "unknown_reply")
             result = await self.store.vote(
                 reply_id=vote.reply_id,
-                voter=voter_of(exchange["end_user"]),
+                voter=voter_of,
                 rating=vote.rating,
                 reason=vote.reason,
                 comment=vote.comment,
@@ -113,14 +120,14 @@ class FeedbackEndpoint:
             )
         except StoreError as exc:
             log.error("feedback on %s not stored: %s", vote.reply_id, exc)
-            return error_response(503, "the vote could not be stored; retry", "store_unavailable")
+            return fail(503, "the vote could not be stored; retry", "store_unavailable")
+        if not result.found:
+            return fail(404, f"no reply with id {vote.reply_id!r}", "unknown_reply", "reply_id")
         if vote.rating == "down" and vote.comment and self.on_downvote is not None:
             await self.on_downvote(vote.reply_id, vote.comment)
-        return json_response(
-            {
-                "reply_id": vote.reply_id,
-                "rating": vote.rating,
-                "status": "created" if result.created else "updated",
-            },
-            status=201 if result.created else 200,
-        )
+        answer = {
+            "reply_id": vote.reply_id,
+            "rating": vote.rating,
+            "status": "created" if result.created else "updated",
+        }
+        return (201 if result.created else 200), answer

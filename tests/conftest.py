@@ -62,3 +62,34 @@ def gateway_factory(tmp_path: Path, upstream_server: ServerThread) -> Iterator[G
     yield start
     for server in started:
         server.stop()
+
+
+POSTGRES_ENV = "HITL_TEST_POSTGRES_URL"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards.
+
+    The server comes from ``$HITL_TEST_POSTGRES_URL`` (e.g.
+    ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``); skipped when unset.
+    """
+    import os
+    import secrets
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    server = os.environ.get(POSTGRES_ENV)
+    if not server:
+        pytest.skip(f"${POSTGRES_ENV} is not set (e.g. postgresql+psycopg://postgres@127.0.0.1/postgres)")
+    url = make_url(server)
+    name = f"hitl_test_{secrets.token_hex(6)}"
+    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -4,10 +4,12 @@
 - ``stream`` requests (``"stream": true``): the same text in SSE chunks, usage when asked
 - ``fail-500``: HTTP 500; ``fail-400``: HTTP 400 in the OpenAI error shape
 - ``slow``: sleeps ``slow_s`` before answering; ``cut``: a stream that breaks midway
-- ``tools``: a tool call reply; ``garbage``: a 200 that is not JSON
+- ``tools``: a tool call reply (streamed as tool-call deltas too); ``garbage``: a 200
+  that is not JSON
 - ``reply:<text>``: answers exactly <text>
 
-Every request is kept in ``app.state.requests`` (headers and body) for assertions.
+Every request is kept in ``app.state.requests`` (headers, raw headers, body, method,
+path and query) for assertions.
 """
 
 from __future__ import annotations
@@ -33,10 +35,23 @@ def _last_user(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
+def _keep(request: Request, body: bytes) -> None:
+    request.app.state.requests.append(
+        {
+            "headers": dict(request.headers),
+            "raw_headers": [(k.decode(), v.decode()) for k, v in request.scope["headers"]],
+            "body": body,
+            "method": request.method,
+            "path": request.url.path,
+            "query": request.url.query,
+        }
+    )
+
+
 def make_app(*, slow_s: float = 3.0) -> Starlette:
     async def chat(request: Request) -> Response:
         body = await request.body()
-        request.app.state.requests.append({"headers": dict(request.headers), "body": body})
+        _keep(request, body)
         payload = json.loads(body)
         model = str(payload.get("model", "json"))
         if model == "fail-500":
@@ -89,6 +104,16 @@ def make_app(*, slow_s: float = 3.0) -> Starlette:
                     "model": model, "choices": choices, **extra}
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
+        if model == "tools":
+            yield chunk([{"index": 0, "delta": {"role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, "id": "call_1", "type": "function",
+                 "function": {"name": "lookup", "arguments": ""}}]}, "finish_reason": None}])
+            for part in ('{"q": ', '"x"}'):
+                yield chunk([{"index": 0, "delta": {"tool_calls": [
+                    {"index": 0, "function": {"arguments": part}}]}, "finish_reason": None}])
+            yield chunk([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])
+            yield b"data: [DONE]\n\n"
+            return
         yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
                      for i in range(n)])
         words = text.split(" ")
@@ -105,13 +130,13 @@ def make_app(*, slow_s: float = 3.0) -> Starlette:
         yield b"data: [DONE]\n\n"
 
     async def models(request: Request) -> Response:
-        request.app.state.requests.append({"headers": dict(request.headers), "body": b""})
+        _keep(request, b"")
         return JSONResponse({"object": "list", "data": [{"id": "json", "object": "model",
                                                           "created": 0, "owned_by": "test"}]})
 
     async def embeddings(request: Request) -> Response:
         body = await request.body()
-        request.app.state.requests.append({"headers": dict(request.headers), "body": body})
+        _keep(request, body)
         return JSONResponse({"object": "list", "data": [{"object": "embedding", "index": 0,
                                                           "embedding": [0.1, 0.2]}], "model": "e"})
 

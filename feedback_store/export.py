@@ -1,0 +1,204 @@
+"""Exports for machines: labelled exchanges, and corrected answers for fine-tuning.
+
+The queries page through the store (keyset on creation time and id) so an export of
+a large store never holds it all in memory; turning rows into records is pure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+
+from .report import iso
+from .store import Store, escalation_t, exchange_t, feedback_t, label_t
+
+PAGE = 500
+
+
+def request_messages(request_json: str) -> list[dict[str, Any]] | None:
+    """The messages of a stored chat request, or None when there are none to reuse."""
+    try:
+        payload = json.loads(request_json or "{}")
+    except ValueError:
+        return None
+    messages = payload.get("messages") if isinstance(payload, dict) else None
+    if not isinstance(messages, list) or not messages:
+        return None
+    if not all(isinstance(m, dict) and "role" in m for m in messages):
+        return None
+    return messages
+
+
+def final_label(labels: Sequence[dict[str, Any]]) -> tuple[int, str] | None:
+    """(value, source) the exchange is known by: the newest reviewer verdict, else the user's."""
+    reviewer = [lb for lb in labels if lb["source"] == "reviewer"]
+    chosen = reviewer[-1] if reviewer else (labels[0] if labels else None)
+    return None if chosen is None else (int(chosen["value"]), str(chosen["source"]))
+
+
+def labelled_record(
+    exchange: dict[str, Any],
+    labels: Sequence[dict[str, Any]],
+    votes: Sequence[dict[str, Any]],
+    reviews: Sequence[dict[str, Any]],
+) -> dict[str, Any] | None:
+    label = final_label(labels)
+    if label is None:
+        return None
+    review = reviews[-1] if reviews else None
+    try:
+        meta = json.loads(exchange.get("meta_json") or "{}")
+    except ValueError:
+        meta = {}
+    return {
+        "reply_id": exchange["id"],
+        "created_at": iso(exchange["created_at"]),
+        "model": exchange["model"],
+        "route": exchange["route"],
+        "messages": request_messages(exchange["request_json"]) or [],
+        "question": exchange["question"],
+        "reply": exchange["reply_text"],
+        "confidence": exchange["confidence"],
+        "decision": exchange["decision"],
+        "label": label[0],
+        "label_source": label[1],
+        "labels": [
+            {
+                "source": lb["source"],
+                "value": lb["value"],
+                "weight": lb["weight"],
+                "at": iso(lb["created_at"]),
+            }
+            for lb in labels
+        ],
+        "votes": [
+            {
+                "rating": v["rating"],
+                "reason": v["reason"],
+                "comment": v["comment"],
+                "correction": v["correction"],
+            }
+            for v in votes
+        ],
+        "review": None
+        if review is None
+        else {
+            "state": review["state"],
+            "by": review["decided_by"],
+            "at": iso(review["decided_at"]),
+            "reason": review["decision_reason"],
+            "correction": review["correction"],
+        },
+        "meta": meta if isinstance(meta, dict) else {},
+    }
+
+
+def correction_record(request_json: str, corrected: str) -> dict[str, Any] | None:
+    """One OpenAI fine-tuning example: the original messages, then the corrected answer."""
+    messages = request_messages(request_json)
+    if messages is None or not corrected.strip():
+        return None
+    return {"messages": [*messages, {"role": "assistant", "content": corrected}]}
+
+
+async def _pages(
+    store: Store, where: list[Any], since: float | None, until: float | None
+) -> AsyncIterator[list[dict[str, Any]]]:
+    ex = exchange_t.c
+    conditions = list(where)
+    if since is not None:
+        conditions.append(ex.created_at >= since)
+    if until is not None:
+        conditions.append(ex.created_at < until)
+    after: tuple[float, str] | None = None
+    while True:
+        page_conditions = list(conditions)
+        if after is not None:
+            page_conditions.append(
+                or_(ex.created_at > after[0], and_(ex.created_at == after[0], ex.id > after[1]))
+            )
+        rows = await store.fetch_all(
+            select(exchange_t).where(*page_conditions).order_by(ex.created_at, ex.id).limit(PAGE)
+        )
+        if not rows:
+            return
+        page = [dict(row._mapping) for row in rows]
+        yield page
+        after = (page[-1]["created_at"], page[-1]["id"])
+
+
+async def _related(store: Store, table: Any, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    rows = await store.fetch_all(
+        select(table).where(table.c.reply_id.in_(ids)).order_by(table.c.id)
+    )
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        grouped[row.reply_id].append(dict(row._mapping))
+    return grouped
+
+
+async def labelled_exchanges(
+    store: Store, *, since: float | None = None, until: float | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Every exchange with at least one label, oldest first, as one JSON-ready record."""
+    has_label = exchange_t.c.id.in_(select(label_t.c.reply_id))
+    async for page in _pages(store, [has_label], since, until):
+        ids = [row["id"] for row in page]
+        labels = await _related(store, label_t, ids)
+        votes = await _related(store, feedback_t, ids)
+        reviews = await _related(store, escalation_t, ids)
+        for row in page:
+            user_votes = [v for v in votes[row["id"]] if not v["voter"].startswith("reviewer")]
+            record = labelled_record(row, labels[row["id"]], user_votes, reviews[row["id"]])
+            if record is not None:
+                yield record
+
+
+async def corrections(
+    store: Store,
+    *,
+    include_users: bool = False,
+    since: float | None = None,
+    until: float | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Corrected answers in the OpenAI fine-tuning chat format, oldest first.
+
+    Reviewer corrections always; end users' corrections only with ``include_users``:
+    anyone holding a reply's token can send one, so they are unvetted and could
+    poison the training set. A reviewer's correction wins over a user's for one reply.
+    """
+    es = escalation_t.c
+    reviewed = and_(es.state == "corrected", es.correction.is_not(None))
+    where = [exchange_t.c.id.in_(select(es.reply_id).where(reviewed))]
+    if include_users:
+        fb = feedback_t.c
+        from_users = and_(fb.correction.is_not(None), fb.voter.not_like("reviewer%"))
+        where = [or_(where[0], exchange_t.c.id.in_(select(fb.reply_id).where(from_users)))]
+    async for page in _pages(store, where, since, until):
+        ids = [row["id"] for row in page]
+        reviews = await _related(store, escalation_t, ids)
+        votes = await _related(store, feedback_t, ids) if include_users else {}
+        for row in page:
+            corrected = _chosen_correction(reviews.get(row["id"], []), votes.get(row["id"], []))
+            if corrected is None:
+                continue
+            record = correction_record(row["request_json"], corrected)
+            if record is not None:
+                yield record
+
+
+def _chosen_correction(
+    reviews: Sequence[dict[str, Any]], votes: Sequence[dict[str, Any]]
+) -> str | None:
+    done = [r for r in reviews if r["state"] == "corrected" and r["correction"]]
+    if done:
+        newest = max(done, key=lambda r: r["decided_at"] or r["created_at"])
+        return str(newest["correction"])
+    mine = [v for v in votes if v["correction"] and not v["voter"].startswith("reviewer")]
+    if mine:
+        return str(max(mine, key=lambda v: v["updated_at"])["correction"])
+    return None

@@ -1,0 +1,238 @@
+"""The helpfulness model: river pipelines over ``features()`` ending in a probabilistic classifier.
+
+The default is a logistic regression over hashed TF-IDF words of the reply and the
+question, the scaled numeric features and the one-hot categories, fitted by AdaGrad:
+per-word step sizes let a few dozen labels move a new word's weight (the fast-learner
+requirement), where a plain SGD needs hundreds. Candidates and their measured figures:
+``bench/learning_candidates.py``.
+
+Words are hashed (crc32, stable across processes and pickles) into a fixed number of
+buckets, so the vocabulary, the weights and the snapshots stay bounded however long the
+gateway runs. ``predict`` never mutates the model (river learns unsupervised parts in
+``learn_one`` only), so a request can score against the live model or a snapshot.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import math
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from river import base, compose, forest, linear_model, naive_bayes, optim, preprocessing, tree
+
+from middleware.features import NUMERIC_KEYS, words
+
+__all__ = [
+    "CANDIDATES",
+    "DEFAULT_MODEL",
+    "HashedTFIDF",
+    "explain",
+    "learn",
+    "make_model",
+    "predict",
+]
+
+_CATEGORICAL_KEYS = ("route", "model", "finish_reason")
+_BUCKETS = 1 << 18
+
+
+class HashedTFIDF(base.Transformer):
+    """TF-IDF of the word n-grams of ``x[on]``, hashed into ``n_buckets`` keys ``"{prefix}#{b}"``.
+
+    With ``idf=False`` it yields raw counts (for naive Bayes). IDF is smoothed as in
+    scikit-learn, ``ln((1 + n) / (1 + df)) + 1``, and rows are L2-normalised.
+    """
+
+    def __init__(
+        self,
+        on: str,
+        prefix: str | None = None,
+        ngram_range: tuple[int, int] = (1, 1),
+        n_buckets: int = _BUCKETS,
+        idf: bool = True,
+    ) -> None:
+        self.on = on
+        self.prefix = on if prefix is None else prefix
+        self.ngram_range = ngram_range
+        self.n_buckets = n_buckets
+        self.idf = idf
+        self.n_docs = 0
+        self.dfs: collections.Counter[int] = collections.Counter()
+
+    def ngrams(self, x: dict[str, Any]) -> Iterator[str]:
+        text = x.get(self.on)
+        tokens = words(text) if isinstance(text, str) else []
+        low, high = self.ngram_range
+        for n in range(low, high + 1):
+            for i in range(len(tokens) - n + 1):
+                yield tokens[i] if n == 1 else " ".join(tokens[i : i + n])
+
+    def bucket(self, ngram: str) -> int:
+        return zlib.crc32(ngram.encode()) % self.n_buckets
+
+    def key(self, bucket: int) -> str:
+        return f"{self.prefix}#{bucket}"
+
+    def _counts(self, x: dict[str, Any]) -> collections.Counter[int]:
+        return collections.Counter(self.bucket(g) for g in self.ngrams(x))
+
+    def learn_one(self, x: dict[str, Any]) -> None:
+        if self.idf:
+            self.n_docs += 1
+            self.dfs.update(self._counts(x).keys())
+
+    def transform_one(self, x: dict[str, Any]) -> dict[str, float]:
+        counts = self._counts(x)
+        if not self.idf:
+            return {self.key(b): float(c) for b, c in counts.items()}
+        n = self.n_docs
+        dfs = self.dfs
+        weighted = {b: c * (math.log((1 + n) / (1 + dfs[b])) + 1.0) for b, c in counts.items()}
+        norm = math.sqrt(sum(v * v for v in weighted.values())) or 1.0
+        return {self.key(b): v / norm for b, v in weighted.items()}
+
+
+class _Buckets(base.Transformer):
+    """Numeric features as coarse tokens ("hedges=1"), so naive Bayes can count them."""
+
+    def transform_one(self, x: dict[str, Any]) -> dict[str, float]:
+        return {f"{k}={round(float(x.get(k, 0.0)) * 4) / 4:g}": 1.0 for k in NUMERIC_KEYS}
+
+
+def _numeric() -> compose.Pipeline:
+    return compose.Select(*NUMERIC_KEYS) | preprocessing.StandardScaler()
+
+
+def _categorical() -> compose.Pipeline:
+    return compose.Select(*_CATEGORICAL_KEYS) | preprocessing.OneHotEncoder()
+
+
+def _logreg(optimizer: optim.base.Optimizer) -> base.Classifier:
+    union = compose.TransformerUnion(
+        _numeric(),
+        _categorical(),
+        HashedTFIDF(on="reply", ngram_range=(1, 2)),
+        HashedTFIDF(on="question"),
+    )
+    return union | linear_model.LogisticRegression(optimizer=optimizer)
+
+
+def logreg_adagrad() -> base.Classifier:
+    # eps keeps the first step on a new word proportional to the gradient, so a label's
+    # sample weight still counts there (with eps ~ 0 AdaGrad's first step ignores it).
+    return _logreg(optim.AdaGrad(0.2, eps=0.1))
+
+
+def logreg_sgd() -> base.Classifier:
+    return _logreg(optim.SGD(0.01))
+
+
+def naive_bayes_words() -> base.Classifier:
+    union = compose.TransformerUnion(
+        _Buckets(),
+        HashedTFIDF(on="reply", ngram_range=(1, 2), idf=False),
+        HashedTFIDF(on="question", idf=False),
+    )
+    return union | naive_bayes.MultinomialNB(alpha=1.0)
+
+
+def hoeffding_tree() -> base.Classifier:
+    return compose.Select(*NUMERIC_KEYS) | tree.HoeffdingAdaptiveTreeClassifier(
+        grace_period=50, seed=1
+    )
+
+
+def adaptive_forest() -> base.Classifier:
+    return compose.Select(*NUMERIC_KEYS) | forest.ARFClassifier(n_models=10, seed=1)
+
+
+CANDIDATES: dict[str, Callable[[], base.Classifier]] = {
+    "logreg-adagrad": logreg_adagrad,
+    "logreg-sgd": logreg_sgd,
+    "naive-bayes": naive_bayes_words,
+    "hoeffding-tree": hoeffding_tree,
+    "adaptive-forest": adaptive_forest,
+}
+DEFAULT_MODEL = "logreg-adagrad"
+
+
+def make_model(name: str = DEFAULT_MODEL) -> base.Classifier:
+    try:
+        factory = CANDIDATES[name]
+    except KeyError:
+        known = ", ".join(sorted(CANDIDATES))
+        raise ValueError(f"unknown model {name!r}; choose one of: {known}") from None
+    return factory()
+
+
+def predict(model: base.Classifier, x: dict[str, Any]) -> float:
+    """P(helpful). An untrained model answers what it answers; the caller applies the prior."""
+    proba = model.predict_proba_one(x)
+    p = float(proba.get(True, 0.5)) if proba else 0.5
+    return p if math.isfinite(p) else 0.5
+
+
+def _final(model: base.Estimator) -> base.Estimator:
+    if isinstance(model, compose.Pipeline):
+        return list(model.steps.values())[-1]
+    return model
+
+
+_TAKES_WEIGHT: dict[type, bool] = {}
+
+
+def _takes_weight(estimator: base.Estimator) -> bool:
+    kind = type(estimator)
+    if kind not in _TAKES_WEIGHT:
+        _TAKES_WEIGHT[kind] = "w" in inspect.signature(kind.learn_one).parameters
+    return _TAKES_WEIGHT[kind]
+
+
+def learn(model: base.Classifier, x: dict[str, Any], y: bool, weight: float = 1.0) -> None:
+    """Learn one label with a sample weight (reviewer labels weigh more than users')."""
+    if not weight > 0:
+        raise ValueError(f"weight must be positive (got {weight!r})")
+    if _takes_weight(_final(model)):
+        model.learn_one(x, bool(y), w=weight)
+        return
+    # Estimators without sample weights see the label as many times as it weighs.
+    for _ in range(max(1, round(weight))):
+        model.learn_one(x, bool(y))
+
+
+def _readable(model: compose.Pipeline, x: dict[str, Any]) -> dict[str, str]:
+    """Map hashed word keys back to the words of this ``x`` that produced them."""
+    names: dict[str, str] = {}
+
+    def visit(step: Any) -> None:
+        if isinstance(step, HashedTFIDF):
+            for gram in step.ngrams(x):
+                names.setdefault(step.key(step.bucket(gram)), f"{step.prefix}: {gram}")
+        elif isinstance(step, compose.Pipeline | compose.TransformerUnion):
+            for sub in step.steps.values() if isinstance(step, compose.Pipeline) else step:
+                visit(sub)
+
+    visit(model)
+    return names
+
+
+def explain(model: base.Classifier, x: dict[str, Any], top: int = 3) -> list[tuple[str, float]]:
+    """The features pulling this score down most, as (name, contribution to the log-odds).
+
+    Best effort: linear models only (weight times transformed value); others give [].
+    """
+    final = _final(model)
+    if not isinstance(final, linear_model.LogisticRegression) or top <= 0:
+        return []
+    xt = x
+    if isinstance(model, compose.Pipeline):
+        for step in list(model.steps.values())[:-1]:
+            xt = step.transform_one(xt)
+    weights = final._weights
+    contributions = [(k, weights.get(k, 0.0) * float(v)) for k, v in xt.items()]
+    down = sorted((c for c in contributions if c[1] < 0), key=lambda c: c[1])[:top]
+    names = _readable(model, x) if isinstance(model, compose.Pipeline) else {}
+    return [(names.get(k, str(k)), c) for k, c in down]

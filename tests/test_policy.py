@@ -1,0 +1,208 @@
+"""``decide()`` as a table, and the review budget over streams of decisions."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from middleware.policy import (
+    AskLimiter,
+    BudgetState,
+    DecisionContext,
+    ReviewBudget,
+    Thresholds,
+    decide,
+    is_candidate,
+)
+
+T = Thresholds(escalate_below=0.3, hold_below=0.2, ask_margin=0.15)
+OPEN = BudgetState(allows_review=True)
+FULL = BudgetState(allows_review=False)
+
+
+def ctx(**kw: bool) -> DecisionContext:
+    return DecisionContext(**kw)
+
+
+@pytest.mark.parametrize(
+    ("confidence", "context", "budget", "kind", "ask"),
+    [
+        # confident replies are delivered
+        (0.9, ctx(), OPEN, "deliver", False),
+        (0.66, ctx(), OPEN, "deliver", False),
+        # near the boundary: ask
+        (0.5, ctx(), OPEN, "ask", True),
+        (0.62, ctx(), OPEN, "ask", True),
+        (0.38, ctx(), OPEN, "ask", True),
+        # ... unless this user may not be asked again
+        (0.5, ctx(may_ask=False), OPEN, "deliver", False),
+        # sampled confident replies are asked too, within the user's allowance
+        (0.9, ctx(sampled=True), OPEN, "ask", True),
+        (0.9, ctx(sampled=True, may_ask=False), OPEN, "deliver", False),
+        # drift doubles the asking margin
+        (0.75, ctx(drifting=True), OPEN, "ask", True),
+        (0.75, ctx(), OPEN, "deliver", False),
+        # below escalate_below ("below" is strict) within the budget: escalate
+        (0.29, ctx(), OPEN, "escalate", False),
+        (0.3, ctx(), OPEN, "deliver", False),
+        (0.05, ctx(), OPEN, "escalate", False),
+        # over the budget: not escalated; asked only if uncertain or sampled
+        (0.05, ctx(), FULL, "deliver", False),
+        (0.05, ctx(sampled=True), FULL, "ask", True),
+        # an outlier is escalated even when confident, budget permitting
+        (0.95, ctx(outlier=True), OPEN, "escalate", False),
+        (0.95, ctx(outlier=True), FULL, "deliver", False),
+        (0.5, ctx(outlier=True), OPEN, "escalate", True),
+        # risky route below hold_below: held, whatever the budget
+        (0.1, ctx(risky=True), OPEN, "hold", False),
+        (0.1, ctx(risky=True), FULL, "hold", False),
+        (0.19, ctx(risky=True, outlier=True), FULL, "hold", False),
+        # risky but at or above hold_below: the ordinary rules
+        (0.2, ctx(risky=True), OPEN, "escalate", False),
+        (0.25, ctx(risky=True), FULL, "deliver", False),
+        (0.9, ctx(risky=True), OPEN, "deliver", False),
+        # thresholds are inclusive ends of [0, 1]
+        (0.0, ctx(), OPEN, "escalate", False),
+        (1.0, ctx(), OPEN, "deliver", False),
+    ],
+)
+def test_decide(
+    confidence: float, context: DecisionContext, budget: BudgetState, kind: str, ask: bool
+) -> None:
+    decision = decide(confidence, context, budget, T)
+    assert (decision.kind, decision.ask_feedback) == (kind, ask)
+    assert decision.reviewed == (kind in ("escalate", "hold"))
+
+
+def test_decide_says_why() -> None:
+    assert decide(0.1, ctx(risky=True, outlier=True), OPEN, T).reasons == (
+        "risky route, confidence 0.10 < 0.2",
+        "outlier",
+    )
+    assert decide(0.25, ctx(outlier=True), OPEN, T).reasons == (
+        "confidence 0.25 < 0.3",
+        "outlier",
+    )
+    assert decide(0.5, ctx(), OPEN, T).reasons == ("uncertain",)
+    assert decide(0.9, ctx(sampled=True), OPEN, T).reasons == ("sampled",)
+    assert decide(0.9, ctx(), OPEN, T).reasons == ()
+
+
+def test_uncertain_escalations_also_ask() -> None:
+    wide = Thresholds(escalate_below=0.45, hold_below=0.2, ask_margin=0.15)
+    decision = decide(0.4, ctx(), OPEN, wide)
+    assert (decision.kind, decision.ask_feedback) == ("escalate", True)
+
+
+@pytest.mark.parametrize(
+    ("confidence", "outlier", "expected"),
+    [(0.29, False, True), (0.3, False, False), (0.9, True, True), (0.9, False, False)],
+)
+def test_is_candidate(confidence: float, outlier: bool, expected: bool) -> None:
+    assert is_candidate(confidence, outlier, T) is expected
+
+
+def run_stream(budget: ReviewBudget, scores: list[float], *, escalate_below: float) -> list[bool]:
+    """Feed decisions as the scorer does: only candidates ask the budget, all are recorded."""
+    escalated = []
+    for i, score in enumerate(scores):
+        allowed = score < escalate_below and budget.allows(score, now=float(i))
+        budget.record(score, allowed, now=float(i))
+        escalated.append(allowed)
+        assert budget.escalated_share <= budget.share + 1e-12
+    return escalated
+
+
+@pytest.mark.parametrize("share", [0.01, 0.05, 0.1, 0.3])
+def test_review_budget_share_is_never_exceeded(share: float) -> None:
+    rng = random.Random(7)
+    scores = [rng.random() for _ in range(3000)]
+    budget = ReviewBudget(share=share, per_hour=None, window=500)
+    escalated = run_stream(budget, scores, escalate_below=0.5)
+    count = sum(escalated)
+    assert count > 0
+    # Over every window the cap holds, not just at the end.
+    for end in range(500, len(escalated) + 1, 50):
+        assert sum(escalated[end - 500 : end]) <= share * 500 + 1e-9
+    # The least confident go first.
+    chosen = [s for s, e in zip(scores, escalated, strict=True) if e]
+    candidates = [s for s in scores if s < 0.5]
+    assert sum(chosen) / len(chosen) < sum(candidates) / len(candidates)
+
+
+def test_review_budget_full_share_escalates_every_candidate_from_the_first() -> None:
+    budget = ReviewBudget(share=1.0, per_hour=None)
+    # Ties included: every score the same.
+    escalated = run_stream(budget, [0.1] * 50, escalate_below=0.3)
+    assert all(escalated)
+    assert budget.escalated_share == 1.0
+
+
+def test_review_budget_ties_do_not_starve_a_partial_share() -> None:
+    budget = ReviewBudget(share=0.2, per_hour=None, window=100)
+    escalated = run_stream(budget, [0.1] * 200, escalate_below=0.3)
+    # Equal scores all sit at the quantile: the share fills (to within one of the window).
+    assert 19 <= sum(escalated[-100:]) <= 20
+
+
+def test_review_budget_prefers_the_least_confident_once_warm() -> None:
+    budget = ReviewBudget(share=0.1, per_hour=None)
+    for i in range(1, 101):
+        budget.record(i / 100, False, now=0.0)
+    assert budget.threshold() == pytest.approx(0.10)
+    assert budget.allows(0.05, now=0.0)
+    assert budget.allows(0.10, now=0.0)
+    # Room in the share, but not among the least confident tenth.
+    assert not budget.allows(0.2, now=0.0)
+
+
+def test_review_budget_zero_share_never_escalates() -> None:
+    budget = ReviewBudget(share=0.0, per_hour=None)
+    assert not any(run_stream(budget, [0.0] * 20, escalate_below=0.3))
+
+
+def test_review_budget_hourly_cap() -> None:
+    budget = ReviewBudget(share=1.0, per_hour=3)
+    times = [0.0, 10.0, 20.0, 30.0, 3599.0, 3600.0, 3610.0, 3620.0, 3630.0]
+    allowed = []
+    for now in times:
+        ok = budget.allows(0.1, now)
+        budget.record(0.1, ok, now)
+        allowed.append(ok)
+    # Three in the first hour; each frees its slot an hour after it was used.
+    assert allowed == [True, True, True, False, False, True, True, True, False]
+
+
+def test_review_budget_window_forgets_old_decisions() -> None:
+    budget = ReviewBudget(share=0.5, per_hour=None, window=10)
+    for i in range(10):
+        budget.record(0.1, i % 2 == 0, now=float(i))
+    assert budget.escalated_share == 0.5
+    for i in range(10):
+        budget.record(0.9, False, now=float(10 + i))
+    assert budget.escalated_share == 0.0
+
+
+def test_ask_limiter_per_user_per_hour() -> None:
+    asker = AskLimiter(2)
+    for now in (0.0, 1.0):
+        assert asker.may_ask("alice", now)
+        asker.record("alice", now)
+    assert not asker.may_ask("alice", 2.0)
+    assert asker.may_ask("bob", 2.0)
+    assert asker.may_ask("alice", 3600.5)
+    # Anonymous users are not tracked, only the global switch applies.
+    asker.record(None, 0.0)
+    assert asker.may_ask(None, 0.0)
+    assert not AskLimiter(0).may_ask(None, 0.0)
+    assert not AskLimiter(0).may_ask("carol", 0.0)
+
+
+def test_ask_limiter_memory_is_bounded() -> None:
+    asker = AskLimiter(1, max_users=3)
+    for user in ("a", "b", "c", "d"):
+        asker.record(user, 0.0)
+    # The oldest user was forgotten; the newest is still limited.
+    assert asker.may_ask("a", 1.0)
+    assert not asker.may_ask("d", 1.0)
