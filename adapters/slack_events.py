@@ -101,7 +101,7 @@ class SlackEvents:
         self.handler = handler
         self.clock = clock
 
-    async def __call__(self, request: Request) -> Response:
+    async def endpoint(self, request: Request) -> Response:
         problem = header_problem(
             request.headers.get("x-slack-request-timestamp"),
             request.headers.get("x-slack-signature"),
@@ -145,7 +145,9 @@ class _Decisions:
             log.warning("could not check whether %s is a reviewer: %s", user, exc)
             return None
 
-    async def _refuse(self, ack: Ack, body: dict[str, Any], user: str, allowed: bool | None) -> None:
+    async def _refuse(
+        self, ack: Ack, body: dict[str, Any], user: str, allowed: bool | None
+    ) -> None:
         await ack()
         if allowed is None:
             await self._tell(body, user, "Slack could not confirm you are a reviewer; try again.")
@@ -156,7 +158,9 @@ class _Decisions:
     def _already(self, outcome: ReviewOutcome) -> str:
         return f"Already decided by {mention(outcome.decided_by)}: {outcome.state}."
 
-    async def click(self, verdict: str, ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
+    async def click(
+        self, verdict: str, ack: Ack, body: dict[str, Any], action: dict[str, Any]
+    ) -> None:
         user = str((body.get("user") or {}).get("id") or "")
         try:
             reply_id, reason = parse_action(action)
@@ -241,6 +245,7 @@ class _Decisions:
             return
         allowed = await self._reviewer(user)
         if not allowed:
+            log.info("refused a correction from %s: not a reviewer", user)
             await refuse(
                 "Only reviewers can correct answers."
                 if allowed is False

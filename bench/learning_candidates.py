@@ -14,7 +14,7 @@ The ``c@.2 q200`` column replays the 0.2 budget with a variant of that policy: q
 over the last 200 scores instead of 1,000, and the escalated share allowed up to B + 0.01
 (the issue's one point of slack).
 
-    python bench/learning_candidates.py                        # ../shared/data/convai2017_thumbs.jsonl
+    python bench/learning_candidates.py                        # the shared ConvAI 2017 stream
     python bench/learning_candidates.py PATH.jsonl --candidates logreg-adagrad,naive-bayes
     python bench/learning_candidates.py PATH.jsonl --json      # last line: the figures as JSON
 
@@ -163,9 +163,7 @@ def progressive(
 
 def run_candidate(name: str, data: list[tuple[dict[str, Any], int]]) -> dict[str, Any]:
     model = make_model(name)
-    return progressive(
-        data, lambda x: predict(model, x), lambda x, y: learn(model, x, y, 1.0)
-    )
+    return progressive(data, lambda x: predict(model, x), lambda x, y: learn(model, x, y, 1.0))
 
 
 def run_baseline(data: list[tuple[dict[str, Any], int]]) -> dict[str, Any]:
@@ -182,7 +180,7 @@ def run_baseline(data: list[tuple[dict[str, Any], int]]) -> dict[str, Any]:
 def row(name: str, r: dict[str, Any]) -> str:
     c = r["caught_at_budget"]
     return (
-        f"{name:<16} {r['roc_auc']:>6.4f} {r['log_loss']:>7.4f} {c['0.1']:>6.3f} {c['0.2']:>6.3f}"
+        f"{name:<20} {r['roc_auc']:>6.4f} {r['log_loss']:>7.4f} {c['0.1']:>6.3f} {c['0.2']:>6.3f}"
         f" {c['0.3']:>6.3f} {r['escalated_share']['0.2']:>7.3f} {r['caught_0.2_variant']:>9.3f}"
         f" {r['us_predict']:>7.0f} {r['us_learn']:>7.0f}"
     )
@@ -210,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.path.name}: {len(data)} labels, {downs / max(len(data), 1):.1%} thumbs-down,")
     print(f"features() {feature_us:.0f} µs per reply (mean, with the running user rates)\n")
     print(
-        f"{'candidate':<16} {'AUC':>6} {'logloss':>7} {'c@.1':>6} {'c@.2':>6} {'c@.3':>6}"
+        f"{'candidate':<20} {'AUC':>6} {'logloss':>7} {'c@.1':>6} {'c@.2':>6} {'c@.3':>6}"
         f" {'esc@.2':>7} {'c@.2 q200':>9} {'µs pred':>7} {'µs lrn':>7}"
     )
     results: dict[str, Any] = {}

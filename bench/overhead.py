@@ -307,6 +307,8 @@ class Target:
     family: str
     mode: str
     url: str
+    #: the server process whose CPU time is counted (nginx's master for `direct`)
+    pid: int
 
     @property
     def name(self) -> str:
@@ -371,6 +373,25 @@ class Sample:
     max_ms: float
     non_2xx: int
     socket_errors: int
+    #: the server's CPU time (all threads, and child processes) per answered request
+    cpu_us_per_req: float
+    #: its CPU time over the run's wall time: under 1.0, it was not using all of its core
+    cpu_share: float
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its direct children, from /proc."""
+    total = 0
+    pids = [pid]
+    with suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    for each in pids:
+        with suppress(OSError):
+            # Fields after the parenthesised command name; utime and stime are 14 and 15.
+            fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def run_wrk(
@@ -382,7 +403,10 @@ def run_wrk(
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "5s"]
     argv += ["-s", str(script), target.url]
     command = ["taskset", "-c", LOAD_CPU, *argv] if pin else argv
+    cpu_before, wall_before = cpu_seconds(target.pid), time.monotonic()
     done = subprocess.run(command, capture_output=True, timeout=duration + 30, check=False)
+    cpu = cpu_seconds(target.pid) - cpu_before
+    wall = time.monotonic() - wall_before
     if done.returncode != 0 or not report.exists():
         raise BenchError(
             f"wrk failed on {target.name} (status {done.returncode}): "
@@ -404,6 +428,8 @@ def run_wrk(
         # wrk counts answers with status > 399; a check before the load saw a 200.
         non_2xx=figures["status"],
         socket_errors=figures["connect"] + figures["read"] + figures["write"] + figures["timeout"],
+        cpu_us_per_req=1e6 * cpu / figures["requests"] if figures["requests"] else 0.0,
+        cpu_share=cpu / wall if wall else 0.0,
     )
 
 
@@ -421,6 +447,8 @@ class Summary:
     p99_ms: float
     non_2xx: int
     socket_errors: int
+    cpu_us_per_req: float
+    cpu_share: float
 
 
 def summarise(samples: Sequence[Sample]) -> list[Summary]:
@@ -443,6 +471,8 @@ def summarise(samples: Sequence[Sample]) -> list[Summary]:
                 p99_ms=statistics.median(s.p99_ms for s in group),
                 non_2xx=sum(s.non_2xx for s in group),
                 socket_errors=sum(s.socket_errors for s in group),
+                cpu_us_per_req=statistics.median(s.cpu_us_per_req for s in group),
+                cpu_share=statistics.median(s.cpu_share for s in group),
             )
         )
     return out
@@ -462,6 +492,10 @@ def ratios(summaries: Sequence[Summary]) -> list[dict[str, Any]]:
                 "family": s.family,
                 "conns": s.conns,
                 "ratio_to_aiohttp": s.rps / floor.rps,
+                # The same ratio from CPU time per request: what a core to itself would give.
+                "cpu_ratio_to_aiohttp": (
+                    floor.cpu_us_per_req / s.cpu_us_per_req if s.cpu_us_per_req else 0.0
+                ),
             }
         )
     return rows
@@ -504,7 +538,8 @@ def print_table(summaries: Sequence[Summary]) -> None:
     rows = sorted(summaries, key=lambda s: (s.mode, s.conns, order[s.family]))
     header = (
         f"{'target':<20} {'conns':>5} {'req/s':>9} {'min-max':>15} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'sock err':>8}"
+        f"{'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'sock err':>8} "
+        f"{'cpu us/req':>10} {'cpu':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -517,25 +552,33 @@ def print_table(summaries: Sequence[Summary]) -> None:
         flag = "  <-- errors" if s.non_2xx or s.socket_errors else ""
         print(
             f"{label:<20} {s.conns:>5} {s.rps:>9,.0f} {s.rps_min:>7,.0f}-{s.rps_max:<7,.0f} "
-            f"{s.p50_ms:>8.2f} {s.p99_ms:>8.2f} {s.non_2xx:>8} {s.socket_errors:>8}{flag}"
+            f"{s.p50_ms:>8.2f} {s.p99_ms:>8.2f} {s.non_2xx:>8} {s.socket_errors:>8} "
+            f"{s.cpu_us_per_req:>10.0f} {100 * s.cpu_share:>4.0f}%{flag}"
         )
 
 
 def print_ratios(rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
-    print("\nreq/s over the bare aiohttp passthrough (b), same mode and connections:")
+    print(
+        "\nover the bare aiohttp passthrough (b), same mode and connections: req/s ratio, and"
+        "\nthe ratio of CPU time per request ((b)'s over the target's; less noisy when other"
+        "\nwork shares the core):"
+    )
     order = {family: i for i, family in enumerate(FAMILIES)}
     for row in sorted(rows, key=lambda r: (-order[r["family"]], r["target"], r["conns"])):
         label = f"{LABELS[row['family']]}/(b) {row['target']}"
-        print(f"  {label:<26} -c{row['conns']:<3} {row['ratio_to_aiohttp']:6.3f}")
+        print(
+            f"  {label:<26} -c{row['conns']:<3} req/s {row['ratio_to_aiohttp']:6.3f}"
+            f"   cpu/req {row['cpu_ratio_to_aiohttp']:6.3f}"
+        )
 
 
 # --- profile -------------------------------------------------------------------------
 
 
 def profile_gateway(
-    procs: Processes, pid: int, target: Target, seconds: int, workdir: Path, *, pin: bool
+    procs: Processes, target: Target, seconds: int, workdir: Path, *, pin: bool
 ) -> None:
     """py-spy on the pinned gateway during one -c16 wrk run: where its CPU time goes."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -543,7 +586,7 @@ def profile_gateway(
         print("\n--profile needs py-spy: pip install py-spy (into this interpreter's venv)")
         return
     raw = workdir / "gateway.folded"
-    spy_argv = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds)]
+    spy_argv = [py_spy, "record", "--pid", str(target.pid), "--duration", str(seconds)]
     spy_argv += ["--rate", "250", "--function", "--format", "raw", "--output", str(raw)]
     spy_argv += ["--nonblocking"]
     spy = procs.start("py-spy", spy_argv, cpu=LOAD_CPU)
@@ -606,8 +649,8 @@ def gateway_env(base_url: str, store: Path) -> dict[str, str]:
 
 def start_servers(
     procs: Processes, families: Sequence[str], modes: Sequence[str], workdir: Path
-) -> tuple[list[Target], dict[str, int]]:
-    """Start nginx and the servers under test; return the checked targets and pids."""
+) -> list[Target]:
+    """Start nginx and the servers under test; return the targets, each checked once."""
     port = free_port()
     upstream = f"http://127.0.0.1:{port}"
     conf = workdir / "nginx.conf"
@@ -617,7 +660,6 @@ def start_servers(
     wait_until_up(procs, "nginx", nginx, upstream + "/v1/models", timeout_s=10)
 
     targets: list[Target] = []
-    pids: dict[str, int] = {}
     python = sys.executable
     passthroughs = {
         "aiohttp": [python, str(BENCH / "passthrough_aiohttp.py")],
@@ -626,24 +668,25 @@ def start_servers(
     }
     for family in families:
         if family == "direct":
-            targets += [Target("direct", mode, upstream + UPSTREAM_PATH[mode]) for mode in modes]
+            targets += [
+                Target("direct", mode, upstream + UPSTREAM_PATH[mode], nginx.pid) for mode in modes
+            ]
         elif family in passthroughs:
             server_port = free_port()
             argv = [*passthroughs[family], "--upstream", upstream, "--port", str(server_port)]
             proc = procs.start(family, argv, cpu=SERVER_CPU)
             url = f"http://127.0.0.1:{server_port}"
             wait_until_up(procs, family, proc, url + UPSTREAM_PATH["json"], body=b"{}")
-            pids[family] = proc.pid
-            targets += [Target(family, mode, url + UPSTREAM_PATH[mode]) for mode in modes]
+            targets += [Target(family, mode, url + UPSTREAM_PATH[mode], proc.pid) for mode in modes]
         elif family == "gateway":
-            targets += start_gateways(procs, modes, upstream, workdir, pids)
+            targets += start_gateways(procs, modes, upstream, workdir)
     for target in targets:
         check_answer(target, *http(target.url, request_body(target.mode), timeout=10))
-    return targets, pids
+    return targets
 
 
 def start_gateways(
-    procs: Processes, modes: Sequence[str], upstream: str, workdir: Path, pids: dict[str, int]
+    procs: Processes, modes: Sequence[str], upstream: str, workdir: Path
 ) -> list[Target]:
     """One `hitl serve` per mode: the SSE one's upstream base_url is nginx's /sse/v1."""
     hitl = shutil.which("hitl") or str(Path(sys.executable).with_name("hitl"))
@@ -658,8 +701,7 @@ def start_gateways(
         proc = procs.start(name, argv, cpu=SERVER_CPU, env=env, cwd=workdir)
         url = f"http://127.0.0.1:{port}"
         wait_until_up(procs, name, proc, url + "/healthz", timeout_s=90)
-        pids[name] = proc.pid
-        targets.append(Target("gateway", mode, url + "/v1/chat/completions"))
+        targets.append(Target("gateway", mode, url + "/v1/chat/completions", proc.pid))
     return targets
 
 
@@ -714,14 +756,14 @@ def interrupts_as_keyboard() -> Iterator[None]:
 
 def measure(args: argparse.Namespace, procs: Processes, workdir: Path, *, pin: bool) -> Verdict:
     try:
-        targets, pids = start_servers(procs, args.targets, args.modes, workdir)
+        targets = start_servers(procs, args.targets, args.modes, workdir)
     except BenchError as exc:
         if "gateway" not in args.targets:
             raise
         print(f"warning: {exc}\n-> measuring without the gateway", file=sys.stderr)
         procs.stop_all()
         others = [t for t in args.targets if t != "gateway"]
-        targets, pids = start_servers(procs, others, args.modes, workdir)
+        targets = start_servers(procs, others, args.modes, workdir)
     load_before = os.getloadavg()[0]
     print(
         f"{len(targets)} targets, -c {args.connections}, {args.runs} x {args.duration} s "
@@ -765,9 +807,9 @@ def measure(args: argparse.Namespace, procs: Processes, workdir: Path, *, pin: b
             "load_average": [load_before, load_after],
         }
         print(json.dumps(figures, indent=1))
-    if args.profile and "gateway-json" in pids:
-        gateway = next(t for t in targets if t.name == "gateway-json")
-        profile_gateway(procs, pids["gateway-json"], gateway, args.profile, workdir, pin=pin)
+    gateway = next((t for t in targets if t.name == "gateway-json"), None)
+    if args.profile and gateway is not None:
+        profile_gateway(procs, gateway, args.profile, workdir, pin=pin)
     return verdict
 
 

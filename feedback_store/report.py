@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from .store import Store, escalation_t, event_t, exchange_t, feedback_t, label_t
 
@@ -31,9 +31,23 @@ AWAITING = ("pending", "posted")
 REVIEWED_DECISIONS = ("escalate", "hold")
 #: nice time-bucket widths in seconds; the report picks the first giving few enough buckets
 BUCKET_WIDTHS = (
-    1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600,
-    86400, 7 * 86400, 30 * 86400,
-)  # fmt: skip
+    1,
+    5,
+    10,
+    30,
+    60,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    3 * 3600,
+    6 * 3600,
+    12 * 3600,
+    86400,
+    7 * 86400,
+    30 * 86400,
+)
 MAX_BUCKETS = 48
 CSV_COLUMNS = (
     "reply_id",
@@ -153,18 +167,15 @@ def _json_object(raw: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-async def load_rows(
-    store: Store, *, since: float | None = None, until: float | None = None
-) -> ReportRows:
-    """Read what the report needs for exchanges created in ``[since, until)``."""
+def _queries(since: float | None, until: float | None) -> list[Any]:
     period = []
     if since is not None:
         period.append(exchange_t.c.created_at >= since)
     if until is not None:
         period.append(exchange_t.c.created_at < until)
     in_period = select(exchange_t.c.id).where(*period)
-    ex = exchange_t.c
-    exchanges = await store.fetch_all(
+    ex, fb, lb, es, ev = exchange_t.c, feedback_t.c, label_t.c, escalation_t.c, event_t.c
+    exchanges = (
         select(
             ex.id,
             ex.created_at,
@@ -178,39 +189,45 @@ async def load_rows(
             ex.total_ms,
             ex.outlier,
             ex.meta_json,
-        )  # fmt: skip
+        )
         .where(*period)
         .order_by(ex.created_at, ex.id)
     )
-    fb = feedback_t.c
-    vote_query = select(
+    votes = select(
         fb.reply_id, fb.rating, fb.voter, fb.reason, fb.comment, fb.correction, fb.updated_at
-    )
-    if period:
-        vote_query = vote_query.where(fb.reply_id.in_(in_period))
-    votes = await store.fetch_all(vote_query.order_by(fb.id))
-    lb = label_t.c
-    labels = await store.fetch_all(
+    ).order_by(fb.id)
+    labels = (
         select(lb.id, lb.reply_id, lb.value, ex.confidence, lb.created_at, lb.source)
         .join(exchange_t, ex.id == lb.reply_id)
         .where(*period)
         .order_by(lb.id)
     )
-    es = escalation_t.c
-    review_query = select(
-        es.id, es.reply_id, es.state, es.created_at, es.decided_by, es.decided_at,
-        es.decision_reason, es.correction, es.hold, es.trigger,
-    )  # fmt: skip
+    reviews = select(
+        es.id,
+        es.reply_id,
+        es.state,
+        es.created_at,
+        es.decided_by,
+        es.decided_at,
+        es.decision_reason,
+        es.correction,
+        es.hold,
+        es.trigger,
+    ).order_by(es.id)
     if period:
-        review_query = review_query.where(es.reply_id.in_(in_period))
-    reviews = await store.fetch_all(review_query.order_by(es.id))
-    ev = event_t.c
-    event_query = select(ev.created_at, ev.kind, ev.data_json).order_by(ev.created_at)
+        votes = votes.where(fb.reply_id.in_(in_period))
+        reviews = reviews.where(es.reply_id.in_(in_period))
+    events = select(ev.created_at, ev.kind, ev.data_json).order_by(ev.created_at)
     if since is not None:
-        event_query = event_query.where(ev.created_at >= since)
+        events = events.where(ev.created_at >= since)
     if until is not None:
-        event_query = event_query.where(ev.created_at < until)
-    events = await store.fetch_all(event_query)
+        events = events.where(ev.created_at < until)
+    return [exchanges, votes, labels, reviews, events]
+
+
+def _read_rows(conn: Connection, queries: list[Any]) -> ReportRows:
+    # One connection, one transaction: every table seen at the same moment.
+    exchanges, votes, labels, reviews, events = (conn.execute(q).all() for q in queries)
     return ReportRows(
         exchanges=[
             ExchangeRow(
@@ -274,6 +291,14 @@ async def load_rows(
     )
 
 
+async def load_rows(
+    store: Store, *, since: float | None = None, until: float | None = None
+) -> ReportRows:
+    """Read what the report needs for exchanges created in ``[since, until)``."""
+    queries = _queries(since, until)
+    return await store.read(lambda conn: _read_rows(conn, queries))
+
+
 # -- small numeric helpers ---------------------------------------------------------
 
 
@@ -300,16 +325,28 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (scipy's ``rankdata``, without
+    importing scipy.stats, which costs half a second)."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    new_group = np.r_[True, ordered[1:] != ordered[:-1]]
+    starts = np.flatnonzero(new_group)
+    ends = np.r_[starts[1:], len(values)]
+    average = (starts + ends + 1) / 2.0
+    ranks = np.empty(len(values), dtype=float)
+    ranks[order] = average[np.cumsum(new_group) - 1]
+    return ranks
+
+
 def roc_auc(y: Sequence[int], p: Sequence[float]) -> float | None:
     """ROC AUC by ranks (ties averaged, as scikit-learn); None unless both classes occur."""
-    from scipy.stats import rankdata
-
     y_arr = np.asarray(y, dtype=int)
     positives = int(y_arr.sum())
     negatives = len(y_arr) - positives
     if positives == 0 or negatives == 0:
         return None
-    ranks = rankdata(np.asarray(p, dtype=float))
+    ranks = average_ranks(np.asarray(p, dtype=float))
     auc = (ranks[y_arr == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives)
     return _round(float(auc))
 
@@ -407,10 +444,20 @@ def agreement_pairs(votes: Iterable[ReviewerVote]) -> list[tuple[int, int]]:
     return pairs
 
 
+def waiting_times(decided: Iterable[ReviewRow]) -> list[float]:
+    """Seconds from escalation to verdict. A verdict on a reply nobody escalated (the
+    review API opens its row at the verdict, trigger "api") waited for nothing: left out."""
+    return [
+        r.decided_at - r.created_at
+        for r in decided
+        if r.decided_at is not None and r.trigger != "api"
+    ]
+
+
 def review_summary(reviews: Sequence[ReviewRow], votes: Sequence[VoteRow]) -> dict[str, Any]:
     states = Counter(r.state for r in reviews)
     decided = [r for r in reviews if r.state in DECIDED]
-    waits = [r.decided_at - r.created_at for r in decided if r.decided_at is not None]
+    waits = waiting_times(decided)
     verdicts = reviewer_votes(reviews, votes)
     per_item = Counter(v.reply_id for v in verdicts)
     return {
@@ -435,10 +482,10 @@ def by_reviewer(decided: Iterable[ReviewRow]) -> list[dict[str, Any]]:
     groups: dict[str, list[ReviewRow]] = defaultdict(list)
     for r in decided:
         groups[r.decided_by or "unknown"].append(r)
-    out = []
+    out: list[dict[str, Any]] = []
     for reviewer, rows in groups.items():
         states = Counter(r.state for r in rows)
-        waits = [r.decided_at - r.created_at for r in rows if r.decided_at is not None]
+        waits = waiting_times(rows)
         out.append(
             {
                 "reviewer": reviewer,
@@ -470,7 +517,7 @@ def learning_curve(
     y = [label.value for label in labels]
     p = [label.confidence for label in labels]
     step = max(1, math.ceil(n / points))
-    ends = list(range(step, n, step)) + [n]
+    ends = [*range(step, n, step), n]
     return [
         {
             "labels": end,
@@ -603,17 +650,17 @@ def topics(
     except ValueError:  # an empty vocabulary: nothing but stop words
         return [_topic("(other)", list(range(len(items))), items, examples)]
     vocabulary = vectorizer.get_feature_names_out()
-    k = max(1, min(max_topics, round(math.sqrt(len(docs) / 2)), matrix.shape[1]))
+    distinct = len(set(docs))
+    k = max(1, min(max_topics, round(1.5 * math.sqrt(distinct)), matrix.shape[1]))
     if k == 1:
         weights = np.ones((len(docs), 1))
-        components = np.asarray(matrix.sum(axis=0))
     else:
         nmf = NMF(n_components=k, init="nndsvda", max_iter=400, random_state=0)
-        with warnings.catch_warnings():
-            # A rough factorisation is enough to group questions; don't fail on it.
+        # A rough factorisation is enough to group questions: neither an unconverged fit
+        # nor the rounding that makes a tiny residual negative should stop a report.
+        with warnings.catch_warnings(), np.errstate(invalid="ignore"):
             warnings.simplefilter("ignore", ConvergenceWarning)
             weights = nmf.fit_transform(matrix)
-        components = nmf.components_
     has_words = np.asarray(matrix.sum(axis=1)).ravel() > 0
     assigned = weights.argmax(axis=1)
     found = []
@@ -622,7 +669,11 @@ def topics(
         if not members:
             continue
         members.sort(key=lambda i: -weights[i, t])
-        top = [str(vocabulary[j]) for j in np.argsort(components[t])[::-1][: terms * 2]]
+        # Named by its members' mean TF-IDF: words its questions actually share.
+        centroid = np.asarray(matrix[members].mean(axis=0)).ravel()
+        top = [
+            str(vocabulary[j]) for j in np.argsort(centroid)[::-1][: terms * 3] if centroid[j] > 0
+        ]
         found.append(_topic(_name(top, terms), members, items, examples))
     rest = [i for i in range(len(docs)) if not has_words[i]]
     if rest:
@@ -632,7 +683,7 @@ def topics(
 
 
 def _name(top_terms: list[str], terms: int) -> str:
-    """Top terms, skipping a word already inside a chosen phrase ("reset" after "reset password")."""
+    """Top terms, skipping one inside a chosen phrase ("reset" after "reset password")."""
     chosen: list[str] = []
     for term in top_terms:
         words = set(term.split())
@@ -677,14 +728,21 @@ def _scalar(value: Any) -> str | None:
 
 
 def segment_keys_of(exchanges: Iterable[ExchangeRow], *, max_values: int = 20) -> list[str]:
-    """Request-metadata keys worth a breakdown: scalar values, few distinct ones (not ids)."""
+    """Request-metadata keys worth a breakdown: scalar values that repeat (a key whose
+    every value is new, such as a request id, is not a group)."""
     values: dict[str, set[str]] = defaultdict(set)
+    seen: Counter[str] = Counter()
     for e in exchanges:
         for key, value in e.meta.items():
             text = _scalar(value)
             if text is not None:
                 values[key].add(text)
-    return sorted(key for key, seen in values.items() if 1 <= len(seen) <= max_values)
+                seen[key] += 1
+    return sorted(
+        key
+        for key, distinct in values.items()
+        if len(distinct) <= max_values and (len(distinct) <= 2 or 2 * len(distinct) <= seen[key])
+    )
 
 
 def segments(rows: ReportRows, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -706,7 +764,7 @@ def segments(rows: ReportRows, keys: Sequence[str] | None = None) -> list[dict[s
             if value is not None:
                 groups[(key, value)].append(e)
     dimensions = ["model", "route", *keys]
-    out = []
+    out: list[dict[str, Any]] = []
     for (dimension, value), members in groups.items():
         up = sum(r == "up" for e in members for r in ratings.get(e.id, ()))
         down = sum(r == "down" for e in members for r in ratings.get(e.id, ()))
@@ -775,7 +833,7 @@ def timeline(rows: ReportRows, *, start: float, end: float) -> dict[str, Any]:
             i = index(r.decided_at)
             if i is not None:
                 decided[i] += 1
-                waits[i].append(r.decided_at - r.created_at)
+                waits[i].extend(waiting_times([r]))
     # Backlog at a bucket's end: created by then, not decided by then. Rows that left the
     # queue without a decision time (expired, dead letters) are left out.
     tracked = [r for r in rows.reviews if r.state in AWAITING or r.decided_at is not None]
@@ -897,3 +955,26 @@ def exchange_table(rows: ReportRows) -> list[dict[str, Any]]:
             }
         )
     return table
+
+
+# -- periods -------------------------------------------------------------------------------
+
+_RELATIVE = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: str, *, now: float) -> float:
+    """A point in time: an ISO 8601 date or date-time (UTC unless it says otherwise), or
+    a span back from ``now`` such as ``30m``, ``12h``, ``7d``, ``2w``."""
+    value = text.strip()
+    unit = value[-1:].lower()
+    if unit in _RELATIVE and value[:-1].replace(".", "", 1).isdigit():
+        return now - float(value[:-1]) * _RELATIVE[unit]
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a date: use 2024-05-01, 2024-05-01T12:00, or 7d / 12h / 30m ago"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()

@@ -37,7 +37,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from .errors import StoreError
 from .models import Escalation, Event, Exchange, Feedback, KeyValue, Label, ModelSnapshot
@@ -60,7 +60,13 @@ kv_t = KeyValue.__table__  # type: ignore[attr-defined]
 _INSERT_EXCHANGE = insert(exchange_t)
 _INSERT_ESCALATION = insert(escalation_t)
 _EXCHANGE = select(exchange_t).where(exchange_t.c.id == bindparam("reply_id"))
-_END_USER = select(exchange_t.c.end_user).where(exchange_t.c.id == bindparam("reply_id"))
+_END_USER = select(
+    exchange_t.c.end_user,
+    select(label_t.c.id)
+    .where(label_t.c.reply_id == exchange_t.c.id, label_t.c.source == "user")
+    .exists()
+    .label("learned"),
+).where(exchange_t.c.id == bindparam("reply_id"))
 _VOTE_OF = select(feedback_t.c.id, feedback_t.c.rating).where(
     feedback_t.c.reply_id == bindparam("reply_id"), feedback_t.c.voter == bindparam("voter")
 )
@@ -77,11 +83,6 @@ _UPDATE_VOTE = (
     )
 )
 _INSERT_VOTE = insert(feedback_t)
-_USER_LABEL_OF = (
-    select(label_t.c.id)
-    .where(label_t.c.reply_id == bindparam("reply_id"), label_t.c.source == "user")
-    .limit(1)
-)
 _INSERT_LABEL = insert(label_t)
 _LABELS_AFTER = (
     select(
@@ -100,6 +101,13 @@ _LABELS_AFTER = (
     .order_by(label_t.c.id)
     .limit(bindparam("limit"))
 )
+
+
+def _broken(exc: SQLAlchemyError) -> bool:
+    """Whether the connection itself failed (then the writer opens a new one)."""
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +162,7 @@ class Store:
         self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._write_thread: ThreadPoolExecutor | None = None
+        self._writer_conn: Connection | None = None
         self._read_threads: ThreadPoolExecutor | None = None
         self._listeners: list[Callable[[], None]] = []
 
@@ -197,6 +206,9 @@ class Store:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
         for pool in (self._write_thread, self._read_threads):
             if pool is not None:
                 pool.shutdown(wait=True)
@@ -263,7 +275,7 @@ class Store:
             # the loop than two thread hops (replay is sequential and pays each hop).
             ((ok, value),) = self._run_batch([job])
             if ok:
-                return value  # type: ignore[no-any-return]
+                return value
             raise value
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((job, future))
@@ -291,21 +303,42 @@ class Store:
                 for _ in batch:
                     self._queue.task_done()
 
+    def _connection(self) -> Connection:
+        """The writer's own connection, kept open: checking one out of the pool and
+        resetting it on return costs more than a small transaction."""
+        if self._writer_conn is None or self._writer_conn.closed:
+            self._writer_conn = self.engine.connect()
+        return self._writer_conn
+
+    def _drop_connection(self) -> None:
+        if self._writer_conn is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self._writer_conn.invalidate()
+                self._writer_conn.close()
+            self._writer_conn = None
+
     def _run_batch(self, jobs: list[Job]) -> list[tuple[bool, Any]]:
         """On the writer thread: all jobs in one transaction, else each alone."""
         try:
-            with self.engine.begin() as conn:
+            conn = self._connection()
+            with conn.begin():
                 results = [job(conn) for job in jobs]
             return [(True, result) for result in results]
+        except SQLAlchemyError as exc:
+            if _broken(exc):
+                self._drop_connection()
         except Exception:
             pass
         return [self._run_alone(job) for job in jobs]
 
     def _run_alone(self, job: Job) -> tuple[bool, Any]:
         try:
-            with self.engine.begin() as conn:
+            conn = self._connection()
+            with conn.begin():
                 return True, job(conn)
         except SQLAlchemyError as exc:
+            if _broken(exc):
+                self._drop_connection()
             return False, StoreError(f"the database refused a write: {exc}")
         except Exception as exc:
             return False, exc
@@ -375,7 +408,7 @@ class Store:
                 {**values, "reply_id": reply_id, "voter": voter_id, "created_at": at, "changes": 0},
             )
             # Only the first end-user label of a reply is learned.
-            if conn.execute(_USER_LABEL_OF, {"reply_id": reply_id}).first() is not None:
+            if exchange.learned:
                 return VoteResult(created=True, label_id=None, previous_rating=None)
             result = conn.execute(
                 _INSERT_LABEL,
@@ -387,7 +420,7 @@ class Store:
                     "created_at": at,
                 },
             )
-            label_id = int(result.inserted_primary_key[0])
+            label_id = int(result.inserted_primary_key[0])  # type: ignore[index]
             return VoteResult(created=True, label_id=label_id, previous_rating=None)
 
         result = await self.write(job)

@@ -31,8 +31,11 @@ from .feedback import FeedbackEndpoint
 from .learner import Brain, Learner
 from .policy import AskLimiter, ReviewBudget, Thresholds
 from .ratelimit import RateLimiter
+from .metrics import Metrics
 from .recorder import Recorder
+from .report_routes import ReportEndpoints, chat_page_routes, report_routes
 from .responses import error_response, json_response
+from .review_wiring import build_review
 from .scoring import Scorer
 from .settings import Secrets, Settings
 from .tokens import TokenSigner, new_secret
@@ -116,14 +119,31 @@ def build_app(
             hold_below=policy.hold_below,
             ask_margin=policy.ask_margin,
         ),
-        budget=ReviewBudget(share=policy.review_budget, per_hour=policy.max_reviews_per_hour),
+        budget=ReviewBudget(
+            share=policy.review_budget,
+            per_hour=policy.max_reviews_per_hour,
+            slack=policy.review_budget_slack,
+        ),
         asker=AskLimiter(policy.ask_per_user_per_hour),
         ask_sample_rate=policy.ask_sample_rate,
         risky_models=frozenset(policy.risky_models),
         rng=rng,
     )
     gateway = Gateway(settings, secrets, store, upstream, signer, scorer, learner)
-    recorder = Recorder(store)
+    review = build_review(settings, secrets, store, signer=signer, budget=scorer.budget)
+    gateway.extras["review"] = review
+    recorder = Recorder(store, on_escalation=review.on_escalation)
+    metrics = Metrics(auc_window=settings.learner.rolling_window)
+    gateway.extras["metrics"] = metrics
+    metrics.bind_learner(lambda: learner.brain.last_label_id)
+    review.service.on_decision(
+        lambda outcome: metrics.review_decided(
+            outcome.state,
+            None
+            if outcome.decided_at is None or outcome.created_at is None
+            else outcome.decided_at - outcome.created_at,
+        )
+    )
     chat = ChatEndpoint(
         upstream=upstream,
         scorer=scorer,
@@ -133,6 +153,8 @@ def build_app(
         forward_client_auth=settings.upstream.forward_client_auth,
         max_body_bytes=settings.server.max_body_bytes,
         stream_hitl_chunk=settings.server.stream_hitl_chunk,
+        observer=metrics,
+        log_bodies=settings.server.log_bodies,
     )
     feedback = FeedbackEndpoint(
         store=store,
@@ -140,17 +162,35 @@ def build_app(
         max_body_bytes=settings.server.max_feedback_bytes,
         user_weight=settings.learner.user_weight,
         limiter=RateLimiter(settings.server.feedback_per_minute),
+        on_downvote=review.on_downvote,
+        metrics=metrics,
+    )
+    reports = ReportEndpoints(
+        store=store,
+        metrics=metrics,
+        admin_token=secrets.admin_token,
+        admin_token_env=settings.report.admin_token_env,
+        protect_metrics=settings.report.protect_metrics,
+        window=settings.learner.rolling_window,
     )
 
     async def healthz(request: Request) -> Response:
         ok = await store.ping()
-        body = {"status": "ok" if ok else "unavailable", "store": "ok" if ok else "unreachable"}
+        body: dict[str, Any] = {
+            "status": "ok" if ok else "unavailable",
+            "store": "ok" if ok else "unreachable",
+        }
+        if ok:
+            body["review"] = await review.health()
         return json_response(body, status=200 if ok else 503)
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/v1/chat/completions", chat.completions, methods=["POST"]),
+        Route("/v1/chat/completions", metrics.count_errors(chat.completions), methods=["POST"]),
         Route("/v1/feedback", feedback.post, methods=["POST"]),
+        *review.routes,
+        *report_routes(reports),
+        *chat_page_routes(),
         Route("/v1/{path:path}", chat.passthrough, methods=["GET", "POST", "DELETE"]),
     ]
 
@@ -179,9 +219,11 @@ def build_app(
                 log.info("learned %d labels committed since the last model snapshot", replayed)
             learner.start()
             await upstream.start()
+            await review.start()
             try:
                 yield
             finally:
+                await review.stop()
                 await upstream.aclose()
                 await learner.close()
         finally:

@@ -27,14 +27,28 @@ def matches_any(token: str | None, keys: Iterable[str]) -> bool:
     return found
 
 
+def exempt_path(path: str, exempt: Iterable[str]) -> bool:
+    """Whether ``path`` is an exempt route: an entry exactly, or one segment below an entry
+    that ends in ``/``. Exact on purpose: ``/v1/feedback/../chat/completions`` must not pass,
+    as the passthrough would forward it (normalised) with the upstream key."""
+    for entry in exempt:
+        if entry.endswith("/"):
+            rest = path[len(entry) :] if path.startswith(entry) else ""
+            if rest and "/" not in rest and rest not in (".", ".."):
+                return True
+        elif path == entry:
+            return True
+    return False
+
+
 class ClientKeyMiddleware:
     """When client keys are configured, ``/v1/*`` needs ``Authorization: Bearer <key>``.
 
     Feedback and reply lookups carry their own per-reply token and are exempt, so a
-    browser can vote without holding an API key.
+    browser can vote without holding an API key; reviews carry the admin token.
     """
 
-    exempt = ("/v1/feedback", "/v1/replies/")
+    exempt = ("/v1/feedback", "/v1/replies/", "/v1/reviews/")
 
     def __init__(self, app: ASGIApp, *, keys: frozenset[str]) -> None:
         self.app = app
@@ -45,7 +59,7 @@ class ClientKeyMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if scope["method"] == "OPTIONS" or path.startswith(self.exempt):
+        if scope["method"] == "OPTIONS" or exempt_path(path, self.exempt):
             await self.app(scope, receive, send)
             return
         if matches_any(bearer(Headers(scope=scope)), self.keys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +23,8 @@ from .exchange import (
     split_events,
 )
 from .headers import forward_headers
-from .responses import error_response
+from .metrics import ExchangeObserver, NoMetrics
+from .responses import error_body, error_response
 from .scoring import Assessment, Scorer
 from .tokens import TokenSigner, new_reply_id
 from .upstream import Upstream, UpstreamReply, UpstreamRequest
@@ -75,7 +77,11 @@ class ChatEndpoint:
         forward_client_auth: bool,
         max_body_bytes: int,
         stream_hitl_chunk: bool,
+        observer: ExchangeObserver | None = None,
+        log_bodies: bool = False,
     ) -> None:
+        self.observer = observer or NoMetrics()
+        self.log_bodies = log_bodies
         self.upstream = upstream
         self.scorer = scorer
         self.signer = signer
@@ -99,6 +105,9 @@ class ChatEndpoint:
         except BodyTooLarge as exc:
             return error_response(413, str(exc), "body_too_large")
         path = request.url.path.removeprefix("/v1")
+        if any(segment in (".", "..") for segment in path.split("/")):
+            # The upstream client would normalise it into another route, unscored.
+            return error_response(404, f"no route for {request.url.path}", "not_found")
         upstream_request = UpstreamRequest(
             request.method, path, request.url.query, self._headers(request), body
         )
@@ -206,10 +215,9 @@ class ChatEndpoint:
                             if data == b"[DONE]":
                                 continue  # held back: our chunk goes before it
                             if data is not None:
-                                try:
+                                # Not JSON, or a malformed chunk: relayed, not folded.
+                                with contextlib.suppress(ValueError, TypeError):
                                     folded.add(orjson.loads(data))
-                                except orjson.JSONDecodeError:
-                                    pass
                             out.append(event)
                         if out:
                             yield b"".join(out)
@@ -221,7 +229,15 @@ class ChatEndpoint:
                 upstream_ms = (time.perf_counter() - upstream_started) * 1000
                 summary = folded.finish()
                 assessment = self._assess(ctx, summary, stream.signals, folded.model)
-                await self._record(ctx, summary, assessment, upstream_ms, stream.status, status, True)
+                try:
+                    await self._record(
+                        ctx, summary, assessment, upstream_ms, stream.status, status, True
+                    )
+                except StoreUnavailable as exc:
+                    # Headers are sent: end with an error event (as OpenAI does), not a reset.
+                    log.error("stream %s not recorded: %s", ctx.reply_id, exc)
+                    yield b"data: " + error_body(503, str(exc), "store_unavailable") + b"\n\n"
+                    return
                 recorded = True
                 if self.stream_hitl_chunk:
                     hitl = hitl_object(ctx.reply_id, token, assessment)
@@ -279,6 +295,7 @@ class ChatEndpoint:
         status: str,
         stream: bool,
     ) -> None:
+        total_ms = (time.perf_counter() - ctx.started) * 1000
         await self.record(
             reply_id=ctx.reply_id,
             payload=ctx.payload,
@@ -290,8 +307,35 @@ class ChatEndpoint:
             status=status,
             upstream_status=upstream_status,
             upstream_ms=upstream_ms,
-            total_ms=(time.perf_counter() - ctx.started) * 1000,
+            total_ms=total_ms,
         )
+        decision = assessment.decision.kind
+        self.observer.exchange(
+            decision=decision, status=200, upstream_ms=upstream_ms, total_ms=total_ms
+        )
+        if log.isEnabledFor(logging.INFO):
+            fields: dict[str, Any] = {
+                "reply_id": ctx.reply_id,
+                "decision": decision,
+                "confidence": round(assessment.confidence, 4),
+                "stream": stream,
+                "status": status,
+                "upstream_status": upstream_status,
+                "upstream_ms": round(upstream_ms, 2),
+                "total_ms": round(total_ms, 2),
+            }
+            if self.log_bodies:  # off by default: questions and answers may hold personal data
+                fields["question"] = ctx.conversation_question
+                fields["reply"] = summary.text
+            log.info(
+                "reply %s %s confidence=%.3f upstream_ms=%.1f total_ms=%.1f",
+                ctx.reply_id,
+                decision,
+                assessment.confidence,
+                upstream_ms,
+                total_ms,
+                extra={"fields": fields},
+            )
 
 
 class _RequestContext:

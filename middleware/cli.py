@@ -90,12 +90,22 @@ def _config_hint(settings: Settings) -> str:
 
 
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from feedback_store import current_revision, upgrade
     from feedback_store.schema import redact_url
 
-    before = current_revision(settings.store.url)
-    after = upgrade(settings.store.url)
+    from .errors import StoreUnavailable
+
     where = redact_url(settings.store.url)
+    try:
+        before = current_revision(settings.store.url)
+        after = upgrade(settings.store.url)
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(
+            f"cannot upgrade the database {where} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0]}); check [store] url"
+        ) from None
     if before == after:
         print(f"{where}: already at revision {after}")
     else:

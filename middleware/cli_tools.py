@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import cli_replay
+from . import cli_replay, cli_report
 
-REGISTER: list[Callable[..., None]] = [cli_replay.register]
+REGISTER: list[Callable[..., None]] = [cli_replay.register, cli_report.register]

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from feedback_store import Store, StoreError
 
 from .bodies import BodyTooLarge, read_body
+from .metrics import FeedbackObserver, NoMetrics
 from .ratelimit import RateLimiter
 from .responses import error_response, json_response
 from .tokens import TokenSigner
@@ -63,7 +64,9 @@ class FeedbackEndpoint:
         user_weight: float,
         limiter: RateLimiter,
         on_downvote: Callable[[str, str | None], Awaitable[None]] | None = None,
+        metrics: FeedbackObserver | None = None,
     ) -> None:
+        self.metrics = metrics or NoMetrics()
         self.store = store
         self.signer = signer
         self.max_body_bytes = max_body_bytes
@@ -123,6 +126,7 @@ class FeedbackEndpoint:
             return fail(503, "the vote could not be stored; retry", "store_unavailable")
         if not result.found:
             return fail(404, f"no reply with id {vote.reply_id!r}", "unknown_reply", "reply_id")
+        self.metrics.feedback(vote.rating, "user")
         if vote.rating == "down" and vote.comment and self.on_downvote is not None:
             await self.on_downvote(vote.reply_id, vote.comment)
         answer = {

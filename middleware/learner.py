@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from river import anomaly, drift, preprocessing
+from river import anomaly, compose, drift, preprocessing
 
 from feedback_store import LabelRow, Store, StoreError
 
@@ -32,6 +32,11 @@ from .model import DEFAULT_MODEL, explain, learn, make_model, predict
 log = logging.getLogger("hitl.learner")
 
 SNAPSHOT_FORMAT = 1
+
+
+def squash(x: dict[str, float]) -> dict[str, float]:
+    """Standard scores to (0, 1) with the logistic function."""
+    return {k: 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, v)))) for k, v in x.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +121,13 @@ class Brain:
     ) -> None:
         self.model_name = model_name
         self.model = make_model(model_name)
-        self.detector = preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(
-            n_trees=10, height=6, window_size=128, seed=7
+        # Half-space trees split [0, 1]. Min-max scaling would map a new extreme to the
+        # same edge as the old maximum; standardising then squashing keeps ordinary
+        # replies in the middle and sends extremes to sparsely populated corners.
+        self.detector = (
+            preprocessing.StandardScaler()
+            | compose.FuncTransformer(squash)
+            | anomaly.HalfSpaceTrees(n_trees=10, height=6, window_size=128, seed=7)
         )
         self.anomaly_scores: deque[float] = deque(maxlen=2000)
         self.outlier_quantile = outlier_quantile
@@ -132,7 +142,7 @@ class Brain:
         self.users: dict[str, list[int]] = {}
         # Numeric features of scored replies wait here for the learner (not the request
         # path) to teach the outlier detector. Losing them in a crash costs nothing.
-        self.unlabelled: deque[dict[str, float]] = deque(maxlen=10_000)
+        self.unlabelled: deque[tuple[dict[str, float], float]] = deque(maxlen=10_000)
 
     # -- read side (request path) ------------------------------------------------
 
@@ -142,11 +152,14 @@ class Brain:
         return predict(self.model, x)
 
     def is_outlier(self, x: dict[str, Any]) -> bool:
+        """Whether the reply's numeric features are unlike recent traffic's.
+
+        Also queues them (with their score) for the learner to teach the detector.
+        """
         numeric = {k: float(x[k]) for k in NUMERIC_KEYS if k in x}
-        self.unlabelled.append(numeric)
-        if len(self.anomaly_scores) < self.outlier_warmup:
-            return False
-        return self.detector.score_one(numeric) > self._outlier_threshold
+        score = self.detector.score_one(numeric)
+        self.unlabelled.append((numeric, score))
+        return len(self.anomaly_scores) >= self.outlier_warmup and score > self._outlier_threshold
 
     def user_rate(self, user: str | None) -> tuple[float | None, int]:
         if user is None or user not in self.users:
@@ -166,8 +179,7 @@ class Brain:
         """Teach the outlier detector from scored replies; returns how many."""
         n = 0
         while self.unlabelled and n < limit:
-            numeric = self.unlabelled.popleft()
-            score = self.detector.score_one(numeric)
+            numeric, score = self.unlabelled.popleft()
             self.detector.learn_one(numeric)
             self.anomaly_scores.append(score)
             n += 1

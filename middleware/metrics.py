@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -34,6 +34,20 @@ REVIEW_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 864
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+class ExchangeObserver(Protocol):
+    """What the chat endpoint reports once a reply is scored and recorded."""
+
+    def exchange(
+        self, *, decision: str, status: int, upstream_ms: float, total_ms: float
+    ) -> None: ...
+
+
+class FeedbackObserver(Protocol):
+    """What the feedback endpoint reports once a vote is committed."""
+
+    def feedback(self, rating: str, source: str) -> None: ...
+
+
 class NoMetrics:
     """The do-nothing default for endpoints built without metrics (tests, tools)."""
 
@@ -43,7 +57,7 @@ class NoMetrics:
     def feedback(self, rating: str, source: str) -> None:
         pass
 
-    def review_decided(self, verdict: str, seconds: float | None) -> None:
+    def review_decided(self, state: str, seconds: float | None) -> None:
         pass
 
 
@@ -104,7 +118,10 @@ class Metrics:
             registry=r,
         )
         self._feedback = Counter(
-            "hitl_feedback", "votes and verdicts by rating and source", ["rating", "source"], registry=r
+            "hitl_feedback",
+            "votes and verdicts by rating and source",
+            ["rating", "source"],
+            registry=r,
         )
         self._review_latency = Histogram(
             "hitl_review_latency_seconds",
@@ -113,7 +130,7 @@ class Metrics:
             registry=r,
         )
         self._reviews = Counter(
-            "hitl_review_decisions", "reviewer decisions by verdict", ["verdict"], registry=r
+            "hitl_review_decisions", "reviewer decisions by verdict", ["state"], registry=r
         )
         self._store = _StoreGauges()
         r.register(self._store)
@@ -158,10 +175,10 @@ class Metrics:
     def feedback(self, rating: str, source: str) -> None:
         self._feedback.labels(rating, source).inc()
 
-    def review_decided(self, verdict: str, seconds: float | None) -> None:
-        """A reviewer decided (approve, reject, correct): a verdict and a label."""
-        self._reviews.labels(verdict).inc()
-        self.feedback("up" if verdict == "approve" else "down", "reviewer")
+    def review_decided(self, state: str, seconds: float | None) -> None:
+        """A reviewer's verdict was committed: ``state`` approved, rejected or corrected."""
+        self._reviews.labels(state).inc()
+        self.feedback("up" if state == "approved" else "down", "reviewer")
         if seconds is not None and seconds >= 0:
             self._review_latency.observe(seconds)
 
@@ -185,13 +202,22 @@ class Metrics:
         self._store.values = values
 
     async def _read(self, store: Store, now: float) -> dict[str, float]:
-        es = escalation_t.c
-        rows = await store.fetch_all(
+        es, lb = escalation_t.c, label_t.c
+        states = (
             select(es.state, func.count(), func.min(es.created_at))
             .where(es.state.in_(("pending", "posted", "failed")))
             .group_by(es.state)
         )
-        by_state = {row[0]: (int(row[1]), float(row[2])) for row in rows}
+        recent = (
+            select(lb.id, lb.value, exchange_t.c.confidence)
+            .join(exchange_t, exchange_t.c.id == lb.reply_id)
+            .order_by(lb.id.desc())
+            .limit(self.auc_window)
+        )
+        state_rows, label_rows = await store.read(
+            lambda conn: (conn.execute(states).all(), conn.execute(recent).all())
+        )
+        by_state = {row[0]: (int(row[1]), float(row[2])) for row in state_rows}
         unposted, oldest = by_state.get("pending", (0, now))
         values = {
             "up": 1.0,
@@ -200,20 +226,13 @@ class Metrics:
             "unposted": float(unposted),
             "outbox_lag": max(0.0, now - oldest) if unposted else 0.0,
         }
-        lb = label_t.c
-        recent = await store.fetch_all(
-            select(lb.id, lb.value, exchange_t.c.confidence)
-            .join(exchange_t, exchange_t.c.id == lb.reply_id)
-            .order_by(lb.id.desc())
-            .limit(self.auc_window)
-        )
-        auc = roc_auc([int(r[1]) for r in recent], [float(r[2]) for r in recent])
+        auc = roc_auc([int(r[1]) for r in label_rows], [float(r[2]) for r in label_rows])
         if auc is not None:
             values["roc_auc"] = auc
         if self._learner_position is not None:
             learned = self._learner_position()
-            newest = int(recent[0][0]) if recent else 0
             if learned is not None:
+                newest = int(label_rows[0][0]) if label_rows else 0
                 values["learner_lag"] = float(max(0, newest - learned))
         return values
 

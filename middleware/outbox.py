@@ -121,6 +121,8 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         #: cards in the channel whose row could not be updated yet: never post those again
         self._unrecorded: dict[int, PostedCard] = {}
+        #: after a retryable failure the channel rests until then (rate limits are per app)
+        self._paused_until = 0.0
 
     def wake(self) -> None:
         """Something was committed: look at the outbox now (must be called on the loop)."""
@@ -161,6 +163,8 @@ class Outbox:
         """One pass over the due rows; seconds until the next is due (None: nothing queued)."""
         policy = self.policy
         now = self.clock()
+        if now < self._paused_until:
+            return self._paused_until - now
         rows = await self.store.claim_escalations(
             now=now, lease_s=policy.lease_s, limit=policy.batch
         )
@@ -171,6 +175,7 @@ class Outbox:
                 attempts = int(row["attempts"]) + 1
                 delay = retry_delay(attempts, exc.retry_after, policy, self.rng.random())
                 at = self.clock() + delay
+                self._paused_until = at
                 log.warning(
                     "review card for %s not delivered (%s); retry %d in %.1fs",
                     row["reply_id"],
@@ -181,7 +186,7 @@ class Outbox:
                 await self.store.retry_escalation(
                     row["id"], attempts=attempts, at=at, error=str(exc)
                 )
-                # The channel is unwell, not the row: the rest of the batch waits as long.
+                # The channel is unwell, not the row: everything else waits as long.
                 await self.store.defer_escalations([r["id"] for r in rows[index + 1 :]], at=at)
                 return delay
             except ReviewChannelPermanent as exc:

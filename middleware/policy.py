@@ -95,14 +95,27 @@ class ReviewBudget:
     """Keeps escalations within a share of recent decisions and an hourly cap.
 
     The least confident go first: a candidate is allowed when its confidence is at or
-    below the ``share``-quantile of recent scores, and escalating it would keep the
-    escalated share of the last ``window`` decisions at or below ``share``.
+    below the ``share``-quantile of the last ``quantile_window`` scores, and escalating
+    it keeps the escalated share of the last ``window`` decisions at or below
+    ``share + slack``. A short quantile window follows a learning model's scores as they
+    move; the slack (one percentage point by default) lets a run of low scores use the
+    budget a run of high ones left (measured in ``bench/learning_candidates.py``).
     """
 
-    def __init__(self, *, share: float, per_hour: int | None, window: int = 1000) -> None:
+    def __init__(
+        self,
+        *,
+        share: float,
+        per_hour: int | None,
+        window: int = 1000,
+        quantile_window: int = 100,
+        slack: float = 0.01,
+    ) -> None:
         self.share = share
         self.per_hour = per_hour
         self.window = window
+        self.quantile_window = quantile_window
+        self.slack = slack
         self._decisions: deque[bool] = deque()
         self._escalated = 0
         self._scores: deque[float] = deque()
@@ -127,7 +140,7 @@ class ReviewBudget:
         if self.share >= 1.0:
             return True
         n = len(self._decisions) + 1
-        if (self._escalated + 1) / n > self.share:
+        if (self._escalated + 1) / n > self.share + self.slack:
             return False
         # Too few scores for a quantile: the share limit alone decides.
         return len(self._sorted) < 20 or confidence <= self.threshold()
@@ -139,7 +152,7 @@ class ReviewBudget:
             self._escalated -= self._decisions.popleft()
         self._scores.append(confidence)
         bisect.insort(self._sorted, confidence)
-        if len(self._scores) > self.window:
+        if len(self._scores) > self.quantile_window:
             old = self._scores.popleft()
             del self._sorted[bisect.bisect_left(self._sorted, old)]
         if escalated:

@@ -157,8 +157,8 @@ def _round(value: Any) -> float | None:
     return None if value is None else round(float(value), 4)
 
 
-def _tallies() -> dict[float, BudgetTally]:
-    return {b: BudgetTally(ReviewBudget(share=b, per_hour=None)) for b in BUDGETS}
+def _tallies(slack: float) -> dict[float, BudgetTally]:
+    return {b: BudgetTally(ReviewBudget(share=b, per_hour=None, slack=slack)) for b in BUDGETS}
 
 
 def _tally(tallies: dict[float, BudgetTally], confidence: float, outlier: bool, label: int) -> None:
@@ -173,14 +173,14 @@ def _tally(tallies: dict[float, BudgetTally], confidence: float, outlier: bool, 
             tally.caught += label == 0
 
 
-def run_baseline(items: list[Recorded]) -> dict[str, Any]:
+def run_baseline(items: list[Recorded], slack: float) -> dict[str, Any]:
     """TF-IDF of the reply | LogisticRegression(SGD 0.5), predict then learn (the bar)."""
     from river import feature_extraction, linear_model, optim
 
     model = feature_extraction.TFIDF(on="reply", ngram_range=(1, 2)) | linear_model.LogisticRegression(
         optimizer=optim.SGD(0.5)
     )
-    tallies = _tallies()
+    tallies = _tallies(slack)
     ys, ps = [], []
     for item in items:
         x = {"reply": item.reply}
@@ -215,7 +215,8 @@ async def replay(
     baseline: bool = True,
     progress: Any = None,
 ) -> ReplayResult:
-    result = ReplayResult(tallies=_tallies())
+    slack = settings.policy.review_budget_slack
+    result = ReplayResult(tallies=_tallies(slack))
     async with _store(store_url) as store:
         brain = Brain(rolling_window=settings.learner.rolling_window)
         learner = Learner(store, brain, snapshot_every_labels=10**9, snapshot_interval_s=10**9)
@@ -226,7 +227,7 @@ async def replay(
             brain=brain,
             prior=settings.policy.prior,
             thresholds=Thresholds(escalate_below=1.0, hold_below=settings.policy.hold_below),
-            budget=ReviewBudget(share=0.2, per_hour=None),
+            budget=ReviewBudget(share=0.2, per_hour=None, slack=slack),
             asker=AskLimiter(settings.policy.ask_per_user_per_hour),
             ask_sample_rate=settings.policy.ask_sample_rate,
         )
@@ -283,5 +284,5 @@ async def replay(
         result.seconds = time.perf_counter() - started
         result.summary = brain.progress.summary()
     if baseline:
-        result.baseline = await asyncio.to_thread(run_baseline, items)
+        result.baseline = await asyncio.to_thread(run_baseline, items, slack)
     return result

@@ -103,6 +103,18 @@ def _legend(ax: Any, handles: list[Any], **kwargs: Any) -> None:
         ax.legend(handles=handles, fontsize=8.5, frameon=False, **kwargs)
 
 
+def _legend_above(fig: Any, handles: list[Any]) -> None:
+    """Above the plot, so it never hides a bar (time charts fill their whole width)."""
+    if handles:
+        fig.legend(
+            handles=handles,
+            loc="outside upper left",
+            ncols=len(handles),
+            fontsize=8.5,
+            frameon=False,
+        )
+
+
 # -- charts (each returns SVG, or None when there is nothing to draw) ------------------------
 
 
@@ -115,27 +127,44 @@ def chart_volume(timeline: dict[str, Any]) -> str | None:
     fig = _figure(WIDE)
     ax = _axes(fig)
     bars = ax.bar(
-        x, [b["exchanges"] for b in buckets], width=width, align="edge",
-        color=LIGHT, edgecolor=GREY, hatch="///", linewidth=0.6, label="exchanges",
-    )  # fmt: skip
+        x,
+        [b["exchanges"] for b in buckets],
+        width=width,
+        align="edge",
+        color=LIGHT,
+        edgecolor=GREY,
+        hatch="///",
+        linewidth=0.6,
+        label="exchanges",
+    )
     ax.set_ylabel("exchanges", fontsize=9)
     _time_axis(ax)
     rate = ax.twinx()
     rate.spines[["top"]].set_visible(False)
     rate.tick_params(labelsize=9)
-    voted = [(xi, b["helpful_rate"]) for xi, b in zip(x, buckets, strict=True) if b["helpful_rate"] is not None]
+    voted = [
+        (xi, b["helpful_rate"])
+        for xi, b in zip(x, buckets, strict=True)
+        if b["helpful_rate"] is not None
+    ]
     handles = [bars]
     if voted:
         mid = [xi.timestamp() + timeline["bucket_seconds"] / 2 for xi, _ in voted]
         (line,) = rate.plot(
-            _dates(mid), [r for _, r in voted], color=BLUE, marker="o", markersize=4,
-            linestyle="-", linewidth=1.8, label="helpful rate (thumbs up / votes)",
-        )  # fmt: skip
+            _dates(mid),
+            [r for _, r in voted],
+            color=BLUE,
+            marker="o",
+            markersize=4,
+            linestyle="-",
+            linewidth=1.8,
+            label="helpful rate (thumbs up / votes)",
+        )
         handles.append(line)
     rate.set_ylim(0, 1.05)
     rate.set_ylabel("helpful rate", fontsize=9)
     handles += _drift_lines(ax, timeline.get("drift", []))
-    _legend(ax, handles, loc="upper left", ncols=3)
+    _legend_above(fig, handles)
     return to_svg(fig, "volume")
 
 
@@ -148,16 +177,31 @@ def chart_learning(model: dict[str, Any]) -> str | None:
     n = [p["labels"] for p in curve]
     every = max(1, len(curve) // 12)
     handles = ax.plot(
-        n, [p["roc_auc"] for p in curve], color=BLUE, linestyle="-", linewidth=2,
-        marker="o", markersize=4, markevery=every, label="cumulative",
-    )  # fmt: skip
-    rolling = [(p["labels"], p["rolling_roc_auc"]) for p in curve if p["rolling_roc_auc"] is not None]
+        n,
+        [p["roc_auc"] for p in curve],
+        color=BLUE,
+        linestyle="-",
+        linewidth=2,
+        marker="o",
+        markersize=4,
+        markevery=every,
+        label="cumulative",
+    )
+    rolling = [
+        (p["labels"], p["rolling_roc_auc"]) for p in curve if p["rolling_roc_auc"] is not None
+    ]
     if rolling:
         handles += ax.plot(
-            [a for a, _ in rolling], [b for _, b in rolling], color=ORANGE, linestyle="--",
-            linewidth=1.6, marker="s", markersize=4, markevery=every,
+            [a for a, _ in rolling],
+            [b for _, b in rolling],
+            color=ORANGE,
+            linestyle="--",
+            linewidth=1.6,
+            marker="s",
+            markersize=4,
+            markevery=every,
             label=f"last {model.get('rolling_window', 200)} labels",
-        )  # fmt: skip
+        )
     handles.append(ax.axhline(0.5, color=GREY, linestyle=":", linewidth=1.2, label="chance (0.5)"))
     # Drift is timed; place each one at the label count reached by then.
     stamps = [(p["labels"], p["ts"]) for p in model.get("learning_curve", [])]
@@ -182,9 +226,13 @@ def chart_calibration(model: dict[str, Any]) -> str | None:
     ax = _axes(fig)
     counts = ax.twinx()
     counts.bar(
-        [(p["bin_low"] + p["bin_high"]) / 2 for p in points], [p["count"] for p in points],
-        width=0.09, color="none", edgecolor="#b0b8c1", hatch="...", linewidth=0.6,
-    )  # fmt: skip
+        [(p["bin_low"] + p["bin_high"]) / 2 for p in points],
+        [p["count"] for p in points],
+        width=0.09,
+        color="#eef1f4",
+        edgecolor="#b0b8c1",
+        linewidth=0.6,
+    )
     counts.set_ylabel("labels in bin", fontsize=8.5, color=GREY)
     counts.tick_params(labelsize=8, colors=GREY)
     counts.spines[["top"]].set_visible(False)
@@ -192,9 +240,14 @@ def chart_calibration(model: dict[str, Any]) -> str | None:
     ax.patch.set_visible(False)
     handles = ax.plot([0, 1], [0, 1], color=GREY, linestyle=":", label="perfectly calibrated")
     handles += ax.plot(
-        [p["mean_confidence"] for p in points], [p["helpful_fraction"] for p in points],
-        color=BLUE, marker="o", linestyle="-", linewidth=1.8, label="the model",
-    )  # fmt: skip
+        [p["mean_confidence"] for p in points],
+        [p["helpful_fraction"] for p in points],
+        color=BLUE,
+        marker="o",
+        linestyle="-",
+        linewidth=1.8,
+        label="the model",
+    )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("predicted P(helpful)", fontsize=9)
@@ -218,10 +271,16 @@ def chart_confidence(model: dict[str, Any]) -> str | None:
         item = outcome[key]
         handles.append(
             ax.stairs(
-                item["histogram"], edges, fill=True, facecolor="none", edgecolor=color,
-                hatch=hatch, linestyle=style, linewidth=1.6,
+                item["histogram"],
+                edges,
+                fill=True,
+                facecolor="none",
+                edgecolor=color,
+                hatch=hatch,
+                linestyle=style,
+                linewidth=1.6,
                 label=f"{key} ({item['count']}, mean {_num(item['mean_confidence'], 2)})",
-            )  # fmt: skip
+            )
         )
     ax.set_xlim(0, 1)
     ax.set_xlabel("confidence at reply time", fontsize=9)
@@ -240,23 +299,43 @@ def chart_reviews(timeline: dict[str, Any]) -> str | None:
     ax = _axes(fig)
     handles = [
         ax.bar(
-            x, [b["escalated"] for b in buckets], width=width, align="edge", color=LIGHT,
-            edgecolor=GREY, hatch="xxx", linewidth=0.6, label="escalated",
-        )  # fmt: skip
+            x,
+            [b["escalated"] for b in buckets],
+            width=width,
+            align="edge",
+            color=LIGHT,
+            edgecolor=GREY,
+            hatch="xxx",
+            linewidth=0.6,
+            label="escalated",
+        )
     ]
     ends = _dates(b["ts"] + timeline["bucket_seconds"] for b in buckets)
     handles += ax.plot(
-        ends, [b["backlog"] for b in buckets], color=PURPLE, drawstyle="steps-post",
-        linestyle="-", linewidth=1.8, marker="s", markersize=3.5, label="backlog (waiting)",
-    )  # fmt: skip
+        ends,
+        [b["backlog"] for b in buckets],
+        color=PURPLE,
+        drawstyle="steps-post",
+        linestyle="-",
+        linewidth=1.8,
+        marker="s",
+        markersize=3.5,
+        label="backlog (waiting)",
+    )
     handles += ax.plot(
-        ends, [b["decided"] for b in buckets], color=GREEN, linestyle="--", linewidth=1.4,
-        marker="^", markersize=4, label="decided",
-    )  # fmt: skip
+        ends,
+        [b["decided"] for b in buckets],
+        color=GREEN,
+        linestyle="--",
+        linewidth=1.4,
+        marker="^",
+        markersize=4,
+        label="decided",
+    )
     ax.set_ylabel("escalations", fontsize=9)
     _time_axis(ax)
     handles += _drift_lines(ax, timeline.get("drift", []))
-    _legend(ax, handles, loc="upper left", ncols=4)
+    _legend_above(fig, handles)
     return to_svg(fig, "reviews")
 
 
@@ -272,14 +351,20 @@ def chart_review_time(timeline: dict[str, Any]) -> str | None:
     ax = _axes(fig)
     minutes = [s / 60.0 for _, s in points]
     handles = ax.plot(
-        _dates(t for t, _ in points), minutes, color=BLUE, linestyle="-.", linewidth=1.6,
-        marker="D", markersize=4, label="median minutes to decision",
-    )  # fmt: skip
+        _dates(t for t, _ in points),
+        minutes,
+        color=BLUE,
+        linestyle="-.",
+        linewidth=1.6,
+        marker="D",
+        markersize=4,
+        label="median minutes to decision",
+    )
     ax.set_ylim(bottom=0)
     ax.set_ylabel("minutes", fontsize=9)
     _time_axis(ax)
     handles += _drift_lines(ax, timeline.get("drift", []))
-    _legend(ax, handles, loc="upper left", ncols=2)
+    _legend_above(fig, handles)
     return to_svg(fig, "review-time")
 
 
@@ -293,9 +378,14 @@ def chart_topics(topics: Sequence[dict[str, Any]]) -> str | None:
     ax.grid(False, axis="y")
     labels = [_short(t["label"], 48) for t in shown][::-1]
     ax.barh(
-        labels, [t["count"] for t in shown][::-1], color=LIGHT, edgecolor=RED,
-        hatch="\\\\\\", linewidth=0.8, height=0.6,
-    )  # fmt: skip
+        labels,
+        [t["count"] for t in shown][::-1],
+        color=LIGHT,
+        edgecolor=RED,
+        hatch="\\\\\\",
+        linewidth=0.8,
+        height=0.6,
+    )
     ax.set_xlabel("complaints (thumbs-down, rejected or corrected)", fontsize=9)
     return to_svg(fig, "topics")
 
@@ -314,13 +404,25 @@ def chart_segments(segments: Sequence[dict[str, Any]]) -> str | None:
     helpful = [s["helpful_rate"] or 0.0 for s in shown]
     escalated = [s["escalated_rate"] or 0.0 for s in shown]
     bars = ax.barh(
-        y + 0.2, helpful, height=0.38, color="white", edgecolor=BLUE, hatch="///",
-        linewidth=0.9, label="helpful rate",
-    )  # fmt: skip
+        y + 0.2,
+        helpful,
+        height=0.38,
+        color="white",
+        edgecolor=BLUE,
+        hatch="///",
+        linewidth=0.9,
+        label="helpful rate",
+    )
     esc = ax.barh(
-        y - 0.2, escalated, height=0.38, color="white", edgecolor=ORANGE, hatch="...",
-        linewidth=0.9, label="escalated rate",
-    )  # fmt: skip
+        y - 0.2,
+        escalated,
+        height=0.38,
+        color="white",
+        edgecolor=ORANGE,
+        hatch="---",
+        linewidth=0.9,
+        label="escalated rate",
+    )
     for yi, s in zip(y, shown, strict=True):
         if s["helpful_rate"] is None:
             ax.text(0.01, yi + 0.2, "no votes", va="center", fontsize=7.5, color=GREY)
@@ -336,19 +438,19 @@ def chart_segments(segments: Sequence[dict[str, Any]]) -> str | None:
 
 def _num(value: Any, digits: int = 3) -> str:
     if value is None:
-        return "–"
+        return "n/a"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
 
 
 def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}%"
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _duration(seconds: float | None) -> str:
     if seconds is None:
-        return "–"
+        return "n/a"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -374,7 +476,7 @@ def learning_verdict(model: dict[str, Any]) -> str:
     if last >= 0.6 and last >= first + 0.02:
         return f"Yes: recent ROC AUC {last:.2f}, up from {first:.2f} on the first labels."
     if last >= 0.6:
-        return f"It judges replies better than chance (recent ROC AUC {last:.2f}), not improving lately."
+        return f"Better than chance (recent ROC AUC {last:.2f}), not improving lately."
     if last > 0.52:
         return f"Barely: recent ROC AUC {last:.2f} is close to chance (0.5)."
     return f"No: recent ROC AUC {last:.2f} is no better than chance."
@@ -382,12 +484,17 @@ def learning_verdict(model: dict[str, Any]) -> str:
 
 def _card(title: str, value: str, note: str = "") -> str:
     note_html = f'<p class="note">{_e(note)}</p>' if note else ""
-    return f'<div class="card"><h3>{_e(title)}</h3><p class="value">{_e(value)}</p>{note_html}</div>'
+    return (
+        f'<div class="card"><h3>{_e(title)}</h3><p class="value">{_e(value)}</p>{note_html}</div>'
+    )
 
 
 def _figure_html(svg: str | None, caption: str, empty: str) -> str:
     if svg is None:
-        return f'<figure class="empty"><figcaption>{_e(caption)}</figcaption><p>{_e(empty)}</p></figure>'
+        return (
+            f'<figure class="empty"><figcaption>{_e(caption)}</figcaption>'
+            f"<p>{_e(empty)}</p></figure>"
+        )
     # The caption names the chart for screen readers too.
     svg = svg.replace('role="img"', f'role="img" aria-label="{_e(caption)}"', 1)
     return f"<figure>{svg}<figcaption>{_e(caption)}</figcaption></figure>"
@@ -404,8 +511,11 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], caption: str) 
 
 def _glance(report: dict[str, Any]) -> str:
     fb, reviews, model, decisions = (
-        report["feedback"], report["reviews"], report["model"], report["decisions"],
-    )  # fmt: skip
+        report["feedback"],
+        report["reviews"],
+        report["model"],
+        report["decisions"],
+    )
     total = report["exchanges"]
     reviewed = decisions.get("escalate", 0) + decisions.get("hold", 0)
     cards = [
@@ -505,7 +615,7 @@ def render_html(
     calibration = _figure_html(
         chart_calibration(model),
         "Reliability diagram: predicted P(helpful) against the observed helpful share "
-        "per bin (dotted bars: labels per bin).",
+        "per bin (grey bars, right axis: labels per bin).",
         "No labels yet.",
     )
     confidence = _figure_html(
@@ -533,7 +643,7 @@ def render_html(
     )
     segments_chart = _figure_html(
         chart_segments(report["segments"]),
-        "Helpful rate (///) and escalated rate (...) per segment: a group far from the "
+        "Helpful rate (///) and escalated rate (---) per segment: a group far from the "
         "others points at a bias in the model, the reviewers or the chat model.",
         "No segments.",
     )
@@ -580,14 +690,15 @@ def render_html(
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         # Nothing to fetch: the file must open offline and never phone home.
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "style-src 'unsafe-inline'; img-src data:\">",
         f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>",
         f"<header><h1>{_e(title)}</h1>",
-        f'<p class="period">{_e(period["from"] or "–")} to {_e(period["until"] or "–")}'
+        f'<p class="period">{_e(period["from"] or "n/a")} to {_e(period["until"] or "n/a")}'
         f" · generated {_e(report.get('generated_at') or '')}</p></header>",
         "<main>",
-        f'<p class="verdict"><strong>Is the model learning?</strong> {_e(learning_verdict(model))}</p>',
+        '<p class="verdict"><strong>Is the model learning?</strong> '
+        f"{_e(learning_verdict(model))}</p>",
         '<section aria-labelledby="glance"><h2 id="glance">At a glance</h2>',
         _glance(report),
         "</section>",
@@ -599,7 +710,7 @@ def render_html(
         learning,
         f'<div class="pair">{calibration}{confidence}</div>',
         f'<p class="explain">Log loss {_num(model["log_loss"])} · accuracy at 0.5 '
-        f'{_pct(model["accuracy"])} · Brier score {_num(model["brier"])}.</p>',
+        f"{_pct(model['accuracy'])} · Brier score {_num(model['brier'])}.</p>",
         _table(("when", "details"), drift_rows, "Detected drift")
         if drift_rows
         else '<p class="explain">No drift detected in this period.</p>',
@@ -617,18 +728,29 @@ def render_html(
         "</section>",
         '<section aria-labelledby="topics"><h2 id="topics">Where are users unhappy?</h2>',
         topics_chart,
-        _table(("topic", "complaints", "reasons", "example questions"), topic_rows, "Top complaint topics")
+        _table(
+            ("topic", "complaints", "reasons", "example questions"),
+            topic_rows,
+            "Top complaint topics",
+        )
         if topic_rows
         else "",
         "</section>",
         '<section aria-labelledby="segments"><h2 id="segments">Segments</h2>',
         segments_chart,
         _table(
-            ("segment", "exchanges", "votes", "helpful", "escalated", "rejected by reviewers",
-             "mean confidence"),
+            (
+                "segment",
+                "exchanges",
+                "votes",
+                "helpful",
+                "escalated",
+                "rejected by reviewers",
+                "mean confidence",
+            ),
             segment_rows,
             "Rates per model, route and request metadata",
-        )  # fmt: skip
+        )
         if segment_rows
         else "",
         "</section></main>",

@@ -66,6 +66,8 @@ class ReviewOutcome:
     label_id: int | None = None
     channel: str | None = None
     message_ts: str | None = None
+    #: when the escalation was opened (time to decision = decided_at - created_at)
+    created_at: float | None = None
 
     @property
     def message(self) -> str:
@@ -205,6 +207,7 @@ class ReviewService:
             label_id=result.label_id,
             channel=row["channel"],
             message_ts=row["message_ts"],
+            created_at=row["created_at"],
         )
         if result.applied:
             log.info("review %s: %s by %s", reply_id, outcome.state, reviewer)

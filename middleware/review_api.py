@@ -140,7 +140,9 @@ class ReviewAPI:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return error_response(400, f"the request body is not valid JSON ({exc})", "invalid_json")
+            return error_response(
+                400, f"the request body is not valid JSON ({exc})", "invalid_json"
+            )
         try:
             verdict = ReviewIn.model_validate(data)
         except ValidationError as exc:
@@ -155,7 +157,9 @@ class ReviewAPI:
             return error_response(422, str(exc), "invalid_field", param=field)
         except StoreError as exc:
             log.error("review of %s not stored: %s", reply_id, exc)
-            return error_response(503, "the verdict could not be stored; retry", "store_unavailable")
+            return error_response(
+                503, "the verdict could not be stored; retry", "store_unavailable"
+            )
         if outcome is None:
             return error_response(404, f"no reply with id {reply_id!r}", "unknown_reply")
         if not outcome.applied:

@@ -87,6 +87,7 @@ class PolicySettings(_Section):
     escalate_below: float = Field(0.3, ge=0, le=1)
     hold_below: float = Field(0.2, ge=0, le=1)
     review_budget: float = Field(0.1, ge=0, le=1)
+    review_budget_slack: float = Field(0.01, ge=0, le=0.1)
     max_reviews_per_hour: int = Field(120, ge=0)
     ask_margin: float = Field(0.15, ge=0, le=0.5)
     ask_sample_rate: float = Field(0.05, ge=0, le=1)
@@ -107,6 +108,9 @@ class SlackSettings(_Section):
     bot_token_env: str = "SLACK_BOT_TOKEN"
     signing_secret_env: str = "SLACK_SIGNING_SECRET"
     reviewers: list[str] = []
+    #: the outbox's first retry delay and its cap (doubling, jittered, in between)
+    retry_base_s: float = Field(1.0, gt=0)
+    retry_max_s: float = Field(300.0, gt=0)
 
     @field_validator("api_url")
     @classmethod

@@ -28,7 +28,9 @@ def upstream_requests(upstream_server: ServerThread) -> list[dict[str, Any]]:
     return requests
 
 
-def gateway_settings(tmp_path: Path, upstream_url: str | None, **sections: dict[str, Any]) -> Settings:
+def gateway_settings(
+    tmp_path: Path, upstream_url: str | None, **sections: dict[str, Any]
+) -> Settings:
     data: dict[str, Any] = {
         "store": {"url": f"sqlite:///{tmp_path / 'hitl.db'}"},
         "upstream": {"kind": "local"}
@@ -51,8 +53,9 @@ def gateway_factory(tmp_path: Path, upstream_server: ServerThread) -> Iterator[G
     """
     started: list[ServerThread] = []
 
-    def start(*, environ: dict[str, str] | None = None, local: bool = False,
-              **sections: dict[str, Any]) -> ServerThread:
+    def start(
+        *, environ: dict[str, str] | None = None, local: bool = False, **sections: dict[str, Any]
+    ) -> ServerThread:
         settings = gateway_settings(tmp_path, None if local else upstream_server.url, **sections)
         app = build_app(settings, environ=environ or {})
         server = ServerThread(app).start()
@@ -82,7 +85,9 @@ def postgres_url() -> Iterator[str]:
 
     server = os.environ.get(POSTGRES_ENV)
     if not server:
-        pytest.skip(f"${POSTGRES_ENV} is not set (e.g. postgresql+psycopg://postgres@127.0.0.1/postgres)")
+        pytest.skip(
+            f"${POSTGRES_ENV} is not set (e.g. postgresql+psycopg://postgres@127.0.0.1/postgres)"
+        )
     url = make_url(server)
     name = f"hitl_test_{secrets.token_hex(6)}"
     conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -93,3 +98,18 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory for ``module_gateway``'s SQLite file (``module_tmp / "hitl.db"``)."""
+    return tmp_path_factory.mktemp("gateway")
+
+
+@pytest.fixture(scope="module")
+def module_gateway(module_tmp: Path, upstream_server: ServerThread) -> Iterator[ServerThread]:
+    """One gateway over the fake upstream, shared by a module's tests that need no settings
+    of their own (defaults, but no feedback rate limit). Tests must not assume it is empty."""
+    settings = gateway_settings(module_tmp, upstream_server.url, server={"feedback_per_minute": 0})
+    with ServerThread(build_app(settings, environ={})) as server:
+        yield server

@@ -7,6 +7,7 @@
 - ``tools``: a tool call reply (streamed as tool-call deltas too); ``garbage``: a 200
   that is not JSON
 - ``reply:<text>``: answers exactly <text>
+- ``odd`` (streamed): comments, a non-JSON data line and malformed chunks among good ones
 
 Every request is kept in ``app.state.requests`` (headers, raw headers, body, method,
 path and query) for assertions.
@@ -65,18 +66,25 @@ def make_app(*, slow_s: float = 3.0) -> Starlette:
             await asyncio.sleep(slow_s)
         if model == "garbage":
             return Response(b"<html>not json</html>", media_type="text/html")
-        text = model[6:] if model.startswith("reply:") else "reply: " + _last_user(payload["messages"])
+        text = (
+            model[6:] if model.startswith("reply:") else "reply: " + _last_user(payload["messages"])
+        )
         n = int(payload.get("n", 1))
         created = int(time.time())
         if payload.get("stream"):
-            return StreamingResponse(_stream(model, text, n, created, payload), media_type="text/event-stream")
+            return StreamingResponse(
+                _stream(model, text, n, created, payload), media_type="text/event-stream"
+            )
         if model == "tools":
             message: dict[str, Any] = {
                 "role": "assistant",
                 "content": None,
                 "tool_calls": [
-                    {"id": "call_1", "type": "function",
-                     "function": {"name": "lookup", "arguments": "{\"q\": \"x\"}"}}
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": '{"q": "x"}'},
+                    }
                 ],
             }
             finish = "tool_calls"
@@ -100,22 +108,68 @@ def make_app(*, slow_s: float = 3.0) -> Starlette:
 
     async def _stream(model: str, text: str, n: int, created: int, payload: dict[str, Any]):  # type: ignore[no-untyped-def]
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-            data = {"id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": created,
-                    "model": model, "choices": choices, **extra}
+            data = {
+                "id": "chatcmpl-stream",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": choices,
+                **extra,
+            }
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
+        if model == "odd":
+            # Odd but survivable upstream output: a gateway must relay it, not crash on it.
+            yield chunk([{"index": 0, "delta": {"role": "assistant", "content": "odd"}}])
+            yield b": keep-alive comment\n\n"
+            yield b"data: not json at all\n\n"
+            yield chunk(5)  # type: ignore[arg-type]
+            yield chunk([{"index": 0, "delta": {"tool_calls": [{"index": "x"}, "junk"]}}])
+            yield chunk([{"index": 0, "delta": {"content": " end"}, "finish_reason": "stop"}])
+            yield b"data: [DONE]\n\n"
+            return
         if model == "tools":
-            yield chunk([{"index": 0, "delta": {"role": "assistant", "content": None, "tool_calls": [
-                {"index": 0, "id": "call_1", "type": "function",
-                 "function": {"name": "lookup", "arguments": ""}}]}, "finish_reason": None}])
+            yield chunk(
+                [
+                    {
+                        "index": 0,
+                        "delta": {
+                            "role": "assistant",
+                            "content": None,
+                            "tool_calls": [
+                                {
+                                    "index": 0,
+                                    "id": "call_1",
+                                    "type": "function",
+                                    "function": {"name": "lookup", "arguments": ""},
+                                }
+                            ],
+                        },
+                        "finish_reason": None,
+                    }
+                ]
+            )
             for part in ('{"q": ', '"x"}'):
-                yield chunk([{"index": 0, "delta": {"tool_calls": [
-                    {"index": 0, "function": {"arguments": part}}]}, "finish_reason": None}])
+                yield chunk(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {
+                                "tool_calls": [{"index": 0, "function": {"arguments": part}}]
+                            },
+                            "finish_reason": None,
+                        }
+                    ]
+                )
             yield chunk([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])
             yield b"data: [DONE]\n\n"
             return
-        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                     for i in range(n)])
+        yield chunk(
+            [
+                {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                for i in range(n)
+            ]
+        )
         words = text.split(" ")
         for k, word in enumerate(words):
             piece = word if k == 0 else " " + word
@@ -131,19 +185,30 @@ def make_app(*, slow_s: float = 3.0) -> Starlette:
 
     async def models(request: Request) -> Response:
         _keep(request, b"")
-        return JSONResponse({"object": "list", "data": [{"id": "json", "object": "model",
-                                                          "created": 0, "owned_by": "test"}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": "json", "object": "model", "created": 0, "owned_by": "test"}],
+            }
+        )
 
     async def embeddings(request: Request) -> Response:
         body = await request.body()
         _keep(request, body)
-        return JSONResponse({"object": "list", "data": [{"object": "embedding", "index": 0,
-                                                          "embedding": [0.1, 0.2]}], "model": "e"})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                "model": "e",
+            }
+        )
 
-    app = Starlette(routes=[
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+        ]
+    )
     app.state.requests = []
     return app

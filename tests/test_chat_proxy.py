@@ -7,29 +7,38 @@ file) and the official ``openai`` client as well as raw HTTP.
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
+from middleware.app import build_app
+from middleware.auth import ClientKeyMiddleware, exempt_path
+
+from .conftest import gateway_settings
 from .servers import ServerThread
 
 CHAT = "/v1/chat/completions"
 
 
-def rows(tmp_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(tmp_path / "hitl.db") as conn:
+def rows(directory: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(directory / "hitl.db") as conn:
         return conn.execute(sql, params).fetchall()
 
 
-def user(text: str) -> list[dict[str, Any]]:
+def user(text: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": text}]
 
 
-def stream_events(url: str, body: dict[str, Any], **headers: str) -> tuple[httpx.Response, list[Any]]:
+def stream_events(
+    url: str, body: dict[str, Any], **headers: str
+) -> tuple[httpx.Response, list[Any]]:
     """POST a streaming request; the parsed ``data:`` payloads in order (``[DONE]`` as str)."""
     with httpx.stream("POST", url + CHAT, json=body, headers=headers) as r:
         raw = b"".join(r.iter_bytes())
@@ -44,15 +53,20 @@ def stream_events(url: str, body: dict[str, Any], **headers: str) -> tuple[httpx
 
 
 @pytest.fixture
-def gw(gateway_factory: Any) -> ServerThread:
-    server: ServerThread = gateway_factory()
-    return server
+def gw(module_gateway: ServerThread) -> ServerThread:
+    """The module's shared default gateway; rows are looked up by reply id."""
+    return module_gateway
+
+
+@pytest.fixture
+def db(module_tmp: Path) -> Path:
+    return module_tmp
 
 
 # -- JSON ----------------------------------------------------------------------------
 
 
-def test_json_reply_gains_hitl_and_headers(gw: ServerThread, tmp_path: Path) -> None:
+def test_json_reply_gains_hitl_and_headers(gw: ServerThread, db: Path) -> None:
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-client", max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
         model="json", messages=user("what is this?")
@@ -73,7 +87,7 @@ def test_json_reply_gains_hitl_and_headers(gw: ServerThread, tmp_path: Path) -> 
     assert raw.headers["x-request-id"] == "req-123"
     # Committed before the reply left: it is in the file now.
     assert rows(
-        tmp_path,
+        db,
         "SELECT question, reply_text, status, stream, upstream_status, decision FROM exchange "
         "WHERE id = ?",
         hitl["reply_id"],
@@ -91,7 +105,9 @@ def test_confidence_is_the_configured_prior_before_learning(gateway_factory: Any
 def test_every_reply_gets_its_own_id_and_token(gw: ServerThread) -> None:
     seen = set()
     for _ in range(5):
-        hitl = httpx.post(gw.url + CHAT, json={"model": "json", "messages": user("x")}).json()["hitl"]
+        hitl = httpx.post(gw.url + CHAT, json={"model": "json", "messages": user("x")}).json()[
+            "hitl"
+        ]
         seen.add((hitl["reply_id"], hitl["feedback_token"]))
     assert len({reply_id for reply_id, _ in seen}) == 5
     assert len({token for _, token in seen}) == 5
@@ -104,7 +120,7 @@ def test_n_greater_than_one_passes_through_intact(gw: ServerThread) -> None:
     assert {c.message.content for c in completion.choices} == {"reply: many"}
 
 
-def test_tool_calls_pass_through_intact(gw: ServerThread, tmp_path: Path) -> None:
+def test_tool_calls_pass_through_intact(gw: ServerThread, db: Path) -> None:
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="sk", max_retries=0)
     tools: Any = [
         {
@@ -121,12 +137,14 @@ def test_tool_calls_pass_through_intact(gw: ServerThread, tmp_path: Path) -> Non
         ("call_1", "lookup", '{"q": "x"}')
     ]
     reply_id = (completion.model_extra or {})["hitl"]["reply_id"]
-    assert rows(tmp_path, "SELECT finish_reason FROM exchange WHERE id = ?", reply_id) == [
+    assert rows(db, "SELECT finish_reason FROM exchange WHERE id = ?", reply_id) == [
         ("tool_calls",)
     ]
 
 
-def test_content_part_arrays_pass_through(gw: ServerThread, upstream_requests: list[Any], tmp_path: Path) -> None:
+def test_content_part_arrays_pass_through(
+    gw: ServerThread, upstream_requests: list[Any], db: Path
+) -> None:
     messages = [
         {
             "role": "user",
@@ -139,10 +157,11 @@ def test_content_part_arrays_pass_through(gw: ServerThread, upstream_requests: l
     ]
     r = httpx.post(gw.url + CHAT, json={"model": "json", "messages": messages})
     assert r.status_code == 200, r.text
-    assert r.json()["choices"][0]["message"]["content"] == "reply: part one  part two"  # the fake joins parts with spaces
+    # The fake joins the parts it reads with spaces (the image part reads as "").
+    assert r.json()["choices"][0]["message"]["content"] == "reply: part one  part two"
     assert json.loads(upstream_requests[-1]["body"])["messages"] == messages
     reply_id = r.json()["hitl"]["reply_id"]
-    assert rows(tmp_path, "SELECT question FROM exchange WHERE id = ?", reply_id) == [
+    assert rows(db, "SELECT question FROM exchange WHERE id = ?", reply_id) == [
         ("part one\npart two",)
     ]
 
@@ -178,7 +197,7 @@ def test_streamed_body_reaches_the_upstream_byte_for_byte(
 # -- streaming ---------------------------------------------------------------------
 
 
-def test_stream_relays_chunks_and_ends_with_the_hitl_chunk(gw: ServerThread, tmp_path: Path) -> None:
+def test_stream_relays_chunks_and_ends_with_the_hitl_chunk(gw: ServerThread, db: Path) -> None:
     r, events = stream_events(
         gw.url,
         {
@@ -195,7 +214,9 @@ def test_stream_relays_chunks_and_ends_with_the_hitl_chunk(gw: ServerThread, tmp
     # The upstream's chunks, usage chunk included, come first and unchanged.
     assert usage["choices"] == [] and usage["usage"]["total_tokens"] == 7
     assert upstream_chunks[-2]["choices"][0]["finish_reason"] == "stop"
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in upstream_chunks if c["choices"])
+    text = "".join(
+        c["choices"][0]["delta"].get("content", "") for c in upstream_chunks if c["choices"]
+    )
     assert text == "reply: a b c"
     # The extra chunk looks like the stream's own, so strict clients accept it.
     assert final["object"] == "chat.completion.chunk"
@@ -210,7 +231,8 @@ def test_stream_relays_chunks_and_ends_with_the_hitl_chunk(gw: ServerThread, tmp
     assert hitl["feedback_token"] == r.headers["x-hitl-feedback-token"]
     assert hitl["decision"] in {"deliver", "ask", "escalate", "hold"}
     assert rows(
-        tmp_path, "SELECT reply_text, status, stream, finish_reason FROM exchange WHERE id = ?",
+        db,
+        "SELECT reply_text, status, stream, finish_reason FROM exchange WHERE id = ?",
         hitl["reply_id"],
     ) == [("reply: a b c", "complete", 1, "stop")]
 
@@ -232,7 +254,9 @@ def test_openai_client_reads_the_stream_with_usage(gw: ServerThread) -> None:
 
 
 def test_stream_with_several_choices(gw: ServerThread) -> None:
-    _, events = stream_events(gw.url, {"model": "json", "messages": user("p q"), "n": 2, "stream": True})
+    _, events = stream_events(
+        gw.url, {"model": "json", "messages": user("p q"), "n": 2, "stream": True}
+    )
     texts = {0: "", 1: ""}
     for event in events[:-2]:
         for choice in event["choices"]:
@@ -241,7 +265,7 @@ def test_stream_with_several_choices(gw: ServerThread) -> None:
     assert "hitl" in events[-2]
 
 
-def test_streamed_tool_calls_pass_through(gw: ServerThread, tmp_path: Path) -> None:
+def test_streamed_tool_calls_pass_through(gw: ServerThread, db: Path) -> None:
     _, events = stream_events(gw.url, {"model": "tools", "messages": user("t"), "stream": True})
     arguments = "".join(
         call["function"].get("arguments", "")
@@ -251,7 +275,7 @@ def test_streamed_tool_calls_pass_through(gw: ServerThread, tmp_path: Path) -> N
     )
     assert arguments == '{"q": "x"}'
     reply_id = events[-2]["hitl"]["reply_id"]
-    assert rows(tmp_path, "SELECT finish_reason FROM exchange WHERE id = ?", reply_id) == [
+    assert rows(db, "SELECT finish_reason FROM exchange WHERE id = ?", reply_id) == [
         ("tool_calls",)
     ]
 
@@ -260,7 +284,12 @@ def test_stream_hitl_chunk_can_be_turned_off(gateway_factory: Any) -> None:
     gw = gateway_factory(server={"stream_hitl_chunk": False})
     r, events = stream_events(
         gw.url,
-        {"model": "json", "messages": user("a"), "stream": True, "stream_options": {"include_usage": True}},
+        {
+            "model": "json",
+            "messages": user("a"),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
     )
     assert events[-1] == "[DONE]"
     assert all("hitl" not in e for e in events[:-1])
@@ -359,8 +388,9 @@ def test_hop_by_hop_headers_are_dropped(
 
 
 def test_models_and_embeddings_pass_through_unscored(
-    gw: ServerThread, upstream_requests: list[Any], tmp_path: Path
+    gw: ServerThread, upstream_requests: list[Any], db: Path
 ) -> None:
+    before = rows(db, "SELECT count(*) FROM exchange")
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="sk", max_retries=0)
     assert [m.id for m in client.models.list()] == ["json"]
     r = httpx.get(gw.url + "/v1/models?limit=5")
@@ -373,14 +403,16 @@ def test_models_and_embeddings_pass_through_unscored(
     assert upstream_requests[-1]["query"] == "limit=5"
     assert not any(name.startswith("x-hitl-") for name in r.headers)
     body = b'{"model": "e",  "input": ["a", "b"]}'
-    e = httpx.post(gw.url + "/v1/embeddings", content=body, headers={"content-type": "application/json"})
+    e = httpx.post(
+        gw.url + "/v1/embeddings", content=body, headers={"content-type": "application/json"}
+    )
     assert e.status_code == 200
     assert e.json()["data"][0]["embedding"] == [0.1, 0.2]
     assert "hitl" not in e.json()
     assert upstream_requests[-1]["body"] == body
     embedding = client.embeddings.create(model="e", input="x")
     assert embedding.data[0].embedding == [0.1, 0.2]
-    assert rows(tmp_path, "SELECT count(*) FROM exchange") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM exchange") == before
 
 
 def test_unknown_upstream_route_passes_its_404_through(gw: ServerThread) -> None:
@@ -391,20 +423,33 @@ def test_unknown_upstream_route_passes_its_404_through(gw: ServerThread) -> None
 # -- client keys and CORS ----------------------------------------------------------------
 
 
-@pytest.fixture
-def keyed(gateway_factory: Any) -> ServerThread:
-    server: ServerThread = gateway_factory(
+@pytest.fixture(scope="module")
+def keyed(
+    tmp_path_factory: pytest.TempPathFactory, upstream_server: ServerThread
+) -> Iterator[ServerThread]:
+    """A gateway that needs client keys (shared by this module's key tests)."""
+    settings = gateway_settings(
+        tmp_path_factory.mktemp("keyed"),
+        upstream_server.url,
         server={"client_keys_env": "HITL_CLIENT_KEYS"},
-        environ={"HITL_CLIENT_KEYS": "key-a, key-b", "OPENAI_API_KEY": "sk-up"},
     )
-    return server
+    environ = {"HITL_CLIENT_KEYS": "key-a, key-b", "OPENAI_API_KEY": "sk-up"}
+    with ServerThread(build_app(settings, environ=environ)) as server:
+        yield server
 
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"authorization": "Bearer wrong"}, {"authorization": "key-a"}, {"authorization": "Basic key-a"}],
+    [
+        {},
+        {"authorization": "Bearer wrong"},
+        {"authorization": "key-a"},
+        {"authorization": "Basic key-a"},
+    ],
 )
-def test_client_keys_refuse_missing_or_wrong_keys(keyed: ServerThread, headers: dict[str, str]) -> None:
+def test_client_keys_refuse_missing_or_wrong_keys(
+    keyed: ServerThread, headers: dict[str, str]
+) -> None:
     for method, path in (("POST", CHAT), ("GET", "/v1/models")):
         r = httpx.request(
             method, keyed.url + path, json={"model": "json", "messages": user("x")}, headers=headers
@@ -447,6 +492,70 @@ def test_client_keys_leave_health_and_feedback_open(keyed: ServerThread) -> None
         json={"reply_id": hitl["reply_id"], "token": hitl["feedback_token"], "rating": "up"},
     )
     assert vote.status_code == 201, vote.text
+
+
+def raw_request(port: int, target: bytes, body: bytes) -> bytes:
+    """One request with its target sent verbatim (clients normalise ``..`` away)."""
+    head = (
+        b"POST " + target + b" HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/v1/feedback/../chat/completions",
+        b"/v1/replies/../chat/completions",
+        b"/v1/replies/%2e%2e/chat/completions",
+        b"/v1/reviews/x/../../chat/completions",
+        b"/v1/feedbackx",
+        b"/v1/replies/x/y",
+    ],
+)
+def test_exempt_routes_do_not_open_other_paths(
+    keyed: ServerThread, upstream_requests: list[Any], target: bytes
+) -> None:
+    payload = json.dumps({"model": "json", "messages": user("sneak")}).encode()
+    answer = raw_request(keyed.port, target, payload)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    assert upstream_requests == []
+
+
+def test_dot_segments_never_reach_the_upstream(
+    gw: ServerThread, upstream_requests: list[Any]
+) -> None:
+    # Normalised by the upstream client, they would reach chat unscored and unrecorded.
+    payload = json.dumps({"model": "json", "messages": user("sneak")}).encode()
+    for target in (b"/v1/x/../chat/completions", b"/v1/./chat/completions"):
+        answer = raw_request(gw.port, target, payload)
+        assert answer.startswith(b"HTTP/1.1 404 "), answer[:200]
+    assert upstream_requests == []
+
+
+@pytest.mark.parametrize(
+    ("path", "exempt"),
+    [
+        ("/v1/feedback", True),
+        ("/v1/replies/hitl-abc", True),
+        ("/v1/reviews/hitl-abc", True),
+        ("/v1/feedback/", False),
+        ("/v1/feedbackx", False),
+        ("/v1/feedback/../chat/completions", False),
+        ("/v1/replies/", False),
+        ("/v1/replies/..", False),
+        ("/v1/replies/a/b", False),
+        ("/v1/chat/completions", False),
+    ],
+)
+def test_exempt_path(path: str, exempt: bool) -> None:
+    assert exempt_path(path, ClientKeyMiddleware.exempt) is exempt
 
 
 ORIGIN = "https://chat.example.com"

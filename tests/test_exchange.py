@@ -49,7 +49,12 @@ def msg(role: str, content: Any) -> dict[str, Any]:
     [
         ([msg("user", "hi")], Conversation("hi", ())),
         (
-            [msg("system", "be nice"), msg("user", "q1"), msg("assistant", "a1"), msg("user", "q2")],
+            [
+                msg("system", "be nice"),
+                msg("user", "q1"),
+                msg("assistant", "a1"),
+                msg("user", "q2"),
+            ],
             Conversation("q2", (("user", "q1"), ("bot", "a1"))),
         ),
         (
@@ -158,7 +163,7 @@ def test_split_events(data: bytes, events: list[bytes], rest: bytes) -> None:
 
 
 def test_split_events_across_arbitrary_chunk_boundaries() -> None:
-    stream = b"".join(f"data: {{\"n\": {i}}}\n\n".encode() for i in range(20)) + b"data: [DONE]\n\n"
+    stream = b"".join(f'data: {{"n": {i}}}\n\n'.encode() for i in range(20)) + b"data: [DONE]\n\n"
     for size in (1, 2, 3, 7, 64):
         buffer = bytearray()
         out: list[bytes] = []
@@ -196,7 +201,9 @@ def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
 def test_stream_summary_folds_the_first_choice() -> None:
     folded = StreamSummary()
     folded.add(chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}}]))
-    folded.add(chunk([{"index": 0, "delta": {"content": "Hel"}}, {"index": 1, "delta": {"content": "X"}}]))
+    folded.add(
+        chunk([{"index": 0, "delta": {"content": "Hel"}}, {"index": 1, "delta": {"content": "X"}}])
+    )
     folded.add(chunk([{"index": 0, "delta": {"content": "lo"}}]))
     folded.add(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
     folded.add(chunk([], usage={"total_tokens": 3}))

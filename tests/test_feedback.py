@@ -28,8 +28,8 @@ def vote(gw: ServerThread, body: Any) -> httpx.Response:
     return httpx.post(gw.url + "/v1/feedback", json=body)
 
 
-def rows(tmp_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(tmp_path / "hitl.db") as conn:
+def rows(directory: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(directory / "hitl.db") as conn:
         return conn.execute(sql, params).fetchall()
 
 
@@ -42,12 +42,17 @@ def assert_error(r: httpx.Response, status: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def gw(gateway_factory: Any) -> ServerThread:
-    server: ServerThread = gateway_factory()
-    return server
+def gw(module_gateway: ServerThread) -> ServerThread:
+    """The module's shared gateway (no rate limit); rows are looked up by reply id."""
+    return module_gateway
 
 
-def test_new_vote_is_201_and_stored(gw: ServerThread, tmp_path: Path) -> None:
+@pytest.fixture
+def db(module_tmp: Path) -> Path:
+    return module_tmp
+
+
+def test_new_vote_is_201_and_stored(gw: ServerThread, db: Path) -> None:
     hitl = ask(gw)
     r = vote(
         gw,
@@ -63,16 +68,16 @@ def test_new_vote_is_201_and_stored(gw: ServerThread, tmp_path: Path) -> None:
     assert r.status_code == 201, r.text
     assert r.json() == {"reply_id": hitl["reply_id"], "rating": "down", "status": "created"}
     assert rows(
-        tmp_path,
+        db,
         "SELECT rating, reason, comment, correction, changes FROM feedback WHERE reply_id = ?",
         hitl["reply_id"],
     ) == [("down", "incomplete", "it stopped early", "the whole answer", 0)]
-    assert rows(tmp_path, "SELECT source, value FROM label WHERE reply_id = ?", hitl["reply_id"]) == [
+    assert rows(db, "SELECT source, value FROM label WHERE reply_id = ?", hitl["reply_id"]) == [
         ("user", 0)
     ]
 
 
-def test_changed_and_repeated_votes_are_200_and_last_wins(gw: ServerThread, tmp_path: Path) -> None:
+def test_changed_and_repeated_votes_are_200_and_last_wins(gw: ServerThread, db: Path) -> None:
     hitl = ask(gw)
     body = {"reply_id": hitl["reply_id"], "token": hitl["feedback_token"]}
     assert vote(gw, {**body, "rating": "up"}).status_code == 201
@@ -83,29 +88,39 @@ def test_changed_and_repeated_votes_are_200_and_last_wins(gw: ServerThread, tmp_
     assert repeated.status_code == 200, repeated.text
     # One vote per reply and voter, holding the last one.
     assert rows(
-        tmp_path, "SELECT rating, reason, changes FROM feedback WHERE reply_id = ?", hitl["reply_id"]
+        db,
+        "SELECT rating, reason, changes FROM feedback WHERE reply_id = ?",
+        hitl["reply_id"],
     ) == [("down", "other", 2)]
     # The learner saw the first vote only: a changed vote appends no second label.
-    assert rows(tmp_path, "SELECT value FROM label WHERE reply_id = ?", hitl["reply_id"]) == [(1,)]
+    assert rows(db, "SELECT value FROM label WHERE reply_id = ?", hitl["reply_id"]) == [(1,)]
 
 
-def test_votes_of_different_end_users_are_separate(gw: ServerThread, tmp_path: Path) -> None:
+def test_votes_of_different_end_users_are_separate(gw: ServerThread, db: Path) -> None:
     alice = ask(gw, "from alice", **{"x-hitl-user": "alice"})
     bob = ask(gw, "from bob", **{"x-hitl-user": "bob"})
     for hitl in (alice, bob):
-        r = vote(gw, {"reply_id": hitl["reply_id"], "token": hitl["feedback_token"], "rating": "up"})
+        r = vote(
+            gw, {"reply_id": hitl["reply_id"], "token": hitl["feedback_token"], "rating": "up"}
+        )
         assert r.status_code == 201, r.text
-    assert sorted(rows(tmp_path, "SELECT voter FROM feedback")) == [("user:alice",), ("user:bob",)]
+    voters = rows(
+        db,
+        "SELECT voter FROM feedback WHERE reply_id IN (?, ?) ORDER BY voter",
+        alice["reply_id"],
+        bob["reply_id"],
+    )
+    assert voters == [("user:alice",), ("user:bob",)]
 
 
-def test_bad_token_is_403(gw: ServerThread, tmp_path: Path) -> None:
+def test_bad_token_is_403(gw: ServerThread, db: Path) -> None:
     hitl = ask(gw)
     other = ask(gw, "another")
     for token in ("not-a-token", other["feedback_token"], hitl["feedback_token"][:-2] + "AA"):
         r = vote(gw, {"reply_id": hitl["reply_id"], "token": token, "rating": "up"})
         error = assert_error(r, 403)
         assert error["code"] == "invalid_token"
-    assert rows(tmp_path, "SELECT count(*) FROM feedback") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM feedback WHERE reply_id = ?", hitl["reply_id"]) == [(0,)]
 
 
 def test_bad_token_for_unknown_reply_is_403_too(gw: ServerThread) -> None:
@@ -114,13 +129,14 @@ def test_bad_token_for_unknown_reply_is_403_too(gw: ServerThread) -> None:
     assert_error(r, 403)
 
 
-def test_unknown_reply_with_a_valid_token_is_404(gw: ServerThread, tmp_path: Path) -> None:
-    signer = gw.config.app.state.gateway.signer  # type: ignore[attr-defined]
+def test_unknown_reply_with_a_valid_token_is_404(gw: ServerThread, db: Path) -> None:
+    app: Any = gw.config.app
+    signer = app.state.gateway.signer
     reply_id = "hitl-never-recorded"
     r = vote(gw, {"reply_id": reply_id, "token": signer.sign(reply_id), "rating": "up"})
     error = assert_error(r, 404)
     assert reply_id in error["message"]
-    assert rows(tmp_path, "SELECT count(*) FROM feedback") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM feedback WHERE reply_id = ?", reply_id) == [(0,)]
 
 
 def test_too_large_is_413(gateway_factory: Any) -> None:
@@ -161,8 +177,7 @@ def test_too_large_chunked_without_content_length_is_413(gateway_factory: Any) -
 def test_small_chunked_body_is_accepted(gw: ServerThread) -> None:
     hitl = ask(gw)
     data = (
-        f'{{"reply_id": "{hitl["reply_id"]}", "token": "{hitl["feedback_token"]}", '
-        '"rating": "up"}'
+        f'{{"reply_id": "{hitl["reply_id"]}", "token": "{hitl["feedback_token"]}", "rating": "up"}}'
     ).encode()
 
     def chunks() -> Iterator[bytes]:
@@ -206,13 +221,15 @@ def test_invalid_body_is_422_naming_the_field(
     assert field in error["message"]
 
 
-def test_every_documented_reason_is_accepted(gw: ServerThread, tmp_path: Path) -> None:
+def test_every_documented_reason_is_accepted(gw: ServerThread, db: Path) -> None:
     hitl = ask(gw)
     body = {"reply_id": hitl["reply_id"], "token": hitl["feedback_token"], "rating": "down"}
     for reason in ("incorrect", "incomplete", "unsafe", "off-topic", "tone", "other"):
         r = vote(gw, {**body, "reason": reason})
         assert r.status_code in (200, 201), r.text
-        assert rows(tmp_path, "SELECT reason FROM feedback") == [(reason,)]
+        assert rows(db, "SELECT reason FROM feedback WHERE reply_id = ?", hitl["reply_id"]) == [
+            (reason,)
+        ]
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"", b'{"rating": "up"'])
@@ -239,9 +256,10 @@ def test_over_the_rate_limit_is_429(gateway_factory: Any) -> None:
     assert int(r.headers["retry-after"]) >= 1
 
 
-def test_rate_limit_zero_means_unlimited(gateway_factory: Any) -> None:
-    gw = gateway_factory(server={"feedback_per_minute": 0})
+def test_rate_limit_zero_means_unlimited(gw: ServerThread) -> None:
+    # The shared gateway runs with feedback_per_minute = 0: more than the default 60 pass.
     hitl = ask(gw)
     body = {"reply_id": hitl["reply_id"], "token": hitl["feedback_token"], "rating": "up"}
-    assert {vote(gw, body).status_code for _ in range(70)} <= {200, 201}
-
+    with httpx.Client(base_url=gw.url) as client:
+        statuses = {client.post("/v1/feedback", json=body).status_code for _ in range(65)}
+    assert statuses == {200, 201}

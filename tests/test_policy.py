@@ -110,7 +110,7 @@ def run_stream(budget: ReviewBudget, scores: list[float], *, escalate_below: flo
         allowed = score < escalate_below and budget.allows(score, now=float(i))
         budget.record(score, allowed, now=float(i))
         escalated.append(allowed)
-        assert budget.escalated_share <= budget.share + 1e-12
+        assert budget.escalated_share <= budget.share + budget.slack + 1e-12
     return escalated
 
 
@@ -122,9 +122,9 @@ def test_review_budget_share_is_never_exceeded(share: float) -> None:
     escalated = run_stream(budget, scores, escalate_below=0.5)
     count = sum(escalated)
     assert count > 0
-    # Over every window the cap holds, not just at the end.
+    # Over every window the cap (share plus its one-point slack) holds, not just at the end.
     for end in range(500, len(escalated) + 1, 50):
-        assert sum(escalated[end - 500 : end]) <= share * 500 + 1e-9
+        assert sum(escalated[end - 500 : end]) <= (share + budget.slack) * 500 + 1e-9
     # The least confident go first.
     chosen = [s for s, e in zip(scores, escalated, strict=True) if e]
     candidates = [s for s in scores if s < 0.5]
@@ -143,7 +143,7 @@ def test_review_budget_ties_do_not_starve_a_partial_share() -> None:
     budget = ReviewBudget(share=0.2, per_hour=None, window=100)
     escalated = run_stream(budget, [0.1] * 200, escalate_below=0.3)
     # Equal scores all sit at the quantile: the share fills (to within one of the window).
-    assert 19 <= sum(escalated[-100:]) <= 20
+    assert 20 <= sum(escalated[-100:]) <= 21
 
 
 def test_review_budget_prefers_the_least_confident_once_warm() -> None:
@@ -155,6 +155,14 @@ def test_review_budget_prefers_the_least_confident_once_warm() -> None:
     assert budget.allows(0.10, now=0.0)
     # Room in the share, but not among the least confident tenth.
     assert not budget.allows(0.2, now=0.0)
+
+
+def test_review_budget_without_slack_holds_the_share_exactly() -> None:
+    budget = ReviewBudget(share=0.1, per_hour=None, window=200, slack=0.0)
+    rng = random.Random(3)
+    escalated = run_stream(budget, [rng.random() for _ in range(1000)], escalate_below=1.0)
+    for end in range(200, len(escalated) + 1, 20):
+        assert sum(escalated[end - 200 : end]) <= 20
 
 
 def test_review_budget_zero_share_never_escalates() -> None:

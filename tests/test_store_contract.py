@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +94,17 @@ def escalation(reply_id: str, **values: Any) -> dict[str, Any]:
     return row
 
 
-async def vote(store: Store, reply_id: str, rating: str = "up", voter: str = "user", **kw: Any) -> Any:
+async def vote(
+    store: Store, reply_id: str, rating: str = "up", voter: str | None = None, **kw: Any
+) -> Any:
+    """A vote by ``voter`` (default: named after the exchange's end user, as the gateway does)."""
     args: dict[str, Any] = {"reason": None, "comment": None, "correction": None, "weight": 1.0}
     args.update(kw)
-    return await store.vote(reply_id=reply_id, voter=voter, rating=rating, **args)
+
+    def name(end_user: str | None) -> str:
+        return voter or (f"user:{end_user}" if end_user else "user")
+
+    return await store.vote(reply_id=reply_id, voter=name, rating=rating, **args)
 
 
 # -- schema ------------------------------------------------------------------------
@@ -215,9 +222,9 @@ async def test_a_second_voter_is_a_new_vote_but_not_a_new_label(store: Store) ->
     assert await store.count_rows(Label) == 1
 
 
-async def test_a_vote_on_an_unknown_reply_is_refused(store: Store) -> None:
-    with pytest.raises(StoreError):
-        await vote(store, "never-recorded")
+async def test_a_vote_on_an_unknown_reply_stores_nothing(store: Store) -> None:
+    result = await vote(store, "never-recorded")
+    assert not result.found and not result.created and result.label_id is None
     assert await store.count_rows(Feedback) == 0
     assert await store.count_rows(Label) == 0
 
@@ -234,7 +241,9 @@ async def test_a_label_notifies_listeners_after_commit(store: Store) -> None:
 async def test_labels_after_is_in_commit_order_with_the_stored_prediction(store: Store) -> None:
     for i in range(5):
         await store.record_exchange(
-            exchange(f"r{i}", confidence=i / 10, features_json=json.dumps({"i": i}), end_user=f"u{i}")
+            exchange(
+                f"r{i}", confidence=i / 10, features_json=json.dumps({"i": i}), end_user=f"u{i}"
+            )
         )
     for i in (3, 1, 4):
         await vote(store, f"r{i}", "up" if i != 1 else "down")
@@ -291,8 +300,12 @@ async def test_get_or_create_value_is_stable(store: Store) -> None:
         raise AssertionError("the factory runs only when the key is missing")
 
     assert await store.get_or_create_value("k", never) == "first"
+
+    def factory(i: int) -> Callable[[], str]:
+        return lambda: f"v{i}"
+
     values = await asyncio.gather(
-        *(store.get_or_create_value("shared", lambda i=i: f"v{i}") for i in range(10))
+        *(store.get_or_create_value("shared", factory(i)) for i in range(10))
     )
     assert len(set(values)) == 1
     assert await store.get_or_create_value("shared", never) == values[0]

@@ -1,0 +1,389 @@
+// The chat page: a reference client of the public API, no build step, no dependencies.
+//   POST /v1/chat/completions (stream: true)  the answer, streamed as server-sent events
+//   POST /v1/feedback                         a thumbs up or down, with a reason
+//   GET  /v1/replies/{id}                     the review state of a held reply
+"use strict";
+
+(() => {
+  const MODEL = "local";
+  const POLL_MS = 2000;
+  const POLL_LIMIT_MS = 10 * 60 * 1000;
+  const DECIDED = ["approved", "rejected", "corrected", "expired", "failed"];
+
+  const $ = (id) => document.getElementById(id);
+  const form = $("ask");
+  const question = $("question");
+  const send = $("send");
+  const messages = $("messages");
+  const status = $("status");
+  const keyBox = $("key-box");
+  const keyInput = $("api-key");
+
+  const history = [];
+  const user = endUserId();
+  let answers = 0;
+
+  keyInput.value = sessionStorage.getItem("hitl-api-key") || "";
+  keyInput.addEventListener("change", () => {
+    sessionStorage.setItem("hitl-api-key", keyInput.value.trim());
+  });
+
+  question.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = question.value.trim();
+    if (!text || send.disabled) return;
+    question.value = "";
+    await ask(text);
+    question.focus();
+  });
+
+  // -- asking ------------------------------------------------------------------------
+
+  async function ask(text) {
+    $("empty").hidden = true;
+    addUserTurn(text);
+    const turn = addAnswerTurn();
+    history.push({ role: "user", content: text });
+    setBusy(true);
+    try {
+      const reply = await streamAnswer(turn);
+      if (reply === null) {
+        history.pop();
+        return;
+      }
+      history.push({ role: "assistant", content: reply.text });
+      finish(turn, reply);
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  async function streamAnswer(turn) {
+    const headers = { "content-type": "application/json", accept: "text/event-stream" };
+    const key = keyInput.value.trim();
+    if (key) headers.authorization = `Bearer ${key}`;
+    let response;
+    try {
+      response = await fetch("/v1/chat/completions", {
+        method: "POST",
+        headers,
+        body: JSON.stringify({ model: MODEL, stream: true, messages: history, user }),
+      });
+    } catch {
+      fail(turn, "The gateway could not be reached. Check the connection and try again.");
+      return null;
+    }
+    if (!response.ok) {
+      if (response.status === 401) {
+        keyBox.hidden = false;
+        keyInput.focus();
+      }
+      fail(turn, await errorText(response));
+      return null;
+    }
+    const reply = {
+      id: response.headers.get("x-hitl-reply-id"),
+      token: response.headers.get("x-hitl-feedback-token"),
+      text: "",
+      hitl: null,
+    };
+    const textBox = turn.querySelector(".text");
+    try {
+      for await (const data of serverSentData(response.body)) {
+        if (data === "[DONE]") break;
+        let chunk;
+        try {
+          chunk = JSON.parse(data);
+        } catch {
+          continue;
+        }
+        if (chunk.error) {
+          fail(turn, chunk.error.message || "The answer broke off.");
+          return null;
+        }
+        if (chunk.hitl) reply.hitl = chunk.hitl;
+        const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+        if (delta && typeof delta.content === "string" && delta.content) {
+          reply.text += delta.content;
+          render(textBox, reply.text);
+        }
+      }
+    } catch {
+      fail(turn, "The answer broke off before it was complete. Please ask again.");
+      return null;
+    }
+    if (reply.hitl) {
+      reply.id = reply.hitl.reply_id || reply.id;
+      reply.token = reply.hitl.feedback_token || reply.token;
+    }
+    return reply;
+  }
+
+  // Server-sent events from a fetch body: yields each event's data field.
+  async function* serverSentData(body) {
+    const reader = body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
+      let boundary;
+      while ((boundary = buffer.search(/\r?\n\r?\n/)) >= 0) {
+        const event = buffer.slice(0, boundary);
+        buffer = buffer.slice(boundary).replace(/^\r?\n\r?\n/, "");
+        const data = event
+          .split(/\r?\n/)
+          .filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(5).replace(/^ /, ""))
+          .join("\n");
+        if (data) yield data;
+      }
+      if (done) return;
+    }
+  }
+
+  // -- after the answer --------------------------------------------------------------
+
+  function finish(turn, reply) {
+    const textBox = turn.querySelector(".text");
+    const decision = reply.hitl ? reply.hitl.decision : null;
+    if (!reply.text) render(textBox, "(The model sent an empty answer.)");
+    if (decision === "hold") {
+      hold(turn, reply);
+    } else {
+      textBox.setAttribute("aria-busy", "false");
+      if (decision === "escalate") {
+        notice(turn, "review", "This answer was sent to a person for review.");
+        announce("Answer received. It was also sent to a person for review.");
+      } else {
+        announce("Answer received.");
+      }
+    }
+    if (reply.id && reply.token) enableVotes(turn, reply);
+  }
+
+  async function hold(turn, reply) {
+    const textBox = turn.querySelector(".text");
+    // Nothing unconfirmed is shown: the answer waits until a person has decided.
+    textBox.hidden = true;
+    notice(turn, "hold", "A person is checking this answer before you see it…");
+    announce("A person is checking this answer before you see it.");
+    const started = Date.now();
+    while (Date.now() - started < POLL_LIMIT_MS) {
+      const review = await reviewOf(reply);
+      if (review && DECIDED.includes(review.state)) {
+        release(turn, reply, review);
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    }
+    notice(turn, "hold", "Nobody could check this answer in time. Please ask again later.");
+    announce("Nobody could check this answer in time.");
+  }
+
+  async function reviewOf(reply) {
+    try {
+      const response = await fetch(`/v1/replies/${encodeURIComponent(reply.id)}`, {
+        headers: { "x-hitl-feedback-token": reply.token, accept: "application/json" },
+      });
+      if (!response.ok) return null;
+      const body = await response.json();
+      return body.review || null;
+    } catch {
+      return null;
+    }
+  }
+
+  function release(turn, reply, review) {
+    const textBox = turn.querySelector(".text");
+    let text = reply.text;
+    let message = "A person checked and approved this answer.";
+    if (review.state === "corrected" && review.correction) {
+      text = review.correction;
+      message = "A person checked this answer and corrected it.";
+    } else if (review.state !== "approved") {
+      message = "A person could not confirm this answer.";
+      text = reply.text || "Please try again or contact support.";
+    }
+    render(textBox, text);
+    textBox.hidden = false;
+    textBox.setAttribute("aria-busy", "false");
+    notice(turn, review.state === "approved" || review.state === "corrected" ? "done" : "hold", message);
+    announce(message);
+  }
+
+  // -- voting --------------------------------------------------------------------------
+
+  function enableVotes(turn, reply) {
+    const box = turn.querySelector(".feedback");
+    const up = box.querySelector(".vote.up");
+    const down = box.querySelector(".vote.down");
+    const reasons = box.querySelector(".reasons");
+    const thanks = box.querySelector(".thanks");
+    const formId = `reasons-${answers}`;
+    reasons.id = formId;
+    down.setAttribute("aria-controls", formId);
+    for (const radio of reasons.querySelectorAll('input[type="radio"]')) {
+      radio.name = `reason-${answers}`;
+    }
+    if (reply.hitl && reply.hitl.ask_feedback) {
+      box.querySelector(".prompt").textContent = "Did this answer help? Your vote teaches the gateway.";
+    }
+    box.hidden = false;
+
+    const openReasons = (open) => {
+      reasons.hidden = !open;
+      down.setAttribute("aria-expanded", String(open));
+    };
+
+    up.addEventListener("click", async () => {
+      openReasons(false);
+      if (await vote(reply, { rating: "up" }, thanks)) {
+        press(up, down);
+        thanks.textContent = "Thanks! Glad it helped.";
+      }
+    });
+    down.addEventListener("click", async () => {
+      // The vote counts at once; a reason and a comment can follow.
+      if (await vote(reply, { rating: "down" }, thanks)) {
+        press(down, up);
+        thanks.textContent = "Thanks. Tell us what was wrong, if you like.";
+        openReasons(true);
+        reasons.scrollIntoView({ block: "nearest", behavior: "smooth" });
+        const first = reasons.querySelector('input[type="radio"]');
+        if (first) first.focus({ preventScroll: true });
+      }
+    });
+    reasons.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const chosen = reasons.querySelector('input[type="radio"]:checked');
+      const comment = reasons.querySelector("textarea").value.trim();
+      const body = { rating: "down" };
+      if (chosen) body.reason = chosen.value;
+      if (comment) body.comment = comment;
+      if (await vote(reply, body, thanks)) {
+        openReasons(false);
+        thanks.textContent = "Thanks, your feedback was sent. It helps the gateway improve.";
+        down.focus();
+      }
+    });
+    reasons.querySelector(".cancel").addEventListener("click", () => {
+      openReasons(false);
+      down.focus();
+    });
+    reasons.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") {
+        openReasons(false);
+        down.focus();
+      }
+    });
+  }
+
+  async function vote(reply, fields, thanks) {
+    try {
+      const response = await fetch("/v1/feedback", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ reply_id: reply.id, token: reply.token, ...fields }),
+      });
+      if (response.ok) return true;
+      thanks.textContent = `Your vote was not saved: ${await errorText(response)}`;
+    } catch {
+      thanks.textContent = "Your vote was not saved: the gateway could not be reached.";
+    }
+    return false;
+  }
+
+  function press(on, off) {
+    on.setAttribute("aria-pressed", "true");
+    off.setAttribute("aria-pressed", "false");
+  }
+
+  // -- the page ------------------------------------------------------------------------
+
+  function addUserTurn(text) {
+    const item = $("user-turn").content.firstElementChild.cloneNode(true);
+    item.querySelector(".text").textContent = text;
+    messages.append(item);
+  }
+
+  function addAnswerTurn() {
+    answers += 1;
+    const item = $("answer-turn").content.firstElementChild.cloneNode(true);
+    messages.append(item);
+    item.scrollIntoView({ block: "end", behavior: "smooth" });
+    return item;
+  }
+
+  // Plain text with `code` spans; built from text nodes, never from HTML.
+  function render(box, text) {
+    const parts = text.split("`");
+    box.replaceChildren(
+      ...parts.map((part, i) => {
+        if (i % 2 === 0 || i === parts.length - 1) return document.createTextNode(i % 2 ? `\`${part}` : part);
+        const code = document.createElement("code");
+        code.textContent = part;
+        return code;
+      }),
+    );
+  }
+
+  function notice(turn, kind, text) {
+    const box = turn.querySelector(".notice");
+    box.className = `notice ${kind}`;
+    box.textContent = text;
+    box.hidden = false;
+  }
+
+  function fail(turn, message) {
+    const textBox = turn.querySelector(".text");
+    textBox.setAttribute("aria-busy", "false");
+    textBox.textContent = "";
+    notice(turn, "error", message);
+    announce(message);
+  }
+
+  function announce(text) {
+    status.textContent = text;
+  }
+
+  function setBusy(busy) {
+    send.disabled = busy;
+    send.textContent = busy ? "Answering…" : "Send";
+    form.setAttribute("aria-busy", String(busy));
+  }
+
+  async function errorText(response) {
+    try {
+      const body = await response.json();
+      if (body && body.error && body.error.message) return body.error.message;
+    } catch {
+      // not JSON: fall through to the status line
+    }
+    return `the gateway answered HTTP ${response.status}.`;
+  }
+
+  function endUserId() {
+    // One anonymous id per browser, so the gateway can tell easy-to-please users apart.
+    try {
+      let id = localStorage.getItem("hitl-user");
+      if (!id) {
+        const random = crypto.randomUUID
+          ? crypto.randomUUID()
+          : Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+        id = `web-${random}`;
+        localStorage.setItem("hitl-user", id);
+      }
+      return id;
+    } catch {
+      return undefined;
+    }
+  }
+})();

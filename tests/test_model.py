@@ -1,0 +1,186 @@
+import itertools
+import json
+import pickle
+import zlib
+from typing import Any
+
+import pytest
+from river.base import Classifier
+
+from middleware.features import NUMERIC_KEYS, ExchangeView, features
+from middleware.model import (
+    CANDIDATES,
+    DEFAULT_MODEL,
+    HashedTFIDF,
+    explain,
+    learn,
+    make_model,
+    predict,
+)
+
+TOPICS = [
+    ("What is the capital of France?", "Paris"),
+    ("What is the boiling point of water?", "100 degrees Celsius at sea level"),
+    ("Who wrote Hamlet?", "William Shakespeare"),
+    ("What is the tallest mountain?", "Mount Everest"),
+    ("What is the largest ocean?", "The Pacific Ocean"),
+    ("What is the chemical symbol for gold?", "Au"),
+    ("How many continents are there?", "Seven"),
+    ("What gas do plants absorb?", "Carbon dioxide"),
+]
+HEDGES = [
+    "I'm not sure, maybe it could be {a}...",
+    "I'm not sure, maybe it is {a}, but it could be something else.",
+    "Maybe {a}? I'm not sure, it could be.",
+    "I'm not sure. It could be {a}, maybe.",
+    "Hmm, maybe it could be {a}, I'm not sure...",
+]
+PLAINS = ["{a}.", "It is {a}.", "The answer is {a}.", "{a}, according to the usual sources."]
+NEW_QUESTION = "In what year did the Berlin Wall fall?"
+NEW_HEDGING = "I'm not sure, maybe it could be 1989, or maybe not."
+NEW_PLAIN = "The Berlin Wall fell in 1989."
+
+
+def x_of(question: str, reply: str) -> dict[str, Any]:
+    return features(ExchangeView(question=question, reply=reply))
+
+
+def stream(n: int = 40) -> list[tuple[dict[str, Any], bool]]:
+    """n thumbs-down on hedging replies and n thumbs-up on plain ones, interleaved."""
+    out = []
+    for i, ((question, answer), hedge, plain) in enumerate(
+        zip(itertools.cycle(TOPICS), itertools.cycle(HEDGES), itertools.cycle(PLAINS))
+    ):
+        if i == n:
+            break
+        out.append((x_of(question, hedge.format(a=answer)), False))
+        out.append((x_of(question, plain.format(a=answer)), True))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained() -> Classifier:
+    model = make_model()
+    for x, y in stream():
+        learn(model, x, y, 1.0)
+    return model
+
+
+def test_default_is_a_candidate() -> None:
+    assert DEFAULT_MODEL in CANDIDATES
+
+
+def test_unknown_model_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="logreg-adagrad"):
+        make_model("no-such-model")
+
+
+@pytest.mark.parametrize("name", sorted(CANDIDATES))
+def test_every_candidate_predicts_probabilities_learns_and_snapshots(name: str) -> None:
+    model = make_model(name)
+    probe = x_of(NEW_QUESTION, NEW_PLAIN)
+    assert 0.0 <= predict(model, probe) <= 1.0
+    for x, y in stream(30):
+        learn(model, x, y, 1.0)
+    probes = [probe, x_of(NEW_QUESTION, NEW_HEDGING), x_of("", "")]
+    scores = [predict(model, x) for x in probes]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    restored = pickle.loads(pickle.dumps(model))
+    assert [predict(restored, x) for x in probes] == scores
+    # A feature dict stored as JSON and read back scores the same.
+    assert [predict(model, json.loads(json.dumps(x))) for x in probes] == scores
+
+
+def test_predict_does_not_change_the_model(trained: Classifier) -> None:
+    before = pickle.dumps(trained)
+    for x, _ in stream(5):
+        predict(trained, x)
+    assert pickle.dumps(trained) == before
+
+
+@pytest.mark.parametrize(
+    ("question", "hedging", "plain"),
+    [
+        (NEW_QUESTION, NEW_HEDGING, NEW_PLAIN),
+        # hedges the training stream never used, on a new topic
+        (NEW_QUESTION, "Perhaps it was 1989? I don't really know.", "It fell in 1989."),
+        (
+            "What is the capital of Australia?",
+            "I think it might be Canberra, probably.",
+            "Canberra is the capital of Australia.",
+        ),
+    ],
+)
+def test_fast_learner_hedging_scores_below_plain(
+    trained: Classifier, question: str, hedging: str, plain: str
+) -> None:
+    """40 thumbs-down on hedging and 40 thumbs-up on plain replies are enough (issue 3)."""
+    hedging_score = predict(trained, x_of(question, hedging))
+    plain_score = predict(trained, x_of(question, plain))
+    assert plain_score - hedging_score >= 0.15, (hedging_score, plain_score)
+
+
+def test_untrained_model_has_no_opinion() -> None:
+    model = make_model()
+    assert predict(model, x_of(NEW_QUESTION, NEW_HEDGING)) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "warm"),
+    [(DEFAULT_MODEL, False), (DEFAULT_MODEL, True), ("logreg-sgd", True), ("naive-bayes", True)],
+)
+def test_weight_three_moves_the_score_more_than_weight_one(name: str, warm: bool) -> None:
+    model = make_model(name)
+    if warm:
+        for x, y in stream(10):
+            learn(model, x, y, 1.0)
+    x = x_of(NEW_QUESTION, "1989, I think.")
+    start = predict(model, x)
+    once, thrice = pickle.loads(pickle.dumps(model)), pickle.loads(pickle.dumps(model))
+    learn(once, x, False, 1.0)
+    learn(thrice, x, False, 3.0)
+    moved_once = start - predict(once, x)
+    moved_thrice = start - predict(thrice, x)
+    assert 0 < moved_once < moved_thrice, (start, moved_once, moved_thrice)
+
+
+def test_a_model_that_saw_one_class_only_says_so() -> None:
+    model = make_model("naive-bayes")
+    learn(model, x_of(NEW_QUESTION, NEW_HEDGING), False, 1.0)
+    assert predict(model, x_of(NEW_QUESTION, NEW_HEDGING)) < 0.5
+
+
+@pytest.mark.parametrize("weight", [0.0, -1.0, float("nan")])
+def test_weight_must_be_positive(weight: float) -> None:
+    with pytest.raises(ValueError, match="weight"):
+        learn(make_model(), x_of("q", "r"), True, weight)
+
+
+def test_explain_names_what_pulls_a_hedging_reply_down(trained: Classifier) -> None:
+    reasons = explain(trained, x_of(NEW_QUESTION, NEW_HEDGING), top=3)
+    assert 1 <= len(reasons) <= 3
+    contributions = [c for _, c in reasons]
+    assert all(c < 0 for c in contributions)
+    assert contributions == sorted(contributions)
+    names = [name for name, _ in reasons]
+    hedge_words = ("not sure", "maybe", "could be", "i'm not")
+    assert any(n == "hedges" or any(w in n for w in hedge_words) for n in names), names
+    # hashed keys are shown as their words; categories (the same for most replies) never
+    assert all(n in NUMERIC_KEYS or n.startswith(("reply: ", "question: ")) for n in names), names
+
+
+def test_explain_is_empty_when_it_cannot_say(trained: Classifier) -> None:
+    assert explain(trained, x_of(NEW_QUESTION, NEW_HEDGING), top=0) == []
+    tree = make_model("naive-bayes")
+    learn(tree, x_of(NEW_QUESTION, NEW_PLAIN), True, 1.0)
+    assert explain(tree, x_of(NEW_QUESTION, NEW_HEDGING)) == []
+
+
+def test_hashed_words_are_stable_and_bounded() -> None:
+    vectorizer = HashedTFIDF(on="reply", ngram_range=(1, 2), n_buckets=8)
+    x = {"reply": "one two three four five six seven eight nine ten eleven"}
+    vectorizer.learn_one(x)
+    keys = vectorizer.transform_one(x)
+    assert len(keys) <= 8
+    assert f"reply#{zlib.crc32(b'one two') % 8}" in keys  # the same bucket in every process
+    assert sum(v * v for v in keys.values()) == pytest.approx(1.0)
