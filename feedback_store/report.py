@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -670,10 +671,13 @@ def topics(
             continue
         members.sort(key=lambda i: -weights[i, t])
         # Named by its members' mean TF-IDF: words its questions actually share.
-        centroid = np.asarray(matrix[members].mean(axis=0)).ravel()
-        top = [
-            str(vocabulary[j]) for j in np.argsort(centroid)[::-1][: terms * 3] if centroid[j] > 0
-        ]
+        rows = matrix[members]
+        centroid = np.asarray(rows.mean(axis=0)).ravel()
+        # A name word must be shared: in at least a sixth of the topic's questions, so one
+        # long question can't name a topic of short ones.
+        shared = np.asarray((rows > 0).sum(axis=0)).ravel() >= max(1.0, len(members) / 6)
+        order = [j for j in np.argsort(centroid)[::-1][: terms * 4] if centroid[j] > 0]
+        top = [str(vocabulary[j]) for j in order if shared[j]] or [str(vocabulary[order[0]])]
         found.append(_topic(_name(top, terms), members, items, examples))
     rest = [i for i in range(len(docs)) if not has_words[i]]
     if rest:
@@ -699,11 +703,15 @@ def _topic(
     label: str, members: list[int], items: Sequence[tuple[str, str, str | None]], examples: int
 ) -> dict[str, Any]:
     shown: list[str] = []
+    seen: set[str] = set()
     for i in members:
         question = items[i][1]
-        text = question if len(question) <= 200 else question[:199] + "…"
-        if text not in shown:
-            shown.append(text)
+        # "Hi)", "hi" and "Hi!" are one example, not three.
+        key = " ".join(re.findall(r"\w+", question.lower()))
+        if key in seen:
+            continue
+        seen.add(key)
+        shown.append(question if len(question) <= 200 else question[:199] + "…")
         if len(shown) == examples:
             break
     reasons = Counter(items[i][2] or "unspecified" for i in members)

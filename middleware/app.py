@@ -29,9 +29,9 @@ from .chat import ChatEndpoint
 from .errors import ConfigError, SchemaOutdated, StoreUnavailable
 from .feedback import FeedbackEndpoint
 from .learner import Brain, Learner
+from .metrics import Metrics
 from .policy import AskLimiter, ReviewBudget, Thresholds
 from .ratelimit import RateLimiter
-from .metrics import Metrics
 from .recorder import Recorder
 from .report_routes import ReportEndpoints, chat_page_routes, report_routes
 from .responses import error_response, json_response

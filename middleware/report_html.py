@@ -229,8 +229,8 @@ def chart_calibration(model: dict[str, Any]) -> str | None:
         [(p["bin_low"] + p["bin_high"]) / 2 for p in points],
         [p["count"] for p in points],
         width=0.09,
-        color="#eef1f4",
-        edgecolor="#b0b8c1",
+        color="#f2f4f7",
+        edgecolor="#d5dbe1",
         linewidth=0.6,
     )
     counts.set_ylabel("labels in bin", fontsize=8.5, color=GREY)
@@ -252,7 +252,7 @@ def chart_calibration(model: dict[str, Any]) -> str | None:
     ax.set_ylim(0, 1)
     ax.set_xlabel("predicted P(helpful)", fontsize=9)
     ax.set_ylabel("observed helpful fraction", fontsize=9)
-    _legend(ax, handles, loc="upper left")
+    fig.legend(handles=handles, loc="outside upper left", fontsize=8.5, frameon=False, ncols=2)
     return to_svg(fig, "calibration")
 
 
@@ -285,7 +285,7 @@ def chart_confidence(model: dict[str, Any]) -> str | None:
     ax.set_xlim(0, 1)
     ax.set_xlabel("confidence at reply time", fontsize=9)
     ax.set_ylabel("labels", fontsize=9)
-    _legend(ax, handles, loc="upper left")
+    fig.legend(handles=handles, loc="outside upper left", fontsize=8.5, frameon=False)
     return to_svg(fig, "confidence")
 
 

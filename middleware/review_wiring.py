@@ -105,6 +105,11 @@ def build_review(
         rng=rng,
     )
     service.on_decided = outbox.wake
+    if slack.enabled and not slack.channel:
+        raise ConfigError(
+            "slack.channel is empty: set it to the review channel's id (e.g. C0123456789) "
+            "or set slack.enabled = false"
+        )
     slack_on = slack.enabled and _slack_secrets_ok(settings, secrets)
     if slack_on:
         # Only here, and only when Slack is on, does the gateway import slack-bolt.
@@ -113,11 +118,6 @@ def build_review(
         from adapters.slack import ReviewerCheck, SlackReviewChannel
         from adapters.slack_events import build_slack_events
 
-        if not slack.channel:
-            raise ConfigError(
-                "slack.channel is empty: set it to the review channel's id (e.g. C0123456789) "
-                "or set slack.enabled = false"
-            )
         client = AsyncWebClient(
             token=secrets.slack_bot_token, base_url=slack.api_url, retry_handlers=[]
         )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -70,16 +73,11 @@ def gateway_factory(tmp_path: Path, upstream_server: ServerThread) -> Iterator[G
 POSTGRES_ENV = "HITL_TEST_POSTGRES_URL"
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards.
-
-    The server comes from ``$HITL_TEST_POSTGRES_URL`` (e.g.
-    ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``); skipped when unset.
-    """
-    import os
-    import secrets
-
+@contextlib.contextmanager
+def _postgres_database() -> Iterator[str]:
+    """Create a database named ``hitl_test_<random>`` on ``$HITL_TEST_POSTGRES_URL``'s
+    server (e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), yield its
+    URL, drop it afterwards; skip when the variable is unset."""
     import psycopg
     from sqlalchemy.engine import make_url
 
@@ -98,6 +96,21 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    with _postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_run_url() -> Iterator[str]:
+    """One PostgreSQL database for the whole test run, dropped at its end. Tests that
+    share it empty its tables first (see ``test_store_contract.py``)."""
+    with _postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

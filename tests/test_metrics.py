@@ -170,7 +170,8 @@ def chat(url: str, **body: Any) -> httpx.Response:
 def test_metrics_move_when_traffic_flows(gateway_factory: GatewayFactory) -> None:
     gw = gateway_factory(policy={"escalate_below": 0.9, "review_budget": 1.0})
     # Store-backed figures are reused for a second between scrapes; read them every time.
-    gw.config.app.state.gateway.extras["metrics"].min_refresh_s = 0.0  # type: ignore[attr-defined]
+    app: Any = gw.config.app
+    app.state.gateway.extras["metrics"].min_refresh_s = 0.0
     before = httpx.get(gw.url + "/metrics").text
     assert value(before, "hitl_upstream_latency_seconds_count") == 0
 

@@ -437,3 +437,15 @@ def test_a_reply_nobody_reviews_has_review_state_none(gateway_factory: Any) -> N
         "reason": None,
         "correction": None,
     }
+
+
+def test_slack_without_a_channel_stops_start_up(tmp_path: Path) -> None:
+    from middleware.app import build_app
+    from middleware.errors import ConfigError
+    from middleware.settings import settings_from_mapping
+
+    settings = settings_from_mapping(
+        {"store": {"url": f"sqlite:///{tmp_path / 'x.db'}"}, "slack": {"enabled": True}}
+    )
+    with pytest.raises(ConfigError, match=r"slack\.channel is empty"):
+        build_app(settings, environ={"SLACK_BOT_TOKEN": "x", "SLACK_SIGNING_SECRET": "y"})

@@ -1,7 +1,8 @@
 """One battery of store tests, run over SQLite and PostgreSQL alike.
 
-PostgreSQL cases need ``$HITL_TEST_POSTGRES_URL`` (a server URL; each test creates and
-drops its own database) and skip with that reason when it is unset.
+PostgreSQL cases need ``$HITL_TEST_POSTGRES_URL`` (a server URL) and skip with that
+reason when it is unset. The run creates its own database (``hitl_test_<random>``,
+emptied before each test, dropped at the end); schema tests get a database each.
 """
 
 from __future__ import annotations
@@ -33,10 +34,39 @@ from feedback_store import (
 from feedback_store.urls import sync_url
 
 
+def _empty_postgres(url: str) -> None:
+    """Empty every table of the run's shared database (ids restart), keeping its schema."""
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.begin() as conn:
+            tables = conn.execute(
+                text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                    "AND tablename <> 'alembic_version'"
+                )
+            ).scalars()
+            names = ", ".join(f'"{name}"' for name in tables)
+            if names:
+                conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty store: a new SQLite file, or the run's PostgreSQL database emptied."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("postgres_run_url")
+    _empty_postgres(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database with nothing in it, not even a schema (PostgreSQL: one of its own)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fresh.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
 
@@ -110,11 +140,17 @@ async def vote(
 # -- schema ------------------------------------------------------------------------
 
 
-async def test_start_creates_the_schema_at_the_newest_revision(store: Store) -> None:
-    assert await asyncio.to_thread(current_revision, store.url) == head_revision()
-    for model in (Exchange, Feedback, Label, Escalation, ModelSnapshot, Event, KeyValue):
-        assert await store.count_rows(model) == 0
-    assert await store.ping()
+async def test_start_creates_the_schema_at_the_newest_revision(fresh_url: str) -> None:
+    assert await asyncio.to_thread(current_revision, fresh_url) is None
+    store = Store(fresh_url)
+    await store.start()
+    try:
+        assert await asyncio.to_thread(current_revision, fresh_url) == head_revision()
+        for model in (Exchange, Feedback, Label, Escalation, ModelSnapshot, Event, KeyValue):
+            assert await store.count_rows(model) == 0
+        assert await store.ping()
+    finally:
+        await store.close()
 
 
 async def test_a_second_start_on_the_same_database_keeps_its_rows(store_url: str) -> None:
@@ -139,7 +175,8 @@ def _stamp(url: str, revision: str) -> None:
         engine.dispose()
 
 
-async def test_an_older_revision_is_refused_naming_the_upgrade_command(store_url: str) -> None:
+async def test_an_older_revision_is_refused_naming_the_upgrade_command(fresh_url: str) -> None:
+    store_url = fresh_url
     first = Store(store_url)
     await first.start()
     await first.close()
