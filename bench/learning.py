@@ -25,6 +25,7 @@ import orjson
 
 from middleware.features import ExchangeView, features
 from middleware.learner import Brain
+from middleware.model import learn
 from middleware.replay import Recorded, read_stream, replay
 from middleware.settings import Settings
 
@@ -49,8 +50,6 @@ def micro(items: list[Recorded], n: int) -> tuple[float, float, float]:
         x = features(view)
         brain.model.predict_proba_one(x)
         t1 = time.perf_counter()
-        from middleware.model import learn
-
         learn(brain.model, x, bool(item.label), 1.0)
         t2 = time.perf_counter()
         counts[0] += item.label
@@ -88,8 +87,13 @@ def main() -> int:
         rows.append((path.name, result))
         print(orjson.dumps({"stream": path.name, **result}).decode(), flush=True)
     print()
+    header = ("stream", "labels", "AUC", "base", "c@0.2", "base", "esc@0.2", "labels/s")
+    widths = (34, 6, 6, 6, 6, 6, 7, 8)
     print(
-        f"{'stream':34} {'labels':>6} {'AUC':>6} {'base':>6} {'c@0.2':>6} {'base':>6} {'esc@0.2':>7} {'labels/s':>8}"
+        " ".join(
+            f"{h:{'<' if i == 0 else '>'}{w}}"
+            for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
     )
     for name, r in rows:
         print(
@@ -99,8 +103,9 @@ def main() -> int:
         )
     p, q, both = micro(first, args.micro)
     print(
-        f"\nmodel alone, median per label: features+predict {p:.0f} µs, learn {q:.0f} µs, both {both:.0f} µs"
+        f"\nmodel alone, median per label: features+predict {p:.0f} µs, learn {q:.0f} µs,", end=""
     )
+    print(f" both {both:.0f} µs")
     return 0
 
 

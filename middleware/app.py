@@ -90,6 +90,11 @@ def build_app(
 ) -> Starlette:
     environ = os.environ if environ is None else environ
     secrets = Secrets(settings, environ)
+    if secrets.token_secret is not None and len(secrets.token_secret) < 16:
+        raise ConfigError(
+            f"${settings.server.token_secret_env} is too short: the feedback token secret "
+            "needs at least 16 characters (or unset it to let the gateway generate one)"
+        )
     if settings.upstream.kind == "openai" and not secrets.upstream_api_key:
         log.warning(
             "no upstream API key: $%s is empty; requests go upstream without one",
@@ -236,7 +241,13 @@ def build_app(
                 CORSMiddleware,
                 allow_origins=settings.server.cors_origins,
                 allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["authorization", "content-type", "x-hitl-feedback-token", "x-hitl-user", "x-hitl-risk"],
+                allow_headers=[
+                    "authorization",
+                    "content-type",
+                    "x-hitl-feedback-token",
+                    "x-hitl-user",
+                    "x-hitl-risk",
+                ],
                 expose_headers=EXPOSED_HEADERS,
             )
         )

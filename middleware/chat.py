@@ -31,6 +31,11 @@ from .upstream import Upstream, UpstreamReply, UpstreamRequest
 
 log = logging.getLogger("hitl.chat")
 
+STORE_DOWN = "the gateway could not record this reply, so it was not delivered; retry shortly"
+# Routes the gateway answers itself: another method on them is a 405, never forwarded.
+OWN_ROUTES = frozenset({"/chat/completions", "/feedback"})
+OWN_PREFIXES = ("/replies/", "/reviews/")
+
 Recorder = Callable[[dict[str, Any], Assessment], Any]
 
 
@@ -105,6 +110,10 @@ class ChatEndpoint:
         except BodyTooLarge as exc:
             return error_response(413, str(exc), "body_too_large")
         path = request.url.path.removeprefix("/v1")
+        if path in OWN_ROUTES or path.startswith(OWN_PREFIXES):
+            return error_response(
+                405, f"{request.method} is not allowed on {request.url.path}", "method_not_allowed"
+            )
         if any(segment in (".", "..") for segment in path.split("/")):
             # The upstream client would normalise it into another route, unscored.
             return error_response(404, f"no route for {request.url.path}", "not_found")
@@ -131,13 +140,18 @@ class ChatEndpoint:
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return error_response(400, f"the request body is not valid JSON ({exc})", "invalid_json")
+            return error_response(
+                400, f"the request body is not valid JSON ({exc})", "invalid_json"
+            )
         if not isinstance(payload, dict):
             return error_response(400, "the request body must be a JSON object", "invalid_request")
         messages = payload.get("messages")
         if not isinstance(messages, list) or not messages:
             return error_response(
-                400, "'messages' must be a non-empty array of messages", "invalid_request", param="messages"
+                400,
+                "'messages' must be a non-empty array of messages",
+                "invalid_request",
+                param="messages",
             )
         upstream_request = UpstreamRequest(
             "POST", "/chat/completions", "", self._headers(request), body, payload
@@ -169,13 +183,18 @@ class ChatEndpoint:
                 502, "the upstream model answered with a body that is not JSON", "upstream_error"
             )
         if not isinstance(completion, dict):
-            return error_response(502, "the upstream model answered with a non-object", "upstream_error")
+            return error_response(
+                502, "the upstream model answered with a non-object", "upstream_error"
+            )
         summary = read_completion(completion)
         assessment = self._assess(ctx, summary, reply.signals, completion.get("model"))
         try:
-            await self._record(ctx, summary, assessment, upstream_ms, reply.status, "complete", False)
+            await self._record(
+                ctx, summary, assessment, upstream_ms, reply.status, "complete", False
+            )
         except StoreUnavailable as exc:
-            return error_response(503, str(exc), "store_unavailable")
+            log.error("reply %s not delivered: %s", ctx.reply_id, exc)
+            return error_response(503, STORE_DOWN, "store_unavailable")
         token = self.signer.sign(ctx.reply_id)
         completion["hitl"] = hitl_object(ctx.reply_id, token, assessment)
         headers = _relay_headers(reply)
@@ -236,7 +255,8 @@ class ChatEndpoint:
                 except StoreUnavailable as exc:
                     # Headers are sent: end with an error event (as OpenAI does), not a reset.
                     log.error("stream %s not recorded: %s", ctx.reply_id, exc)
-                    yield b"data: " + error_body(503, str(exc), "store_unavailable") + b"\n\n"
+                    log.error("stream %s not recorded: %s", ctx.reply_id, exc)
+                    yield b"data: " + error_body(503, STORE_DOWN, "store_unavailable") + b"\n\n"
                     return
                 recorded = True
                 if self.stream_hitl_chunk:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -136,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (overrides [server] port)")
     serve.add_argument("--workers", type=int, default=1, help="processes (default 1)")
 
-    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    db = sub.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", required=True
+    )
     upgrade = db.add_parser("upgrade", help="bring the database to the newest schema revision")
     upgrade.add_argument("--config", metavar="PATH", help="config file")
     upgrade.set_defaults(handler=cmd_db_upgrade)

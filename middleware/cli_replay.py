@@ -42,7 +42,13 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, environ: Mapping[st
 
     try:
         result = asyncio.run(
-            replay(items, settings, store_url=args.store, baseline=not args.no_baseline, progress=progress)
+            replay(
+                items,
+                settings,
+                store_url=args.store,
+                baseline=not args.no_baseline,
+                progress=progress,
+            )
         )
     finally:
         bar.close()

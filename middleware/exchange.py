@@ -78,7 +78,9 @@ def read_completion(completion: Any) -> ReplySummary:
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return summary
     choice = choices[0]
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        message = {}
     summary.text = content_text(message.get("content"))
     summary.finish_reason = choice.get("finish_reason")
     tool_calls = message.get("tool_calls")
@@ -147,8 +149,7 @@ def split_events(buffer: bytearray) -> list[bytes]:
 def event_data(event: bytes) -> bytes | None:
     """The ``data:`` payload of one SSE event (lines joined), or None if it has none."""
     lines = [
-        line[5:].lstrip(b" ") if line.startswith(b"data:") else None
-        for line in event.splitlines()
+        line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in event.splitlines()
     ]
     data = [line for line in lines if line is not None]
     return b"\n".join(data) if data else None

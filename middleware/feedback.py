@@ -90,7 +90,9 @@ class FeedbackEndpoint:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return error_response(400, f"the request body is not valid JSON ({exc})", "invalid_json")
+            return error_response(
+                400, f"the request body is not valid JSON ({exc})", "invalid_json"
+            )
         try:
             vote = FeedbackIn.model_validate(data)
         except ValidationError as exc:
@@ -105,12 +107,16 @@ class FeedbackEndpoint:
     async def submit(self, vote: FeedbackIn) -> tuple[int, dict[str, Any]]:
         """Check and store one validated vote: (HTTP status, answer). Replay calls this too."""
 
-        def fail(status: int, message: str, code: str, param: str | None = None) -> tuple[int, dict[str, Any]]:
+        def fail(
+            status: int, message: str, code: str, param: str | None = None
+        ) -> tuple[int, dict[str, Any]]:
             return status, {"error": {"message": message, "code": code, "param": param}}
 
         # A wrong token answers 403 whether or not the reply exists, so ids can't be probed.
         if not self.signer.verify(vote.reply_id, vote.token):
-            return fail(403, "the feedback token does not match this reply", "invalid_token", "token")
+            return fail(
+                403, "the feedback token does not match this reply", "invalid_token", "token"
+            )
         try:
             result = await self.store.vote(
                 reply_id=vote.reply_id,

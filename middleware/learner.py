@@ -99,7 +99,10 @@ class Progress:
             "accuracy": self.correct / n if n else None,
             "rolling_roc_auc": roc_auc(self.recent_ys, self.recent_ps),
             "rolling_accuracy": (
-                sum(int((p >= 0.5) == bool(y)) for y, p in zip(self.recent_ys, self.recent_ps, strict=True))
+                sum(
+                    int((p >= 0.5) == bool(y))
+                    for y, p in zip(self.recent_ys, self.recent_ps, strict=True)
+                )
                 / len(self.recent_ys)
                 if self.recent_ys
                 else None
@@ -267,7 +270,9 @@ class Learner:
             try:
                 brain = Brain.from_bytes(snapshot.blob)
             except Exception as exc:  # a cache we cannot read is rebuilt from the labels
-                log.warning("model snapshot %s unreadable (%s); relearning all labels", snapshot.id, exc)
+                log.warning(
+                    "model snapshot %s unreadable (%s); relearning all labels", snapshot.id, exc
+                )
             else:
                 self.brain.__dict__.update(brain.__dict__)
         replayed = await self.step()

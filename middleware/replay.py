@@ -177,9 +177,9 @@ def run_baseline(items: list[Recorded], slack: float) -> dict[str, Any]:
     """TF-IDF of the reply | LogisticRegression(SGD 0.5), predict then learn (the bar)."""
     from river import feature_extraction, linear_model, optim
 
-    model = feature_extraction.TFIDF(on="reply", ngram_range=(1, 2)) | linear_model.LogisticRegression(
-        optimizer=optim.SGD(0.5)
-    )
+    model = feature_extraction.TFIDF(
+        on="reply", ngram_range=(1, 2)
+    ) | linear_model.LogisticRegression(optimizer=optim.SGD(0.5))
     tallies = _tallies(slack)
     ys, ps = [], []
     for item in items:
@@ -192,7 +192,9 @@ def run_baseline(items: list[Recorded], slack: float) -> dict[str, Any]:
     downs = sum(1 for y in ys if y == 0)
     return {
         "roc_auc": _round(roc_auc(ys, ps)),
-        "caught_at_budget": {str(b): round(t.caught / downs, 4) if downs else 0.0 for b, t in tallies.items()},
+        "caught_at_budget": {
+            str(b): round(t.caught / downs, 4) if downs else 0.0 for b, t in tallies.items()
+        },
     }
 
 
@@ -264,7 +266,9 @@ async def replay(
             request = UpstreamRequest("POST", "/chat/completions", "", [], b"", payload)
             response = await chat._complete(request, ctx)
             if response.status_code != 200:
-                raise RuntimeError(f"replay: the chat endpoint answered {response.status_code}: {response.body!r}")
+                raise RuntimeError(
+                    f"replay: the chat endpoint answered {response.status_code}: {response.body!r}"
+                )
             hitl = orjson.loads(response.body)["hitl"]
             _tally(result.tallies, hitl["confidence"], False, item.label)
             status, answer = await feedback.submit(

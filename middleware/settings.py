@@ -68,9 +68,7 @@ class StoreSettings(_Section):
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         if not re.match(r"^(sqlite(\+aiosqlite)?|postgresql(\+psycopg)?)://", value):
-            raise ValueError(
-                "must be a sqlite:///PATH or postgresql+psycopg://USER@HOST/DB URL"
-            )
+            raise ValueError("must be a sqlite:///PATH or postgresql+psycopg://USER@HOST/DB URL")
         return value
 
 
@@ -165,7 +163,9 @@ class Secrets:
 
         self.upstream_api_key = get(settings.upstream.api_key_env)
         keys = get(settings.server.client_keys_env)
-        self.client_keys = frozenset(k.strip() for k in keys.split(",") if k.strip()) if keys else None
+        self.client_keys = (
+            frozenset(k.strip() for k in keys.split(",") if k.strip()) if keys else None
+        )
         self.token_secret = get(settings.server.token_secret_env)
         self.admin_token = get(settings.report.admin_token_env)
         self.slack_bot_token = get(settings.slack.bot_token_env)
@@ -175,22 +175,32 @@ class Secrets:
         return "Secrets(<hidden>)"
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    sections = {name: section for name, section in Settings.model_fields.items() if name != "source"}
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """``HITL_<SECTION>_<KEY>`` values for keys that exist, and which variable set each.
+
+    Only known keys count, so a variable that merely shares the prefix (a client-keys
+    variable named ``HITL_SERVER_KEYS``, say) is left alone.
+    """
     overrides: dict[str, dict[str, Any]] = {}
+    origins: dict[str, str] = {}
     for name, raw in environ.items():
-        if not name.startswith("HITL_") or name == "HITL_CONFIG":
+        if not name.startswith("HITL_"):
             continue
         rest = name[5:].lower()
-        for section in sections:
-            if rest.startswith(section + "_"):
-                key = rest[len(section) + 1 :]
-                try:
-                    value: Any = tomllib.loads(f"v = {raw}")["v"]
-                except tomllib.TOMLDecodeError:
-                    value = raw
-                overrides.setdefault(section, {})[key] = value
-    return overrides
+        for section, field in Settings.model_fields.items():
+            model = field.annotation
+            if not (isinstance(model, type) and issubclass(model, _Section)):
+                continue
+            key = rest.removeprefix(section + "_")
+            if key == rest or key not in model.model_fields:
+                continue
+            try:
+                value: Any = tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:
+                value = raw
+            overrides.setdefault(section, {})[key] = value
+            origins[f"{section}.{key}"] = name
+    return overrides, origins
 
 
 def _describe(error: dict[str, Any], data: Mapping[str, Any]) -> str:
@@ -198,12 +208,14 @@ def _describe(error: dict[str, Any], data: Mapping[str, Any]) -> str:
     key = ".".join(loc)
     msg = error["msg"]
     if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key (check the spelling; see the configuration reference in README.md)"
+        return (
+            f"{key}: unknown key (check the spelling; see the configuration reference in README.md)"
+        )
     value: Any = data
     for part in error["loc"]:
-        if isinstance(value, Mapping) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and isinstance(part, int) and part < len(value):
+        if (isinstance(value, Mapping) and part in value) or (
+            isinstance(value, list) and isinstance(part, int) and part < len(value)
+        ):
             value = value[part]
         else:
             value = None
@@ -212,12 +224,20 @@ def _describe(error: dict[str, Any], data: Mapping[str, Any]) -> str:
     return f"{key} = {value!r}: {msg}"
 
 
-def settings_from_mapping(data: Mapping[str, Any], *, source: str = "<mapping>") -> Settings:
+def settings_from_mapping(
+    data: Mapping[str, Any],
+    *,
+    source: str = "<mapping>",
+    origins: Mapping[str, str] | None = None,
+) -> Settings:
+    """Validate ``data``; ``origins`` maps "section.key" to the variable that set it."""
     try:
         return Settings.model_validate({**data, "source": source})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"config error in {source}: {_describe(dict(first), data)}") from None
+        first: dict[str, Any] = dict(exc.errors()[0])
+        key = ".".join(str(part) for part in first["loc"][:2])
+        where = f"${origins[key]}" if origins and key in origins else source
+        raise ConfigError(f"config error in {where}: {_describe(first, data)}") from None
 
 
 def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path | None:
@@ -249,9 +269,10 @@ def load_settings(
             ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config error in {path}: not valid TOML ({exc})") from None
-    for layer in (_env_overrides(environ), overrides):
+    from_env, origins = _env_overrides(environ)
+    for layer in (from_env, overrides):
         for section, values in layer.items():
             if not isinstance(data.get(section), dict):
                 data[section] = {}
             data[section] = {**data[section], **values}
-    return settings_from_mapping(data, source=source)
+    return settings_from_mapping(data, source=source, origins=origins)
