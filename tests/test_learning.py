@@ -71,9 +71,10 @@ def teach(url: str, n: int = 40) -> None:
 
 def gap(url: str) -> float:
     """How much lower a new hedging reply scores than a new plain one."""
-    return ask(url, "Perhaps omega, I'm not sure.")["confidence"] - ask(url, "Omega is the answer.")[
-        "confidence"
-    ]
+    return (
+        ask(url, "Perhaps omega, I'm not sure.")["confidence"]
+        - ask(url, "Omega is the answer.")["confidence"]
+    )
 
 
 def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
@@ -121,9 +122,9 @@ def _serve(config: Path, port: int, cwd: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HITL_")}
     log = cwd / "serve.log"
     with log.open("ab") as stderr:
+        command = ["serve", "--config", str(config), "--port", str(port)]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "middleware.cli", "serve", "--config", str(config)]
-            + ["--port", str(port)],
+            [sys.executable, "-m", "middleware.cli", *command],
             cwd=cwd,
             env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
             stdout=subprocess.DEVNULL,
@@ -249,10 +250,12 @@ def test_shifted_stream_records_drift_and_outliers(tmp_path: Path) -> None:
     db = tmp_path / "shift.db"
     _replay(str(stream), "--store", f"sqlite:///{db}", "--no-baseline", cwd=tmp_path)
     con = sqlite3.connect(db)
-    drifts = [json.loads(d) for (d,) in con.execute("SELECT data_json FROM event WHERE kind = 'drift'")]
+    drifts = [
+        json.loads(d) for (d,) in con.execute("SELECT data_json FROM event WHERE kind = 'drift'")
+    ]
     assert drifts, "no drift event recorded after the labels turned around"
     assert any(d["error_after"] > d["error_before"] for d in drifts)
-    assert all(400 <= d["labels"] for d in drifts)
+    assert all(d["labels"] >= 400 for d in drifts)
     flagged = con.execute("SELECT count(*) FROM exchange WHERE outlier").fetchone()[0]
     assert flagged >= 1
     late = con.execute(

@@ -19,5 +19,8 @@ def test_openai_client_json_and_stream(gateway_factory, upstream_requests):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "reply: a b c"
     assert chunks[-1].model_extra["hitl"]["decision"] in {"deliver", "ask", "escalate", "hold"}
-    r = httpx.post(gw.url + "/v1/feedback", json={"reply_id": hitl["reply_id"], "token": hitl["feedback_token"], "rating": "up"})
+    r = httpx.post(
+        gw.url + "/v1/feedback",
+        json={"reply_id": hitl["reply_id"], "token": hitl["feedback_token"], "rating": "up"},
+    )
     assert r.status_code == 201, r.text
