@@ -36,8 +36,6 @@ STORE_DOWN = "the gateway could not record this reply, so it was not delivered; 
 OWN_ROUTES = frozenset({"/chat/completions", "/feedback"})
 OWN_PREFIXES = ("/replies/", "/reviews/")
 
-Recorder = Callable[[dict[str, Any], Assessment], Any]
-
 
 def hitl_object(reply_id: str, token: str, assessment: Assessment) -> dict[str, Any]:
     return {
@@ -156,7 +154,7 @@ class ChatEndpoint:
         upstream_request = UpstreamRequest(
             "POST", "/chat/completions", "", self._headers(request), body, payload
         )
-        context = _RequestContext(
+        context = ChatContext(
             reply_id=new_reply_id(),
             payload=payload,
             end_user=_end_user(payload, request),
@@ -165,9 +163,10 @@ class ChatEndpoint:
         )
         if payload.get("stream") is True:
             return await self._stream(upstream_request, context)
-        return await self._complete(upstream_request, context)
+        return await self.complete(upstream_request, context)
 
-    async def _complete(self, upstream_request: UpstreamRequest, ctx: _RequestContext) -> Response:
+    async def complete(self, upstream_request: UpstreamRequest, ctx: ChatContext) -> Response:
+        """A non-streaming exchange: forward, score, decide, record, answer."""
         upstream_started = time.perf_counter()
         try:
             reply = await self.upstream.send(upstream_request)
@@ -208,7 +207,7 @@ class ChatEndpoint:
         )
         return Response(orjson.dumps(completion), media_type="application/json", headers=headers)
 
-    async def _stream(self, upstream_request: UpstreamRequest, ctx: _RequestContext) -> Response:
+    async def _stream(self, upstream_request: UpstreamRequest, ctx: ChatContext) -> Response:
         upstream_started = time.perf_counter()
         try:
             opened = await self.upstream.open_stream(upstream_request)
@@ -287,7 +286,7 @@ class ChatEndpoint:
 
     def _assess(
         self,
-        ctx: _RequestContext,
+        ctx: ChatContext,
         summary: ReplySummary,
         signals: dict[str, float],
         model: Any,
@@ -307,7 +306,7 @@ class ChatEndpoint:
 
     async def _record(
         self,
-        ctx: _RequestContext,
+        ctx: ChatContext,
         summary: ReplySummary,
         assessment: Assessment,
         upstream_ms: float,
@@ -358,7 +357,9 @@ class ChatEndpoint:
             )
 
 
-class _RequestContext:
+class ChatContext:
+    """One chat request as the endpoint sees it (replay builds these directly)."""
+
     __slots__ = ("conversation_question", "end_user", "payload", "reply_id", "risky", "started")
 
     def __init__(

@@ -23,7 +23,7 @@ import orjson
 
 from feedback_store import Store
 
-from .chat import ChatEndpoint, _RequestContext
+from .chat import ChatContext, ChatEndpoint
 from .feedback import FeedbackEndpoint, FeedbackIn
 from .learner import Brain, Learner, roc_auc
 from .policy import AskLimiter, ReviewBudget, Thresholds, is_candidate
@@ -256,7 +256,7 @@ async def replay(
             payload: dict[str, Any] = {"model": "replay", "messages": messages_of(item)}
             if item.user:
                 payload["user"] = item.user
-            ctx = _RequestContext(
+            ctx = ChatContext(
                 reply_id=new_reply_id(),
                 payload=payload,
                 end_user=item.user,
@@ -264,7 +264,7 @@ async def replay(
                 started=time.perf_counter(),
             )
             request = UpstreamRequest("POST", "/chat/completions", "", [], b"", payload)
-            response = await chat._complete(request, ctx)
+            response = await chat.complete(request, ctx)
             if response.status_code != 200:
                 raise RuntimeError(
                     f"replay: the chat endpoint answered {response.status_code}: {response.body!r}"
