@@ -6,14 +6,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
 from feedback_store import Store, StoreError
 
-from .bodies import BodyTooLarge, read_body
+from .bodies import read_model
 from .metrics import FeedbackObserver, NoMetrics
 from .ratelimit import RateLimiter
 from .responses import error_response, json_response
@@ -33,21 +32,6 @@ class FeedbackIn(BaseModel):
     reason: Reason | None = None
     comment: str | None = Field(default=None, max_length=4000)
     correction: str | None = Field(default=None, max_length=32000)
-
-
-def validation_message(exc: ValidationError) -> tuple[str, str]:
-    """(field, message) of the first problem, phrased for a person."""
-    first = exc.errors()[0]
-    name = ".".join(str(part) for part in first["loc"]) or "body"
-    if first["type"] == "missing":
-        return name, f"'{name}' is required"
-    if first["type"] == "extra_forbidden":
-        return name, f"'{name}' is not a field of this request"
-    if first["type"] == "literal_error" and name == "reason":
-        return name, (
-            "'reason' must be one of incorrect, incomplete, unsafe, off-topic, tone, other"
-        )
-    return name, f"'{name}': {first['msg']}"
 
 
 def voter_of(end_user: str | None) -> str:
@@ -83,21 +67,9 @@ class FeedbackEndpoint:
                 "rate_limited",
                 headers={"retry-after": str(self.limiter.retry_after(client))},
             )
-        try:
-            body = await read_body(request, self.max_body_bytes)
-        except BodyTooLarge as exc:
-            return error_response(413, str(exc), "body_too_large")
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return error_response(
-                400, f"the request body is not valid JSON ({exc})", "invalid_json"
-            )
-        try:
-            vote = FeedbackIn.model_validate(data)
-        except ValidationError as exc:
-            field, message = validation_message(exc)
-            return error_response(422, message, "invalid_field", param=field)
+        vote = await read_model(request, FeedbackIn, self.max_body_bytes)
+        if isinstance(vote, Response):
+            return vote
         status, answer = await self.submit(vote)
         if status >= 400:
             error = answer["error"]

@@ -25,6 +25,7 @@ import orjson
 from river import anomaly, compose, drift, preprocessing
 
 from feedback_store import LabelRow, Store, StoreError
+from feedback_store.report import roc_auc
 
 from .features import NUMERIC_KEYS
 from .model import DEFAULT_MODEL, explain, learn, make_model, predict
@@ -45,25 +46,6 @@ class DriftEvent:
     labels: int
     error_before: float
     error_after: float
-
-
-def roc_auc(ys: list[int] | deque[int], ps: list[float] | deque[float]) -> float | None:
-    """Exact ROC AUC (ties count half); None until both classes are present."""
-    pairs = sorted(zip(ps, ys, strict=True))
-    positives = sum(ys)
-    negatives = len(ys) - positives
-    if positives == 0 or negatives == 0:
-        return None
-    rank_sum = 0.0
-    i = 0
-    while i < len(pairs):
-        j = i
-        while j + 1 < len(pairs) and pairs[j + 1][0] == pairs[i][0]:
-            j += 1
-        average_rank = (i + j) / 2 + 1
-        rank_sum += average_rank * sum(y for _, y in pairs[i : j + 1])
-        i = j + 1
-    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
 class Progress:

@@ -22,10 +22,11 @@ from typing import Any
 import orjson
 
 from feedback_store import Store
+from feedback_store.report import roc_auc
 
 from .chat import ChatContext, ChatEndpoint
 from .feedback import FeedbackEndpoint, FeedbackIn
-from .learner import Brain, Learner, roc_auc
+from .learner import Brain, Learner
 from .policy import AskLimiter, ReviewBudget, Thresholds, is_candidate
 from .ratelimit import RateLimiter
 from .recorder import Recorder

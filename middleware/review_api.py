@@ -12,16 +12,15 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
 from feedback_store import Store, StoreError
 
 from .auth import bearer, matches_any
-from .bodies import BodyTooLarge, read_body
-from .feedback import Reason, validation_message
+from .bodies import read_model
+from .feedback import Reason
 from .responses import error_response, json_response
 from .review import ReviewService
 from .tokens import TokenSigner
@@ -133,21 +132,9 @@ class ReviewAPI:
                 "invalid_admin_token",
             )
         reply_id = request.path_params["reply_id"]
-        try:
-            body = await read_body(request, MAX_REVIEW_BYTES)
-        except BodyTooLarge as exc:
-            return error_response(413, str(exc), "body_too_large")
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return error_response(
-                400, f"the request body is not valid JSON ({exc})", "invalid_json"
-            )
-        try:
-            verdict = ReviewIn.model_validate(data)
-        except ValidationError as exc:
-            field, message = validation_message(exc)
-            return error_response(422, message, "invalid_field", param=field)
+        verdict = await read_model(request, ReviewIn, MAX_REVIEW_BYTES)
+        if isinstance(verdict, Response):
+            return verdict
         try:
             outcome = await self.review.decide(
                 reply_id, verdict.decision, verdict.reviewer, verdict.reason, verdict.correction
