@@ -8,7 +8,9 @@ connection count for:
   (b)  aiohttp     bare Starlette passthrough, one aiohttp.ClientSession (the floor)
   (b2) httpx-aio   the same over httpx.AsyncClient + httpx_aiohttp.AiohttpTransport
   (b3) httpx       the same over plain httpx
-  (c)  gateway     hitl serve --config bench/gateway_bench.toml (scoring, recording on)
+  (c)  gateway     hitl serve --config bench/gateway_bench.toml: recording on, and scoring
+                   with a model trained on --labels votes first (untrained, it skips
+                   prediction)
 
 each for a JSON reply and a streamed (SSE) reply. Servers under test run on CPU 0
 (taskset), nginx and wrk on CPU 1, every Python server on uvicorn with uvloop and
@@ -55,6 +57,7 @@ SERVER_CPU = "0"
 LOAD_CPU = "1"
 ACCEPT_CONNS = 16
 ACCEPT_RATIO = 0.25
+PRIOR = 0.5  # [policy] prior in gateway_bench.toml
 FAMILIES = ("direct", "aiohttp", "httpx-aio", "httpx", "gateway")
 LABELS = {
     "direct": "(a)",
@@ -356,6 +359,42 @@ def _lower(headers: dict[str, str]) -> dict[str, str]:
     return {key.lower(): value for key, value in headers.items()}
 
 
+def _hitl(target: Target, payload: bytes) -> dict[str, Any]:
+    if target.mode == "json":
+        hitl: dict[str, Any] = json.loads(payload)["hitl"]
+        return hitl
+    chunks = [json.loads(event) for event in _sse_events(payload) if event != "[DONE]"]
+    return next(chunk["hitl"] for chunk in chunks if "hitl" in chunk)
+
+
+def seed_labels(target: Target, labels: int, timeout_s: float = 30.0) -> float:
+    """Vote on `labels` replies so the gateway's model is trained and predicts on every
+    request (with no label it answers the prior without running the model). Returns the
+    confidence the trained model gives the benchmark's reply."""
+    base = target.url.removesuffix("/v1/chat/completions")
+    body = request_body(target.mode)
+    for i in range(labels):
+        status, _, payload = http(target.url, body, timeout=10)
+        hitl = _hitl(target, payload)
+        vote = {"reply_id": hitl["reply_id"], "token": hitl["feedback_token"]}
+        vote["rating"] = "up" if i % 3 else "down"
+        status, _, answer = http(base + "/v1/feedback", json.dumps(vote).encode(), timeout=10)
+        if status not in (200, 201):
+            raise BenchError(f"{target.name}: a vote got HTTP {status}: {answer[:300]!r}")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        confidence = float(_hitl(target, http(target.url, body, timeout=10)[2])["confidence"])
+        # Untrained, every reply gets the prior; trained, the model's score.
+        if confidence != PRIOR:
+            return confidence
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"{target.name}: confidence still the prior {PRIOR} after {labels} votes; "
+                "the learner did not pick them up"
+            )
+        time.sleep(0.5)
+
+
 # --- load ----------------------------------------------------------------------------
 
 
@@ -579,13 +618,13 @@ def print_ratios(rows: Sequence[dict[str, Any]]) -> None:
 
 # Where a sample's time goes: a background task anywhere in the stack names it, else the
 # deepest frame that matches a rule (first rule wins).
-BACKGROUND = (("learner (background task)", "middleware/learner.py"),)
+BACKGROUND = (("learner (background task)", "Learner.run (middleware/learner.py"),)
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("logging", ("logging/",)),
     ("metrics", ("prometheus_client", "middleware/metrics.py")),
     ("store (sqlalchemy, sqlite)", ("feedback_store/", "sqlalchemy/", "sqlite3/")),
     ("scoring: features", ("middleware/features.py",)),
-    ("scoring: river", ("river/", "middleware/model.py")),
+    ("scoring: model (river)", ("river/", "middleware/model.py")),
     ("scoring/policy", ("middleware/scoring.py", "middleware/policy.py")),
     ("ids, tokens (hmac, random)", ("middleware/tokens.py", "random.py", "hmac.py")),
     ("upstream client (aiohttp)", ("aiohttp/", "adapters/openai.py", "yarl/", "multidict/")),
@@ -804,6 +843,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0,
         help="after the runs, py-spy the JSON gateway for SECONDS under wrk -c16",
     )
+    parser.add_argument(
+        "--labels",
+        type=int,
+        default=20,
+        help="votes given to each gateway before the load, so its model is trained and "
+        "predicts on every request (default 20; 0 measures an untrained model, which "
+        "skips prediction)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, dbs)")
     args = parser.parse_args(argv)
     args.duration = args.duration or (2 if args.quick else 8)
@@ -816,6 +863,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown target or mode {sorted(unknown)}; targets {FAMILIES}, modes {MODES}")
     if args.duration < 1 or args.runs < 1 or not args.connections or min(args.connections) < 1:
         parser.error("--duration, --runs and --connections must be positive")
+    if args.labels < 0:
+        parser.error("--labels must be 0 or more")
     return args
 
 
@@ -843,6 +892,14 @@ def measure(args: argparse.Namespace, procs: Processes, workdir: Path, *, pin: b
         procs.stop_all()
         others = [t for t in args.targets if t != "gateway"]
         targets = start_servers(procs, others, args.modes, workdir)
+    for target in targets:
+        if target.family == "gateway" and args.labels:
+            confidence = seed_labels(target, args.labels)
+            print(
+                f"{target.name}: {args.labels} votes learned, the model now scores the "
+                f"benchmark reply {confidence:.3f}",
+                file=sys.stderr,
+            )
     load_before = os.getloadavg()[0]
     print(
         f"{len(targets)} targets, -c {args.connections}, {args.runs} x {args.duration} s "

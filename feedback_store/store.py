@@ -60,15 +60,21 @@ kv_t = KeyValue.__table__  # type: ignore[attr-defined]
 _INSERT_EXCHANGE = insert(exchange_t)
 _INSERT_ESCALATION = insert(escalation_t)
 _EXCHANGE = select(exchange_t).where(exchange_t.c.id == bindparam("reply_id"))
-_END_USER = select(
-    exchange_t.c.end_user,
-    select(label_t.c.id)
-    .where(label_t.c.reply_id == exchange_t.c.id, label_t.c.source == "user")
-    .exists()
-    .label("learned"),
-).where(exchange_t.c.id == bindparam("reply_id"))
-_VOTE_OF = select(feedback_t.c.id, feedback_t.c.rating).where(
-    feedback_t.c.reply_id == bindparam("reply_id"), feedback_t.c.voter == bindparam("voter")
+# A reply's end user, whether a user label was learned, and its votes so far (one row
+# per voter, or one row of nulls): everything a vote needs, in one statement.
+_VOTE_CONTEXT = (
+    select(
+        exchange_t.c.end_user,
+        select(label_t.c.id)
+        .where(label_t.c.reply_id == exchange_t.c.id, label_t.c.source == "user")
+        .exists()
+        .label("learned"),
+        feedback_t.c.id.label("feedback_id"),
+        feedback_t.c.voter,
+        feedback_t.c.rating,
+    )
+    .select_from(exchange_t.outerjoin(feedback_t, feedback_t.c.reply_id == exchange_t.c.id))
+    .where(exchange_t.c.id == bindparam("reply_id"))
 )
 _UPDATE_VOTE = (
     update(feedback_t)
@@ -388,11 +394,12 @@ class Store:
         value = 1 if rating == "up" else 0
 
         def job(conn: Connection) -> VoteResult:
-            exchange = conn.execute(_END_USER, {"reply_id": reply_id}).first()
-            if exchange is None:
+            rows = conn.execute(_VOTE_CONTEXT, {"reply_id": reply_id}).all()
+            if not rows:
                 return VoteResult(created=False, label_id=None, previous_rating=None, found=False)
+            exchange = rows[0]
             voter_id = voter(exchange.end_user)
-            existing = conn.execute(_VOTE_OF, {"reply_id": reply_id, "voter": voter_id}).first()
+            existing = next((row for row in rows if row.voter == voter_id), None)
             values = {
                 "rating": rating,
                 "reason": reason,
@@ -401,7 +408,7 @@ class Store:
                 "updated_at": at,
             }
             if existing is not None:
-                conn.execute(_UPDATE_VOTE, {**values, "feedback_id": existing.id})
+                conn.execute(_UPDATE_VOTE, {**values, "feedback_id": existing.feedback_id})
                 return VoteResult(created=False, label_id=None, previous_rating=existing.rating)
             conn.execute(
                 _INSERT_VOTE,

@@ -118,6 +118,7 @@ class Brain:
         self.outlier_quantile = outlier_quantile
         self.outlier_warmup = outlier_warmup
         self._outlier_threshold = math.inf
+        self._unsorted = 0
         self.adwin = drift.ADWIN(delta=0.002)
         self.drift_ask_s = drift_ask_s
         self.drift_until = 0.0
@@ -168,10 +169,15 @@ class Brain:
             self.detector.learn_one(numeric)
             self.anomaly_scores.append(score)
             n += 1
-        if n and len(self.anomaly_scores) >= self.outlier_warmup:
+        self._unsorted += n
+        warm = len(self.anomaly_scores) >= self.outlier_warmup
+        # Sorting 2,000 scores per reply would cost more than the detector: refresh the
+        # threshold once warm, then every 50 scores.
+        if warm and (self._unsorted >= 50 or self._outlier_threshold == math.inf):
             ordered = sorted(self.anomaly_scores)
             index = min(len(ordered) - 1, int(self.outlier_quantile * len(ordered)))
             self._outlier_threshold = ordered[index]
+            self._unsorted = 0
         return n
 
     def learn_label(self, row: LabelRow, *, now: float | None = None) -> DriftEvent | None:
