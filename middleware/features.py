@@ -147,8 +147,9 @@ def _overlap(tokens: list[str], other: set[str]) -> float:
 def features(ex: ExchangeView) -> dict[str, float | str]:
     reply = ex.reply.translate(_APOSTROPHES).lower()
     question = ex.question.translate(_APOSTROPHES).lower()
-    reply_words = words(reply)
-    question_words = words(question)
+    # Already lower-cased and straightened: tokenise directly rather than through words().
+    reply_words = _WORD_RE.findall(reply)
+    question_words = _WORD_RE.findall(question)
     earlier_bot: set[str] = set()
     for role, text in ex.history:
         if role in _BOT_ROLES:
@@ -158,7 +159,7 @@ def features(ex: ExchangeView) -> dict[str, float | str]:
     retrieval = _finite(ex.retrieval_score)
     stripped = reply.strip()
     n_chars = len(stripped)
-    alpha = sum(ch.isalpha() for ch in stripped)
+    alpha = sum(map(str.isalpha, stripped))
     votes = max(ex.user_votes, 0)
     user_rate = _finite(ex.user_helpful_rate)
     known = user_rate is not None and votes > 0

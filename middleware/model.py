@@ -45,6 +45,31 @@ _CATEGORICAL_KEYS = ("route", "model", "finish_reason")
 _BUCKETS = 1 << 16
 
 
+def _ngrams(text: str, ngram_range: tuple[int, int]) -> Iterator[str]:
+    tokens = words(text)
+    low, high = ngram_range
+    for n in range(low, high + 1):
+        for i in range(len(tokens) - n + 1):
+            yield tokens[i] if n == 1 else " ".join(tokens[i : i + n])
+
+
+# A reply is hashed when it is scored and again when its label is learned, often soon
+# after: memoising the (pure) hashing saves most of the model's cost on the request path.
+@functools.lru_cache(maxsize=2048)
+def _bucket_counts(
+    text: str, ngram_range: tuple[int, int], n_buckets: int
+) -> tuple[tuple[int, int], ...]:
+    counts = collections.Counter(
+        zlib.crc32(gram.encode()) % n_buckets for gram in _ngrams(text, ngram_range)
+    )
+    return tuple(counts.items())
+
+
+@functools.lru_cache(maxsize=65536)
+def _key(prefix: str, bucket: int) -> str:
+    return f"{prefix}#{bucket}"
+
+
 class HashedTFIDF(base.Transformer):
     """TF-IDF of the word n-grams of ``x[on]``, hashed into ``n_buckets`` keys ``"{prefix}#{b}"``.
 
@@ -70,20 +95,19 @@ class HashedTFIDF(base.Transformer):
 
     def ngrams(self, x: dict[str, Any]) -> Iterator[str]:
         text = x.get(self.on)
-        tokens = words(text) if isinstance(text, str) else []
-        low, high = self.ngram_range
-        for n in range(low, high + 1):
-            for i in range(len(tokens) - n + 1):
-                yield tokens[i] if n == 1 else " ".join(tokens[i : i + n])
+        return _ngrams(text if isinstance(text, str) else "", self.ngram_range)
 
     def bucket(self, ngram: str) -> int:
         return zlib.crc32(ngram.encode()) % self.n_buckets
 
     def key(self, bucket: int) -> str:
-        return f"{self.prefix}#{bucket}"
+        return _key(self.prefix, bucket)
 
-    def _counts(self, x: dict[str, Any]) -> collections.Counter[int]:
-        return collections.Counter(self.bucket(g) for g in self.ngrams(x))
+    def _counts(self, x: dict[str, Any]) -> dict[int, int]:
+        text = x.get(self.on)
+        if not isinstance(text, str) or not text:
+            return {}
+        return dict(_bucket_counts(text, self.ngram_range, self.n_buckets))
 
     def learn_one(self, x: dict) -> None:
         if self.idf:
