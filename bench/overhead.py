@@ -69,31 +69,65 @@ LABELS = {
 MODES = ("json", "sse")
 UPSTREAM_PATH = {"json": "/v1/chat/completions", "sse": "/sse/v1/chat/completions"}
 
-COMPLETION: dict[str, Any] = {
-    "id": "chatcmpl-bench0001",
-    "object": "chat.completion",
-    "created": 1700000000,
-    "model": "bench-model",
-    "system_fingerprint": "fp_bench",
-    "choices": [
-        {
-            "index": 0,
-            "message": {
-                "role": "assistant",
-                "content": (
-                    'Set [upstream] kind = "openai" and base_url to your server\'s /v1 URL '
-                    "in config.toml, name the environment variable that holds the key in "
-                    "api_key_env, and restart hitl serve. Every reply then carries a hitl "
-                    "object with its reply id, feedback token, confidence and decision."
-                ),
-                "refusal": None,
-            },
-            "logprobs": None,
-            "finish_reason": "stop",
-        }
-    ],
-    "usage": {"prompt_tokens": 21, "completion_tokens": 52, "total_tokens": 73},
-}
+REPLY = (
+    'Set [upstream] kind = "openai" and base_url to your server\'s /v1 URL in config.toml, '
+    "name the environment variable that holds the key in api_key_env, and restart hitl "
+    "serve. Every reply then carries a hitl object with its reply id, feedback token, "
+    "confidence and decision."
+)
+WORDS_PER_CHUNK = 12
+
+
+def reply_text(words: int) -> str:
+    """The fixed reply, or its words repeated to `words` words (scoring cost grows with it)."""
+    if words <= 0:
+        return REPLY
+    base = REPLY.split()
+    return " ".join(base[i % len(base)] for i in range(words))
+
+
+@dataclass(frozen=True)
+class Payloads:
+    """What the fake upstream answers: one completion, and the same text streamed."""
+
+    completion: dict[str, Any]
+    chunks: list[dict[str, Any]]
+    words: int
+
+    def completion_body(self) -> bytes:
+        return _dumps(self.completion).encode()
+
+    def sse_body(self) -> bytes:
+        events = [f"data: {_dumps(chunk)}\n\n" for chunk in self.chunks]
+        return ("".join(events) + "data: [DONE]\n\n").encode()
+
+
+def payloads(text: str) -> Payloads:
+    completion = {
+        "id": "chatcmpl-bench0001",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "bench-model",
+        "system_fingerprint": "fp_bench",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 21, "completion_tokens": 52, "total_tokens": 73},
+    }
+    words = text.split(" ")
+    pieces = [
+        " ".join(words[i : i + WORDS_PER_CHUNK]) + " "
+        for i in range(0, len(words), WORDS_PER_CHUNK)
+    ]
+    chunks = [_chunk({"role": "assistant", "content": ""})]
+    chunks += [_chunk({"content": piece}) for piece in pieces]
+    chunks.append(_chunk({}, "stop"))
+    return Payloads(completion, chunks, len(words))
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -105,14 +139,6 @@ def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
     }
 
-
-STREAM_CHUNKS: list[dict[str, Any]] = [
-    _chunk({"role": "assistant", "content": ""}),
-    _chunk({"content": 'Set [upstream] kind = "openai" and base_url '}),
-    _chunk({"content": "to your server's /v1 URL in config.toml, "}),
-    _chunk({"content": "then restart hitl serve."}),
-    _chunk({}, "stop"),
-]
 
 REQUEST: dict[str, Any] = {
     "model": "bench-model",
@@ -128,15 +154,6 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def completion_body() -> bytes:
-    return _dumps(COMPLETION).encode()
-
-
-def sse_body() -> bytes:
-    events = [f"data: {_dumps(chunk)}\n\n" for chunk in STREAM_CHUNKS]
-    return ("".join(events) + "data: [DONE]\n\n").encode()
-
-
 def request_body(mode: str) -> bytes:
     return _dumps({**REQUEST, "stream": True} if mode == "sse" else REQUEST).encode()
 
@@ -144,20 +161,26 @@ def request_body(mode: str) -> bytes:
 # --- configuration files -------------------------------------------------------------
 
 
-def _nginx_string(text: str) -> str:
-    """Quote for nginx's single-quoted strings; `$` would start a variable."""
-    if "$" in text:
-        raise ValueError("the fake upstream's payloads must not contain '$'")
-    return text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
-
-
-def render_nginx_conf(template: str, *, prefix: Path, port: int) -> str:
-    return (
+def write_nginx_files(template: str, *, prefix: Path, port: int, answers: Payloads) -> Path:
+    """Write the answers and a config serving them under `prefix`; return the config."""
+    # nginx's worker runs as an unprivileged user: it must be able to reach the files.
+    www = prefix / "www"
+    www.mkdir(exist_ok=True)
+    prefix.chmod(0o711)
+    www.chmod(0o755)
+    completion, sse = www / "completion.json", www / "stream.sse"
+    completion.write_bytes(answers.completion_body())
+    sse.write_bytes(answers.sse_body())
+    for path in (completion, sse):
+        path.chmod(0o644)
+    conf = prefix / "nginx.conf"
+    conf.write_text(
         template.replace("@PREFIX@", str(prefix))
         .replace("@PORT@", str(port))
-        .replace("@COMPLETION@", _nginx_string(completion_body().decode()))
-        .replace("@SSE@", _nginx_string(sse_body().decode()))
+        .replace("@COMPLETION_FILE@", str(completion))
+        .replace("@SSE_FILE@", str(sse))
     )
+    return conf
 
 
 def wrk_script(body: bytes, report: Path) -> str:
@@ -185,6 +208,10 @@ end
 
 class BenchError(Exception):
     """The benchmark cannot go on: a tool is missing or a server did not come up."""
+
+
+class GatewayDown(BenchError):
+    """`hitl serve` did not come up; the other targets can still be measured."""
 
 
 class Processes:
@@ -290,7 +317,8 @@ def wait_until_up(
             )
         try:
             status, _, _ = http(url, body, timeout=2.0)
-            if status == 200:
+            # Up, even if the answer is wrong: check_answer says what is wrong with it.
+            if status not in (502, 503, 504):
                 return
             last = f"HTTP {status}"
         except OSError as exc:
@@ -324,7 +352,9 @@ def _sse_events(payload: bytes) -> list[str]:
     ]
 
 
-def check_answer(target: Target, status: int, headers: dict[str, str], payload: bytes) -> None:
+def check_answer(
+    target: Target, answers: Payloads, status: int, headers: dict[str, str], payload: bytes
+) -> None:
     """One request before the load: the answer is the fake upstream's, relayed intact."""
     problem = ""
     if status != 200:
@@ -332,7 +362,7 @@ def check_answer(target: Target, status: int, headers: dict[str, str], payload: 
     elif target.mode == "json":
         reply = json.loads(payload)
         hitl = reply.pop("hitl", None)
-        if reply != COMPLETION:
+        if reply != answers.completion:
             problem = "the reply is not the upstream's completion"
         elif target.family == "gateway" and not (
             isinstance(hitl, dict) and "reply_id" in hitl and "x-hitl-reply-id" in _lower(headers)
@@ -345,7 +375,7 @@ def check_answer(target: Target, status: int, headers: dict[str, str], payload: 
         else:
             chunks = [json.loads(event) for event in events[:-1]]
             extra = [chunk for chunk in chunks if "hitl" in chunk]
-            if [chunk for chunk in chunks if "hitl" not in chunk] != STREAM_CHUNKS:
+            if [chunk for chunk in chunks if "hitl" not in chunk] != answers.chunks:
                 problem = "the stream's chunks are not the upstream's"
             elif target.family == "gateway" and len(extra) != 1:
                 problem = "the stream has no hitl chunk before [DONE]"
@@ -766,14 +796,17 @@ def gateway_env(base_url: str, store: Path) -> dict[str, str]:
 
 
 def start_servers(
-    procs: Processes, families: Sequence[str], modes: Sequence[str], workdir: Path
+    procs: Processes,
+    families: Sequence[str],
+    modes: Sequence[str],
+    workdir: Path,
+    answers: Payloads,
 ) -> list[Target]:
     """Start nginx and the servers under test; return the targets, each checked once."""
     port = free_port()
     upstream = f"http://127.0.0.1:{port}"
-    conf = workdir / "nginx.conf"
     template = (BENCH / "nginx_upstream.conf").read_text()
-    conf.write_text(render_nginx_conf(template, prefix=workdir, port=port))
+    conf = write_nginx_files(template, prefix=workdir, port=port, answers=answers)
     nginx = procs.start("nginx", ["nginx", "-p", str(workdir), "-c", str(conf)], cpu=LOAD_CPU)
     wait_until_up(procs, "nginx", nginx, upstream + "/v1/models", timeout_s=10)
 
@@ -799,7 +832,7 @@ def start_servers(
         elif family == "gateway":
             targets += start_gateways(procs, modes, upstream, workdir)
     for target in targets:
-        check_answer(target, *http(target.url, request_body(target.mode), timeout=10))
+        check_answer(target, answers, *http(target.url, request_body(target.mode), timeout=10))
     return targets
 
 
@@ -808,6 +841,8 @@ def start_gateways(
 ) -> list[Target]:
     """One `hitl serve` per mode: the SSE one's upstream base_url is nginx's /sse/v1."""
     hitl = shutil.which("hitl") or str(Path(sys.executable).with_name("hitl"))
+    if not Path(hitl).exists():
+        raise GatewayDown("no `hitl` command: install the project (pip install -e .) first")
     targets = []
     for mode in modes:
         name = f"gateway-{mode}"
@@ -818,7 +853,10 @@ def start_gateways(
         env = gateway_env(base_url, workdir / f"{name}.db")
         proc = procs.start(name, argv, cpu=SERVER_CPU, env=env, cwd=workdir)
         url = f"http://127.0.0.1:{port}"
-        wait_until_up(procs, name, proc, url + "/healthz", timeout_s=90)
+        try:
+            wait_until_up(procs, name, proc, url + "/healthz", timeout_s=90)
+        except BenchError as exc:
+            raise GatewayDown(str(exc)) from exc
         targets.append(Target("gateway", mode, url + "/v1/chat/completions", proc.pid))
     return targets
 
@@ -850,6 +888,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="votes given to each gateway before the load, so its model is trained and "
         "predicts on every request (default 20; 0 measures an untrained model, which "
         "skips prediction)",
+    )
+    parser.add_argument(
+        "--reply-words",
+        type=int,
+        default=0,
+        help="make the upstream's reply N words long (default: a fixed 44-word reply); "
+        "the gateway's scoring cost grows with the reply",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, dbs)")
     args = parser.parse_args(argv)
@@ -883,15 +928,14 @@ def interrupts_as_keyboard() -> Iterator[None]:
 
 
 def measure(args: argparse.Namespace, procs: Processes, workdir: Path, *, pin: bool) -> Verdict:
+    answers = payloads(reply_text(args.reply_words))
     try:
-        targets = start_servers(procs, args.targets, args.modes, workdir)
-    except BenchError as exc:
-        if "gateway" not in args.targets:
-            raise
+        targets = start_servers(procs, args.targets, args.modes, workdir, answers)
+    except GatewayDown as exc:
         print(f"warning: {exc}\n-> measuring without the gateway", file=sys.stderr)
         procs.stop_all()
         others = [t for t in args.targets if t != "gateway"]
-        targets = start_servers(procs, others, args.modes, workdir)
+        targets = start_servers(procs, others, args.modes, workdir, answers)
     for target in targets:
         if target.family == "gateway" and args.labels:
             confidence = seed_labels(target, args.labels)
@@ -904,7 +948,8 @@ def measure(args: argparse.Namespace, procs: Processes, workdir: Path, *, pin: b
     print(
         f"{len(targets)} targets, -c {args.connections}, {args.runs} x {args.duration} s "
         f"each, servers on CPU {SERVER_CPU}, nginx+wrk on CPU {LOAD_CPU}"
-        f"{'' if pin else ' (unpinned)'}; load average {load_before:.2f}",
+        f"{'' if pin else ' (unpinned)'}; a {answers.words}-word reply, {len(answers.chunks)} "
+        f"chunks when streamed; load average {load_before:.2f}",
         file=sys.stderr,
     )
     for target in targets:  # warm-up, not recorded
