@@ -109,6 +109,19 @@ _LABELS_AFTER = (
 )
 
 
+class Inserts:
+    """A write job that only inserts rows: the writer batches these into executemany."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[tuple[Any, dict[str, Any]]]) -> None:
+        self.rows = rows
+
+    def __call__(self, conn: Connection) -> None:
+        for statement, row in self.rows:
+            conn.execute(statement, row)
+
+
 def _broken(exc: SQLAlchemyError) -> bool:
     """Whether the connection itself failed (then the writer opens a new one)."""
     return isinstance(exc, OperationalError) or (
@@ -324,11 +337,23 @@ class Store:
             self._writer_conn = None
 
     def _run_batch(self, jobs: list[Job]) -> list[tuple[bool, Any]]:
-        """On the writer thread: all jobs in one transaction, else each alone."""
+        """On the writer thread: all jobs in one transaction, else each alone.
+
+        Plain inserts (``Inserts`` jobs, one per recorded exchange) go first, one
+        executemany per statement for the whole batch; nothing else in a batch can
+        depend on them, since their ids reach clients only after this commit.
+        """
         try:
             conn = self._connection()
             with conn.begin():
-                results = [job(conn) for job in jobs]
+                grouped: dict[Any, list[dict[str, Any]]] = {}
+                for job in jobs:
+                    if isinstance(job, Inserts):
+                        for statement, row in job.rows:
+                            grouped.setdefault(statement, []).append(row)
+                for statement, rows in grouped.items():
+                    conn.execute(statement, rows)
+                results = [None if isinstance(job, Inserts) else job(conn) for job in jobs]
             return [(True, result) for result in results]
         except SQLAlchemyError as exc:
             if _broken(exc):
@@ -356,12 +381,10 @@ class Store:
     ) -> None:
         """Commit one exchange (and its escalation, the outbox row) together."""
 
-        def job(conn: Connection) -> None:
-            conn.execute(_INSERT_EXCHANGE, exchange)
-            if escalation is not None:
-                conn.execute(_INSERT_ESCALATION, escalation)
-
-        await self.write(job)
+        rows = [(_INSERT_EXCHANGE, exchange)]
+        if escalation is not None:
+            rows.append((_INSERT_ESCALATION, escalation))
+        await self.write(Inserts(rows))
 
     async def get_exchange(self, reply_id: str) -> dict[str, Any] | None:
         row = await self.read(lambda conn: conn.execute(_EXCHANGE, {"reply_id": reply_id}).first())

@@ -127,8 +127,10 @@ class Brain:
         self.last_label_id = 0
         self.users: dict[str, list[int]] = {}
         # Numeric features of scored replies wait here for the learner (not the request
-        # path) to teach the outlier detector. Losing them in a crash costs nothing.
-        self.unlabelled: deque[tuple[dict[str, float], float]] = deque(maxlen=10_000)
+        # path) to teach the outlier detector. Losing them in a crash costs nothing, and
+        # under heavy traffic the bound keeps the freshest: the detector learns from a
+        # sample (at most this many per learner pass) instead of stealing the loop.
+        self.unlabelled: deque[tuple[dict[str, float], float]] = deque(maxlen=256)
 
     # -- read side (request path) ------------------------------------------------
 
@@ -161,7 +163,7 @@ class Brain:
 
     # -- write side (the learner task only) ----------------------------------------
 
-    def absorb_unlabelled(self, limit: int = 2000) -> int:
+    def absorb_unlabelled(self, limit: int = 256) -> int:
         """Teach the outlier detector from scored replies; returns how many."""
         n = 0
         while self.unlabelled and n < limit:
