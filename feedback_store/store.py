@@ -390,12 +390,6 @@ class Store:
         row = await self.read(lambda conn: conn.execute(_EXCHANGE, {"reply_id": reply_id}).first())
         return dict(row._mapping) if row is not None else None
 
-    async def exchange_exists(self, reply_id: str) -> bool:
-        row = await self.first(select(exchange_t.c.id).where(exchange_t.c.id == reply_id))
-        return row is not None
-
-    # -- feedback and labels -----------------------------------------------------
-
     async def vote(
         self,
         *,
@@ -473,19 +467,6 @@ class Store:
         params = {"after": label_id, "limit": limit}
         rows = await self.read(lambda conn: conn.execute(_LABELS_AFTER, params).all())
         return [LabelRow(**row._mapping) for row in rows]
-
-    async def user_label_counts(self) -> dict[str, tuple[int, int]]:
-        """(helpful, total) end-user labels per end user, to rebuild running rates."""
-        query = (
-            select(exchange_t.c.end_user, func.sum(label_t.c.value), func.count())
-            .join(exchange_t, exchange_t.c.id == label_t.c.reply_id)
-            .where(label_t.c.source == "user", exchange_t.c.end_user.is_not(None))
-            .group_by(exchange_t.c.end_user)
-        )
-        rows = await self.all(query)
-        return {row[0]: (int(row[1] or 0), int(row[2])) for row in rows}
-
-    # -- model snapshots ---------------------------------------------------------
 
     async def save_snapshot(self, blob: bytes, *, last_label_id: int, labels: int) -> None:
         def job(conn: Connection) -> None:

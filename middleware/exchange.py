@@ -8,21 +8,14 @@ from typing import Any
 
 
 def content_text(content: Any) -> str:
-    """Message content as text: a string, None, or an array of content parts."""
-    if content is None:
-        return ""
+    """Message content as text: a string, None, a content part, or an array of parts."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, dict):
-                text = part.get("text")
-                if isinstance(text, str):
-                    parts.append(text)
-            elif isinstance(part, str):
-                parts.append(part)
-        return "\n".join(parts)
+    if isinstance(content, dict):
+        text = content.get("text")
+        return text if isinstance(text, str) else ""
+    if isinstance(content, list | tuple):
+        return "\n".join(t for t in (content_text(part) for part in content) if t)
     return ""
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["NUMERIC_KEYS", "ExchangeView", "features", "text_of", "words"]
+__all__ = ["NUMERIC_KEYS", "ExchangeView", "features", "words"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,20 +110,6 @@ _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
 # A user's rate is shrunk toward a neutral 0.5 by this many pseudo-votes, so one early
 # thumb does not read as a verdict on the user.
 _RATE_PSEUDO_VOTES = 2.0
-
-
-def text_of(content: object) -> str:
-    """The text of an OpenAI message ``content``: a string, None, or an array of parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Mapping):
-        text = content.get("text")
-        return text if isinstance(text, str) else ""
-    if isinstance(content, list | tuple):
-        return "\n".join(t for t in (text_of(part) for part in content) if t)
-    return ""
 
 
 def words(text: str) -> list[str]:

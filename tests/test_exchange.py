@@ -33,7 +33,7 @@ from middleware.exchange import (
         ([{"type": "text", "text": 3}], ""),
         ([], ""),
         (42, ""),
-        ({"text": "not a list"}, ""),
+        ({"type": "text", "text": "a lone part"}, "a lone part"),
     ],
 )
 def test_content_text(content: Any, text: str) -> None:

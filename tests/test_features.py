@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from middleware.features import NUMERIC_KEYS, ExchangeView, features, text_of, words
+from middleware.exchange import content_text
+from middleware.features import NUMERIC_KEYS, ExchangeView, features, words
 
 
 @pytest.mark.parametrize(
@@ -27,8 +28,8 @@ from middleware.features import NUMERIC_KEYS, ExchangeView, features, text_of, w
         ([{"type": "text", "text": None}], ""),
     ],
 )
-def test_text_of(content: object, expected: str) -> None:
-    assert text_of(content) == expected
+def test_content_text(content: object, expected: str) -> None:
+    assert content_text(content) == expected
 
 
 @pytest.mark.parametrize(
