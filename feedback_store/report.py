@@ -652,7 +652,8 @@ def topics(
         return [_topic("(other)", list(range(len(items))), items, examples)]
     vocabulary = vectorizer.get_feature_names_out()
     distinct = len(set(docs))
-    k = max(1, min(max_topics, round(1.5 * math.sqrt(distinct)), matrix.shape[1]))
+    # NMF's nndsvda start needs no more topics than questions or words.
+    k = max(1, min(max_topics, round(1.5 * math.sqrt(distinct)), matrix.shape[1], len(docs)))
     if k == 1:
         weights = np.ones((len(docs), 1))
     else:

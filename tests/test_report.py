@@ -319,6 +319,13 @@ def test_topics_edge_cases(questions: list[str], expected: list[tuple[str, int]]
     assert [(t["label"], t["count"]) for t in found] == expected
 
 
+def test_topics_of_a_single_complaint_with_several_words() -> None:
+    # One question, three terms: more candidate topics than questions must not fail NMF.
+    found = topics([("1", "How do I send feedback?", "incorrect")])
+    assert [t["count"] for t in found] == [1]
+    assert "feedback" in found[0]["label"]
+
+
 def test_complaints_are_downvoted_rejected_or_corrected_never_liked() -> None:
     rows = ReportRows(
         exchanges=[ExchangeRow(i, 0.0, question=f"q {i}") for i in ("a", "b", "c", "d", "e")],
