@@ -30,7 +30,7 @@ from middleware.bodies import BodyTooLarge, read_body
 from middleware.errors import ReviewChannelError
 from middleware.outbox import PostedCard
 from middleware.responses import error_response
-from middleware.review import ReviewOutcome, ReviewService
+from middleware.review import ReviewService
 
 from .slack import ReviewerCheck, SlackReviewChannel
 from .slack_card import (
@@ -155,23 +155,34 @@ class _Decisions:
             log.info("refused a review click from %s: not a reviewer", user)
             await self._tell(body, user, NOT_A_REVIEWER)
 
-    def _already(self, outcome: ReviewOutcome) -> str:
-        return f"Already decided by {mention(outcome.decided_by)}: {outcome.state}."
+    @staticmethod
+    def _already(decided_by: str | None, state: str) -> str:
+        return f"Already decided by {mention(decided_by)}: {state}."
 
-    async def click(
-        self, verdict: str, ack: Ack, body: dict[str, Any], action: dict[str, Any]
-    ) -> None:
+    async def _admit(
+        self, ack: Ack, body: dict[str, Any], action: dict[str, Any]
+    ) -> tuple[str, str, str | None] | None:
+        """(user, reply id, reason) of a click from a reviewer; else ack, say why, None."""
         user = str((body.get("user") or {}).get("id") or "")
         try:
             reply_id, reason = parse_action(action)
         except ValueError as exc:
             log.warning("ignored a review click: %s", exc)
             await ack()
-            return
+            return None
         allowed = await self._reviewer(user)
         if not allowed:
             await self._refuse(ack, body, user, allowed)
+            return None
+        return user, reply_id, reason
+
+    async def click(
+        self, verdict: str, ack: Ack, body: dict[str, Any], action: dict[str, Any]
+    ) -> None:
+        admitted = await self._admit(ack, body, action)
+        if admitted is None:
             return
+        user, reply_id, reason = admitted
         if verdict == "reject":
             reason = reason or "other"
         try:
@@ -186,7 +197,7 @@ class _Decisions:
         if outcome is None:
             await self._tell(body, user, f"Reply {reply_id} is no longer in the store.")
         elif not outcome.applied:
-            await self._tell(body, user, self._already(outcome))
+            await self._tell(body, user, self._already(outcome.decided_by, outcome.state))
 
     async def approve(self, ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
         await self.click("approve", ack, body, action)
@@ -195,17 +206,10 @@ class _Decisions:
         await self.click("reject", ack, body, action)
 
     async def correct(self, ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
-        user = str((body.get("user") or {}).get("id") or "")
-        try:
-            reply_id, _ = parse_action(action)
-        except ValueError as exc:
-            log.warning("ignored a correction click: %s", exc)
-            await ack()
+        admitted = await self._admit(ack, body, action)
+        if admitted is None:
             return
-        allowed = await self._reviewer(user)
-        if not allowed:
-            await self._refuse(ack, body, user, allowed)
-            return
+        user, reply_id, _ = admitted
         try:
             item = await self.review.item_for(reply_id)
         except StoreError as exc:
@@ -216,10 +220,7 @@ class _Decisions:
             await self._tell(body, user, f"Reply {reply_id} could not be loaded; try again.")
             return
         if item.decided:
-            already = ReviewOutcome(
-                reply_id, False, item.state, item.decided_by, item.decided_at, None, None
-            )
-            await self._tell(body, user, self._already(already))
+            await self._tell(body, user, self._already(item.decided_by, item.state))
             return
         channel = (body.get("channel") or {}).get("id")
         ts = (body.get("container") or {}).get("message_ts")
