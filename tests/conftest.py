@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from feedback_store import Store
 from middleware.app import build_app
 from middleware.settings import Settings, settings_from_mapping
 
@@ -126,3 +127,31 @@ def module_gateway(module_tmp: Path, upstream_server: ServerThread) -> Iterator[
     settings = gateway_settings(module_tmp, upstream_server.url, server={"feedback_per_minute": 0})
     with ServerThread(build_app(settings, environ={})) as server:
         yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A started store on SQLite and on PostgreSQL (skipped, saying why, without its URL)."""
+    url = (
+        f"sqlite:///{tmp_path / 'store.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    store = Store(url)
+    await store.start()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def known_store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A SQLite store filled with the report tests' known figures (tests/report_data.py)."""
+    from .report_data import fill_known_store
+
+    store = Store(f"sqlite:///{tmp_path / 'known.db'}", config_hint="test.toml")
+    await store.start()
+    await fill_known_store(store)
+    try:
+        yield store
+    finally:
+        await store.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from middleware.logs import JsonFormatter
 from middleware.metrics import Metrics
 
 from .conftest import GatewayFactory
-from .report_data import T0, fill_known_store
+from .report_data import T0
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -96,17 +95,6 @@ async def test_count_errors_counts_only_error_answers() -> None:
     text = metrics.exposition().decode()
     assert value(text, "hitl_requests_total", decision="none", status="422") == 1
     assert value(text, "hitl_requests_total", decision="none", status="200") == 0
-
-
-@pytest.fixture
-async def known_store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'metrics.db'}", config_hint="test.toml")
-    await store.start()
-    await fill_known_store(store)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def test_scrape_reads_backlog_dead_letters_auc_and_learner_lag(known_store: Store) -> None:

@@ -11,7 +11,6 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,19 +107,6 @@ async def test_slack_errors_map_to_retryable_or_permanent(standin: SlackStandin)
 def standin() -> Iterator[SlackStandin]:
     with SlackStandin() as server:
         yield server
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    url = (
-        f"sqlite:///{tmp_path / 'outbox.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    store = Store(url)
-    await store.start()
-    yield store
-    await store.close()
 
 
 OutboxFactory = Callable[..., Awaitable[Outbox]]

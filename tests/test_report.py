@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,19 +40,7 @@ from feedback_store.report import (
     topics,
 )
 
-from .report_data import CORRECTION, T0, fill_known_store
-
-
-@pytest.fixture
-async def known_store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'report.db'}", config_hint="test.toml")
-    await store.start()
-    await fill_known_store(store)
-    try:
-        yield store
-    finally:
-        await store.close()
-
+from .report_data import CORRECTION, T0
 
 # -- numbers ---------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -44,19 +43,6 @@ def escalation_row(reply_id: str, **values: Any) -> dict[str, Any]:
     row = {"reply_id": reply_id, "state": "pending", "created_at": now, "next_attempt_at": now}
     row.update(values)
     return row
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    url = (
-        f"sqlite:///{tmp_path / 'review.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    store = Store(url)
-    await store.start()
-    yield store
-    await store.close()
 
 
 def service(store: Store, **kwargs: Any) -> ReviewService:
