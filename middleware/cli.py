@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -167,10 +166,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-def run_async(coro: Any) -> Any:
-    return asyncio.run(coro)
 
 
 if __name__ == "__main__":

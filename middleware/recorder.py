@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -14,22 +13,6 @@ from feedback_store import Store, StoreError
 from .errors import StoreUnavailable
 from .exchange import ReplySummary
 from .scoring import Assessment
-
-
-class Redactor:
-    """Masks configured patterns (``[privacy] redact``) in text that leaves the gateway."""
-
-    def __init__(self, patterns: Sequence[str], mask: str = "[redacted]") -> None:
-        self._patterns = [re.compile(p) for p in patterns]
-        self.mask = mask
-
-    def __call__(self, text: str) -> str:
-        for pattern in self._patterns:
-            text = pattern.sub(self.mask, text)
-        return text
-
-    def __bool__(self) -> bool:
-        return bool(self._patterns)
 
 
 class Recorder:

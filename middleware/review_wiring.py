@@ -25,7 +25,7 @@ from feedback_store import Store, StoreError
 from .errors import ConfigError, ReviewChannelPermanent, ReviewChannelRetryable
 from .outbox import LogChannel, Outbox, RetryPolicy
 from .policy import ReviewBudget
-from .recorder import Redactor
+from .privacy import Redactor
 from .review import ReviewService
 from .review_api import ReviewAPI
 from .settings import Secrets, Settings

@@ -23,7 +23,7 @@ from adapters.slack_card import (
     parse_correction,
     render_review_message,
 )
-from middleware.recorder import Redactor
+from middleware.privacy import Redactor
 from middleware.review import ReviewItem, build_item
 from middleware.settings import REASONS
 
