@@ -2,7 +2,7 @@
 
     python bench/learning.py [STREAM.jsonl ...] [--micro N]
 
-For each stream it runs the whole loop (``middleware.replay.replay``: features, model,
+For each stream it runs the whole loop (``middleware.learning.replay.replay``: features, model,
 policy, store, learner, with the baseline measured in the same process) and prints
 ROC AUC, caught-at-budget and labels/s next to the baseline's. Then it times the
 model alone: the median microseconds of one ``predict`` and one ``learn`` on the
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import orjson
 
-from middleware.features import ExchangeView, features
-from middleware.learner import Brain
-from middleware.model import learn
-from middleware.replay import Recorded, read_stream, replay
+from middleware.learning.learner import Brain
+from middleware.learning.model import learn
+from middleware.learning.replay import Recorded, read_stream, replay
+from middleware.scoring.features import ExchangeView, features
 from middleware.settings import Settings
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "convai2017_thumbs.jsonl"

@@ -1,6 +1,6 @@
 """Which online model should score replies? Progressive validation of the candidates (issue 3).
 
-Each candidate in ``middleware.model.CANDIDATES`` sees the labelled stream in file order,
+Each candidate in ``middleware.learning.model.CANDIDATES`` sees the labelled stream in file order,
 predicting each reply before learning its label, with the features the gateway computes
 (``features(ExchangeView(question, reply, history, user_helpful_rate=the voter's running
 rate so far))``). The issue's baseline runs in the same process: TF-IDF of the reply |
@@ -8,7 +8,7 @@ LogisticRegression(SGD 0.5), on ``{"reply": reply}`` only.
 
 Per candidate: ROC AUC (scikit-learn, over all predictions), log loss, caught@B for
 B = 0.1, 0.2, 0.3 (the share of thumbs-down replies escalated when every reply is a
-candidate and ``middleware.policy.ReviewBudget(share=B)`` decides online, as in
+candidate and ``middleware.scoring.policy.ReviewBudget(share=B)`` decides online, as in
 ``hitl replay``), the escalated share at 0.2, and median µs per predict and per learn.
 The ``c@.2 q200`` column replays the 0.2 budget with a variant of that policy: quantile
 over the last 200 scores instead of 1,000, and the escalated share allowed up to B + 0.01
@@ -38,9 +38,9 @@ from typing import Any
 from river import feature_extraction, linear_model, optim
 from sklearn.metrics import log_loss, roc_auc_score
 
-from middleware.features import ExchangeView, features
-from middleware.model import CANDIDATES, DEFAULT_MODEL, learn, make_model, predict
-from middleware.policy import ReviewBudget
+from middleware.learning.model import CANDIDATES, DEFAULT_MODEL, learn, make_model, predict
+from middleware.scoring.features import ExchangeView, features
+from middleware.scoring.policy import ReviewBudget
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "convai2017_thumbs.jsonl"
 BUDGETS = (0.1, 0.2, 0.3)

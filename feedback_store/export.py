@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select
 
-from .report import iso
-from .store import Store, escalation_t, exchange_t, feedback_t, label_t
+from feedback_store.report import iso
+from feedback_store.store import Store, escalation_t, exchange_t, feedback_t, label_t
 
 PAGE = 500
 

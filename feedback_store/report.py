@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, select
 
-from .store import Store, escalation_t, event_t, exchange_t, feedback_t, label_t
+from feedback_store.store import Store, escalation_t, event_t, exchange_t, feedback_t, label_t
 
 DECISIONS = ("deliver", "ask", "escalate", "hold")
 DECIDED = ("approved", "rejected", "corrected")

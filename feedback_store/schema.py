@@ -15,8 +15,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
-from .errors import SchemaError
-from .urls import sync_url
+from feedback_store.errors import SchemaError
+from feedback_store.urls import sync_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 

@@ -39,10 +39,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from .errors import StoreError
-from .models import Escalation, Event, Exchange, Feedback, KeyValue, Label, ModelSnapshot
-from .schema import ensure_schema_async, redact_url
-from .urls import is_sqlite, sync_url
+from feedback_store.errors import StoreError
+from feedback_store.schema import ensure_schema_async, redact_url
+from feedback_store.tables import (
+    Escalation,
+    Event,
+    Exchange,
+    Feedback,
+    KeyValue,
+    Label,
+    ModelSnapshot,
+)
+from feedback_store.urls import is_sqlite, sync_url
 
 T = TypeVar("T")
 Job = Callable[[Connection], Any]

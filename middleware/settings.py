@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError
+from middleware.errors import ConfigError
 
 MiB = 1024 * 1024
 KiB = 1024

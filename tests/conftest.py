@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from feedback_store import Store
-from middleware.app import build_app
+from middleware.app.asgi import build_app
 from middleware.settings import Settings, settings_from_mapping
 
 from .fake_openai import make_app

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.local import LocalUpstream
-from middleware.app import build_app
+from adapters.upstream.local import LocalUpstream
+from middleware.app.asgi import build_app
 
 from .conftest import gateway_settings
 from .servers import ServerThread

@@ -18,8 +18,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from middleware.app import build_app
-from middleware.auth import ClientKeyMiddleware, exempt_path
+from middleware.app.asgi import build_app
+from middleware.http.auth import ClientKeyMiddleware, exempt_path
 
 from .conftest import gateway_settings
 from .servers import ServerThread

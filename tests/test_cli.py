@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from feedback_store import current_revision, head_revision
-from middleware.cli import main
+from middleware.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

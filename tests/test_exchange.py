@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from middleware.exchange import (
+from middleware.scoring.completion import (
     Conversation,
     StreamSummary,
     content_text,

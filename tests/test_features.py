@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from middleware.exchange import content_text
-from middleware.features import NUMERIC_KEYS, ExchangeView, features, words
+from middleware.scoring.completion import content_text
+from middleware.scoring.features import NUMERIC_KEYS, ExchangeView, features, words
 
 
 @pytest.mark.parametrize(

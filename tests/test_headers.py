@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from middleware.headers import forward_headers
+from middleware.http.headers import forward_headers
 
 Headers = list[tuple[str, str]]
 

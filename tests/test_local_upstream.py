@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 from openai import AsyncOpenAI
 
-from adapters.local import (
+from adapters.upstream.local import (
     NO_ANSWER,
     LocalStream,
     LocalUpstream,
@@ -25,8 +25,8 @@ from adapters.local import (
     split_pieces,
 )
 from middleware.errors import ConfigError, UpstreamUnavailable
+from middleware.ports import Upstream, UpstreamReply, UpstreamRequest
 from middleware.settings import Settings
-from middleware.upstream import Upstream, UpstreamReply, UpstreamRequest
 
 KB = {entry.id: entry for entry in load_knowledge_base()}
 

@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 from river.base import Classifier
 
-from middleware.features import NUMERIC_KEYS, ExchangeView, features
-from middleware.model import (
+from middleware.learning.model import (
     CANDIDATES,
     DEFAULT_MODEL,
     HashedTFIDF,
@@ -17,6 +16,7 @@ from middleware.model import (
     make_model,
     predict,
 )
+from middleware.scoring.features import NUMERIC_KEYS, ExchangeView, features
 
 TOPICS = [
     ("What is the capital of France?", "Paris"),

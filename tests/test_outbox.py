@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack import SlackReviewChannel, map_slack_error
+from adapters.slack.channel import SlackReviewChannel, map_slack_error
 from feedback_store import Store, StoreError
 from middleware.errors import ReviewChannelPermanent, ReviewChannelRetryable
-from middleware.outbox import (
+from middleware.review.outbox import (
     PARKED_AT,
     LogChannel,
     Outbox,
@@ -27,7 +27,7 @@ from middleware.outbox import (
     backoff_delay,
     retry_delay,
 )
-from middleware.review import ReviewService
+from middleware.review.service import ReviewService
 
 from .slack_standin import CHANNEL, TOKEN, SlackStandin
 from .test_review import escalation_row, exchange_row

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from middleware.policy import (
+from middleware.scoring.policy import (
     AskLimiter,
     BudgetState,
     DecisionContext,

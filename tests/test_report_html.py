@@ -25,8 +25,8 @@ from feedback_store.report import (
     build_report,
     exchange_table,
 )
-from middleware.cli import main
-from middleware.report_html import learning_verdict, render_csv, render_html
+from middleware.cli.main import main
+from middleware.reporting.html import learning_verdict, render_csv, render_html
 
 from .report_data import CORRECTION, EXCHANGES, SYSTEM, T0, fill_known_store
 

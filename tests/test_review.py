@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from feedback_store import Store
-from middleware.review import ReviewService, check_verdict
+from middleware.review.service import ReviewService, check_verdict
 
 from .servers import ServerThread
 
@@ -426,7 +426,7 @@ def test_a_reply_nobody_reviews_has_review_state_none(gateway_factory: Any) -> N
 
 
 def test_slack_without_a_channel_stops_start_up(tmp_path: Path) -> None:
-    from middleware.app import build_app
+    from middleware.app.asgi import build_app
     from middleware.errors import ConfigError
     from middleware.settings import settings_from_mapping
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from adapters.slack_card import (
+from adapters.slack.card import (
     APPROVE,
     CORRECT,
     CORRECTION_VIEW,
@@ -23,8 +23,8 @@ from adapters.slack_card import (
     parse_correction,
     render_review_message,
 )
-from middleware.privacy import Redactor
-from middleware.review import ReviewItem, build_item
+from middleware.review.privacy import Redactor
+from middleware.review.service import ReviewItem, build_item
 from middleware.settings import REASONS
 
 EVIL = "hi <!channel> see <http://evil.example|click here> & <@U999> <!here>"

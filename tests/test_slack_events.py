@@ -18,7 +18,7 @@ import httpx
 import pytest
 from slack_sdk.signature import SignatureVerifier
 
-from adapters.slack_events import header_problem
+from adapters.slack.events import header_problem
 
 from .servers import ServerThread
 from .slack_standin import CHANNEL, TOKEN, SlackStandin

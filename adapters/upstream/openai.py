@@ -1,0 +1,149 @@
+"""Any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM...).
+
+One pooled ``aiohttp.ClientSession`` for the app's lifetime: the upstream client was
+chosen by measurement (``bench/overhead.py``): on this 2-core machine a Starlette
+passthrough over aiohttp serves several times the requests/s of one over httpx, and
+the gateway's overhead budget is a ratio against that floor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from middleware.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from middleware.ports import UpstreamReply, UpstreamRequest
+
+# Response headers that describe the transfer, not the content: never relayed.
+_DROP_RESPONSE = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "content-encoding",
+        "date",
+        "server",
+        "proxy-authenticate",
+        "trailer",
+        "upgrade",
+    }
+)
+
+
+def _response_headers(response: aiohttp.ClientResponse) -> list[tuple[str, str]]:
+    return [(k.lower(), v) for k, v in response.headers.items() if k.lower() not in _DROP_RESPONSE]
+
+
+def _map_error(exc: BaseException, base_url: str, timeout_s: float) -> UpstreamError:
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(
+            f"the upstream at {base_url} did not answer within {timeout_s:g} s "
+            "(raise [upstream] timeout_s if it is just slow)"
+        )
+    return UpstreamUnavailable(
+        f"the upstream at {base_url} could not be reached or broke the connection "
+        f"({type(exc).__name__}: {exc}); check [upstream] base_url and that the server runs"
+    )
+
+
+class _Stream:
+    def __init__(
+        self, response: aiohttp.ClientResponse, *, base_url: str, read_timeout_s: float
+    ) -> None:
+        self.status = response.status
+        self.headers = _response_headers(response)
+        self.signals: dict[str, float] = {}
+        self._response = response
+        self._base_url = base_url
+        self._read_timeout_s = read_timeout_s
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        while True:
+            try:
+                async with asyncio.timeout(self._read_timeout_s):
+                    chunk = await content.readany()
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise _map_error(exc, self._base_url, self._read_timeout_s) from exc
+            if not chunk:
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        self._response.release()
+
+
+class OpenAIUpstream:
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float = 5.0,
+        max_connections: int = 256,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenAIUpstream(base_url={self.base_url!r})"
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            # Headers are forwarded explicitly (forward_headers); send nothing of our own.
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            auto_decompress=True,
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=self.connect_timeout_s, sock_read=self.timeout_s
+            ),
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise UpstreamUnavailable("the upstream client is not started (lifespan not run)")
+        return self._session
+
+    async def _open(self, request: UpstreamRequest) -> aiohttp.ClientResponse:
+        url = self.base_url + request.path + (f"?{request.query}" if request.query else "")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self.session.request(
+                    request.method, url, headers=request.headers, data=request.body or None
+                )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _map_error(exc, self.base_url, self.timeout_s) from exc
+
+    async def _read(self, response: aiohttp.ClientResponse) -> UpstreamReply:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                body = await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _map_error(exc, self.base_url, self.timeout_s) from exc
+        finally:
+            response.release()
+        return UpstreamReply(status=response.status, headers=_response_headers(response), body=body)
+
+    async def send(self, request: UpstreamRequest) -> UpstreamReply:
+        return await self._read(await self._open(request))
+
+    async def open_stream(self, request: UpstreamRequest) -> _Stream | UpstreamReply:
+        response = await self._open(request)
+        if response.status >= 300:
+            return await self._read(response)
+        return _Stream(response, base_url=self.base_url, read_timeout_s=self.timeout_s)

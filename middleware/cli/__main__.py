@@ -1,0 +1,5 @@
+import sys
+
+from middleware.cli.main import main
+
+sys.exit(main())

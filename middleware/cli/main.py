@@ -1,0 +1,170 @@
+"""The ``hitl`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from middleware.errors import HITLError
+from middleware.settings import Settings, load_settings, resolve_config_path
+
+Handler = Callable[[argparse.Namespace, Settings, Mapping[str, str]], int]
+
+
+def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    overrides: dict[str, dict[str, Any]] = {}
+    server: dict[str, Any] = {}
+    if getattr(args, "host", None):
+        server["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        server["port"] = args.port
+    if server:
+        overrides["server"] = server
+    if getattr(args, "store", None):
+        overrides["store"] = {"url": args.store}
+    return load_settings(resolve_config_path(args.config, environ), environ, **overrides)
+
+
+def configure_logging(settings: Settings) -> None:
+    from middleware.logs import configure
+
+    configure(settings.server.log_format)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    import uvicorn
+
+    from middleware.app.asgi import build_app
+
+    configure_logging(settings)
+    if args.workers and args.workers > 1:
+        print("hitl serve: --workers > 1 is not supported yet; run one process", file=sys.stderr)
+        return 2
+    _check_schema(settings)
+    app = build_app(settings, environ=environ)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="auto",
+        http="auto",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    # uvicorn exits quietly when the lifespan fails; say why with our exit code.
+    return 0 if server.started else 1
+
+
+def _check_schema(settings: Settings) -> None:
+    """Create the schema on an empty database; refuse an outdated one before serving."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from feedback_store import SchemaError, ensure_schema
+    from feedback_store.schema import redact_url
+    from middleware.errors import SchemaOutdated, StoreUnavailable
+
+    try:
+        ensure_schema(settings.store.url, config_hint=_config_hint(settings))
+    except SchemaError as exc:
+        raise SchemaOutdated(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(
+            f"cannot open the database {redact_url(settings.store.url)} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0]}); check [store] url"
+        ) from None
+
+
+def _config_hint(settings: Settings) -> str:
+    return settings.source if settings.source != "built-in defaults" else "config.toml"
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from feedback_store import current_revision, upgrade
+    from feedback_store.schema import redact_url
+    from middleware.errors import StoreUnavailable
+
+    where = redact_url(settings.store.url)
+    try:
+        before = current_revision(settings.store.url)
+        after = upgrade(settings.store.url)
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(
+            f"cannot upgrade the database {where} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0]}); check [store] url"
+        ) from None
+    if before == after:
+        print(f"{where}: already at revision {after}")
+    else:
+        print(f"{where}: upgraded from {before or 'an empty database'} to revision {after}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hitl", description="hitl-gateway: a human-in-the-loop gateway for chat models"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument(
+            "--config",
+            metavar="PATH",
+            help="config file (default: $HITL_CONFIG, else ./config.toml, else built-in defaults)",
+        )
+        if name != "serve":
+            p.add_argument("--store", metavar="URL", help="store URL (overrides [store] url)")
+        p.set_defaults(handler=handler)
+        return p
+
+    serve = add("serve", cmd_serve, "run the gateway")
+    serve.add_argument("--host", help="listen address (overrides [server] host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides [server] port)")
+    serve.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", required=True
+    )
+    upgrade = db.add_parser("upgrade", help="bring the database to the newest schema revision")
+    upgrade.add_argument("--config", metavar="PATH", help="config file")
+    upgrade.set_defaults(handler=cmd_db_upgrade)
+
+    for register in _extensions():
+        register(sub, add)
+    return parser
+
+
+def _extensions() -> list[Callable[..., None]]:
+    """Subcommands that live in their own modules (replay, report, export...)."""
+    from middleware.cli import replay, report
+
+    return [replay.register, report.register]
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = _settings(args, environ)
+        handler: Handler = args.handler
+        return handler(args, settings, environ)
+    except HITLError as exc:
+        print(f"hitl: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The review API: a reply's state for whoever holds its token, and verdicts from any tool.
+
+``GET /v1/replies/{reply_id}`` (``X-HITL-Feedback-Token``) and ``POST
+/v1/reviews/{reply_id}`` (the admin token). A verdict posted here takes the same path
+as a Slack click, so the loop works without a Slack workspace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from feedback_store import Store, StoreError
+from middleware.http.auth import bearer, matches_any
+from middleware.http.bodies import read_model
+from middleware.http.feedback import Reason
+from middleware.http.responses import error_response, json_response
+from middleware.review.service import ReviewService
+from middleware.scoring.tokens import TokenSigner
+
+log = logging.getLogger("hitl.review")
+
+MAX_REVIEW_BYTES = 64 * 1024
+
+
+class ReviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    decision: Literal["approve", "reject", "correct"]
+    reviewer: str = Field(min_length=1, max_length=200)
+    reason: Reason | None = None
+    correction: str | None = Field(default=None, max_length=32000)
+
+
+def iso(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+
+
+def review_view(escalation: Mapping[str, Any] | None) -> dict[str, Any]:
+    if escalation is None:
+        return {"state": "none", "by": None, "at": None, "reason": None, "correction": None}
+    return {
+        "state": escalation["state"],
+        "by": escalation["decided_by"],
+        "at": iso(escalation["decided_at"]),
+        "reason": escalation["decision_reason"],
+        "correction": escalation["correction"],
+    }
+
+
+def reply_view(
+    exchange: Mapping[str, Any],
+    escalation: Mapping[str, Any] | None,
+    feedback: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The body of ``GET /v1/replies/{reply_id}`` (pure)."""
+    return {
+        "reply_id": exchange["id"],
+        "decision": exchange["decision"],
+        "confidence": round(float(exchange["confidence"]), 4),
+        "review": review_view(escalation),
+        "feedback": None
+        if feedback is None
+        else {
+            "rating": feedback["rating"],
+            "reason": feedback["reason"],
+            "comment": feedback["comment"],
+        },
+    }
+
+
+class ReviewAPI:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        signer: TokenSigner,
+        review: ReviewService,
+        admin_token: str | None,
+        admin_token_env: str,
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.review = review
+        self.admin_token = admin_token
+        self.admin_token_env = admin_token_env
+
+    async def get_reply(self, request: Request) -> Response:
+        reply_id = request.path_params["reply_id"]
+        token = request.headers.get("x-hitl-feedback-token", "")
+        # A wrong token answers 403 whether or not the reply exists, so ids can't be probed.
+        if not token or not self.signer.verify(reply_id, token):
+            return error_response(
+                403,
+                "the X-HITL-Feedback-Token header does not match this reply",
+                "invalid_token",
+                param="X-HITL-Feedback-Token",
+            )
+        try:
+            exchange = await self.store.get_exchange(reply_id)
+            if exchange is None:
+                return error_response(404, f"no reply with id {reply_id!r}", "unknown_reply")
+            escalation = await self.store.escalation_for(reply_id)
+            feedback = await self.store.feedback_for(reply_id)
+        except StoreError as exc:
+            log.error("reply %s could not be read: %s", reply_id, exc)
+            return error_response(503, "the store could not be read; retry", "store_unavailable")
+        return json_response(reply_view(exchange, escalation, feedback))
+
+    async def post_review(self, request: Request) -> Response:
+        if self.admin_token is None:
+            return error_response(
+                403,
+                f"the review API is off: set ${self.admin_token_env} (the admin token) "
+                "to decide reviews over HTTP",
+                "admin_token_unset",
+            )
+        if not matches_any(bearer(request.headers), (self.admin_token,)):
+            return error_response(
+                401,
+                "send 'Authorization: Bearer <admin token>' (the value of "
+                f"${self.admin_token_env})",
+                "invalid_admin_token",
+            )
+        reply_id = request.path_params["reply_id"]
+        verdict = await read_model(request, ReviewIn, MAX_REVIEW_BYTES)
+        if isinstance(verdict, Response):
+            return verdict
+        try:
+            outcome = await self.review.decide(
+                reply_id, verdict.decision, verdict.reviewer, verdict.reason, verdict.correction
+            )
+        except ValueError as exc:
+            field = "reason" if "'reason'" in str(exc) else "correction"
+            return error_response(422, str(exc), "invalid_field", param=field)
+        except StoreError as exc:
+            log.error("review of %s not stored: %s", reply_id, exc)
+            return error_response(
+                503, "the verdict could not be stored; retry", "store_unavailable"
+            )
+        if outcome is None:
+            return error_response(404, f"no reply with id {reply_id!r}", "unknown_reply")
+        if not outcome.applied:
+            return error_response(
+                409,
+                f"already decided by {outcome.decided_by} ({outcome.state})",
+                "already_decided",
+            )
+        return json_response(
+            {
+                "reply_id": reply_id,
+                "review": {
+                    "state": outcome.state,
+                    "by": outcome.decided_by,
+                    "at": iso(outcome.decided_at),
+                    "reason": outcome.reason,
+                    "correction": outcome.correction,
+                },
+            }
+        )

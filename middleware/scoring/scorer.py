@@ -1,0 +1,131 @@
+"""Scoring a reply on the request path: features, the model's prediction, the policy.
+
+The scorer only *reads* the model; the learner task is its single writer. Both run on
+the same event loop and neither awaits mid-update, so a prediction never sees a
+half-learned model.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from middleware.scoring.completion import ReplySummary
+from middleware.scoring.features import ExchangeView, features
+from middleware.scoring.policy import (
+    AskLimiter,
+    BudgetState,
+    Decision,
+    DecisionContext,
+    ReviewBudget,
+    Thresholds,
+    decide,
+    is_candidate,
+)
+
+
+class Brain(Protocol):
+    """What the scorer reads from the learning side (``middleware.learning.learner.Brain``)."""
+
+    def predict(self, x: dict[str, Any]) -> float | None:
+        """P(helpful), or None while the model has learned nothing."""
+        ...
+
+    def is_outlier(self, x: dict[str, Any]) -> bool: ...
+
+    def user_rate(self, user: str | None) -> tuple[float | None, int]: ...
+
+    def drifting(self, now: float) -> bool: ...
+
+    def explain(self, x: dict[str, Any]) -> list[tuple[str, float]]: ...
+
+
+@dataclass(slots=True)
+class Assessment:
+    confidence: float
+    decision: Decision
+    features: dict[str, Any]
+    outlier: bool = False
+    #: why it was flagged, for the review card: features pulling the score down, etc.
+    reasons: list[str] = field(default_factory=list)
+
+
+class Scorer:
+    def __init__(
+        self,
+        *,
+        brain: Brain | None,
+        prior: float,
+        thresholds: Thresholds,
+        budget: ReviewBudget,
+        asker: AskLimiter,
+        ask_sample_rate: float,
+        risky_models: frozenset[str] = frozenset(),
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.brain = brain
+        self.prior = prior
+        self.thresholds = thresholds
+        self.budget = budget
+        self.asker = asker
+        self.ask_sample_rate = ask_sample_rate
+        self.risky_models = risky_models
+        self.rng = rng or random.Random()
+        self.clock = clock
+
+    def assess(
+        self,
+        *,
+        question: str,
+        history: tuple[tuple[str, str], ...],
+        reply: ReplySummary,
+        signals: dict[str, float],
+        model: str,
+        route: str,
+        end_user: str | None,
+        risky: bool = False,
+    ) -> Assessment:
+        now = self.clock()
+        brain = self.brain
+        rate, votes = brain.user_rate(end_user) if brain is not None else (None, 0)
+        view = ExchangeView(
+            question=question,
+            reply=reply.text,
+            history=history,
+            finish_reason=reply.finish_reason,
+            tool_calls=reply.tool_calls,
+            logprob_mean=reply.logprob_mean,
+            retrieval_score=signals.get("retrieval_score"),
+            route=route,
+            model=model,
+            user_helpful_rate=rate,
+            user_votes=votes,
+        )
+        x = features(view)
+        predicted = brain.predict(x) if brain is not None else None
+        confidence = self.prior if predicted is None else predicted
+        outlier = brain.is_outlier(x) if brain is not None else False
+        drifting = brain.drifting(now) if brain is not None else False
+        candidate = is_candidate(confidence, outlier, self.thresholds)
+        allows = candidate and self.budget.allows(confidence, now)
+        context = DecisionContext(
+            outlier=outlier,
+            risky=risky or model in self.risky_models,
+            sampled=self.rng.random() < self.ask_sample_rate * (3.0 if drifting else 1.0),
+            may_ask=self.asker.may_ask(end_user, now),
+            drifting=drifting,
+        )
+        decision = decide(confidence, context, BudgetState(allows_review=allows), self.thresholds)
+        self.budget.record(confidence, decision.kind == "escalate", now)
+        if decision.ask_feedback:
+            self.asker.record(end_user, now)
+        reasons = list(decision.reasons)
+        if decision.reviewed and brain is not None and predicted is not None:
+            reasons += [f"{name} pulled the score down" for name, _ in brain.explain(x)]
+        if drifting and decision.reviewed:
+            reasons.append("recent drift in the model's error rate")
+        return Assessment(confidence, decision, x, outlier, reasons)
