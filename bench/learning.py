@@ -23,7 +23,7 @@ from pathlib import Path
 
 import orjson
 
-from middleware.learning.learner import Brain
+from middleware.learning.brain import Brain
 from middleware.learning.model import learn
 from middleware.learning.replay import Recorded, read_stream, replay
 from middleware.scoring.features import ExchangeView, features

@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
 from feedback_store.errors import SchemaError
-from feedback_store.urls import sync_url
+from feedback_store.urls import redact_url, sync_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -81,10 +81,3 @@ def ensure_schema(url: str, *, config_hint: str = "config.toml") -> None:
 
 async def ensure_schema_async(url: str, *, config_hint: str = "config.toml") -> None:
     await asyncio.to_thread(ensure_schema, url, config_hint=config_hint)
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(sync_url(url)).render_as_string(hide_password=True)

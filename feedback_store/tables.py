@@ -5,7 +5,7 @@ Times are UNIX seconds (float, UTC) so SQLite and PostgreSQL compare them the sa
 
 from __future__ import annotations
 
-from sqlalchemy import Column, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import Column, LargeBinary, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -119,3 +119,13 @@ class KeyValue(SQLModel, table=True):
 
     key: str = Field(primary_key=True, max_length=80)
     value: str = Field(sa_column=Column(Text, nullable=False))
+
+
+# The same tables as SQLAlchemy Core sees them: what the store's queries are built on.
+exchange_t: Table = Exchange.__table__  # type: ignore[attr-defined]
+feedback_t: Table = Feedback.__table__  # type: ignore[attr-defined]
+label_t: Table = Label.__table__  # type: ignore[attr-defined]
+escalation_t: Table = Escalation.__table__  # type: ignore[attr-defined]
+snapshot_t: Table = ModelSnapshot.__table__  # type: ignore[attr-defined]
+event_t: Table = Event.__table__  # type: ignore[attr-defined]
+kv_t: Table = KeyValue.__table__  # type: ignore[attr-defined]

@@ -1,6 +1,8 @@
-"""Database URLs: the one a user writes, and the drivers we use for it."""
+"""Database URLs: the one a user writes, the drivers we use for it, and how to show it."""
 
 from __future__ import annotations
+
+from sqlalchemy.engine import make_url
 
 
 def sync_url(url: str) -> str:
@@ -13,3 +15,14 @@ def sync_url(url: str) -> str:
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return make_url(sync_url(url)).render_as_string(hide_password=True)
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` with the URL's password, should a driver quote it, masked."""
+    password = make_url(sync_url(url)).password
+    return text.replace(str(password), "***") if password else text

@@ -2,8 +2,12 @@
 
     HITLError
     ├── ConfigError            a setting is missing or wrong; start-up stops
-    ├── StoreUnavailable       the database cannot be reached or written
+    ├── StoreUnavailable       the database cannot be reached or written (503)
     ├── SchemaOutdated         the database is at an older schema revision
+    ├── Refused                a client's request cannot be carried out (4xx)
+    │   ├── InvalidToken           the feedback token does not match the reply (403)
+    │   ├── UnknownReply           no reply with that id (404)
+    │   └── InvalidVerdict         a reviewer's decision is incomplete or wrong (422)
     ├── UpstreamError          the chat model failed us
     │   ├── UpstreamUnavailable    refused connection, 5xx, unparseable answer (502)
     │   └── UpstreamTimeout        no answer in time (504)
@@ -11,11 +15,20 @@
         ├── ReviewChannelRetryable  try again later (rate limit, 5xx, network)
         └── ReviewChannelPermanent  will never succeed as configured (dead letter)
 
-Third-party exceptions (httpx, aiohttp, SQLAlchemy, slack_sdk) are mapped to these
-at the edge where they occur, with ``raise Ours(msg) from exc``.
+Third-party exceptions (aiohttp, slack_sdk) are mapped to these at the adapter where
+they occur, with ``raise Ours(msg) from exc``. The store maps SQLAlchemy's errors to
+its own ``feedback_store.StoreError`` at its edge; a flow turns that into
+``StoreUnavailable`` with ``store_errors(...)``, saying what could not be done. The
+HTTP exception handlers in ``middleware.app.asgi`` answer every ``HITLError`` in the
+OpenAI error shape, once.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from feedback_store import StoreError
 
 
 class HITLError(Exception):
@@ -27,11 +40,49 @@ class ConfigError(HITLError):
 
 
 class StoreUnavailable(HITLError):
-    pass
+    """The message names the store's error for the log; ``public`` is what a client is
+    told (no database detail leaves the gateway)."""
+
+    status_code = 503
+    code = "store_unavailable"
+
+    def __init__(self, message: str, *, public: str = "the store is unavailable; retry") -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class SchemaOutdated(HITLError):
     pass
+
+
+class Refused(HITLError):
+    """A request the gateway understood and will not carry out; the message says why."""
+
+    status_code = 400
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class InvalidToken(Refused):
+    status_code = 403
+    code = "invalid_token"
+
+
+class UnknownReply(Refused):
+    status_code = 404
+    code = "unknown_reply"
+
+    def __init__(self, reply_id: str, *, param: str | None = None) -> None:
+        super().__init__(f"no reply with id {reply_id!r}", param=param)
+        self.reply_id = reply_id
+
+
+class InvalidVerdict(Refused):
+    status_code = 422
+    code = "invalid_field"
 
 
 class UpstreamError(HITLError):
@@ -61,3 +112,13 @@ class ReviewChannelRetryable(ReviewChannelError):
 
 class ReviewChannelPermanent(ReviewChannelError):
     pass
+
+
+@contextlib.contextmanager
+def store_errors(failed: str) -> Iterator[None]:
+    """Turn the store's failure into ``StoreUnavailable``: "<failed>; retry" for clients,
+    with the store's reason for the log."""
+    try:
+        yield
+    except StoreError as exc:
+        raise StoreUnavailable(f"{failed}: {exc}", public=f"{failed}; retry") from exc

@@ -92,8 +92,10 @@ class Metrics:
         registry: CollectorRegistry | None = None,
         auc_window: int = 500,
         min_refresh_s: float = 1.0,
+        learned: Callable[[], int | None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``learned()`` is the id of the newest label the learner has learned."""
         self.registry = registry if registry is not None else CollectorRegistry()
         self.auc_window = auc_window
         self.min_refresh_s = min_refresh_s
@@ -136,7 +138,7 @@ class Metrics:
         r.register(self._store)
         # Children cached by label values: labels() takes a lock and builds a tuple.
         self._request_children: dict[tuple[str, int], Any] = {}
-        self._learner_position: Callable[[], int | None] | None = None
+        self._learner_position = learned
         self._refreshed_at = float("-inf")
 
     # -- the request path (cheap, no I/O) ----------------------------------------------
@@ -181,10 +183,6 @@ class Metrics:
         self.feedback("up" if state == "approved" else "down", "reviewer")
         if seconds is not None and seconds >= 0:
             self._review_latency.observe(seconds)
-
-    def bind_learner(self, position: Callable[[], int | None]) -> None:
-        """``position()`` is the id of the newest label the learner has learned."""
-        self._learner_position = position
 
     # -- the scrape ---------------------------------------------------------------------
 

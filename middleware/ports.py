@@ -1,15 +1,29 @@
-"""What the gateway needs from a chat model: the seam every upstream adapter fills.
+"""The seams adapters fill, and the values that cross them. Adapters import only this
+module, ``middleware.errors`` and ``middleware.vocabulary`` from the gateway.
 
-An adapter speaks the OpenAI Chat Completions wire format. The gateway hands it the
-client's body unchanged and gets back either a whole reply or a stream of raw SSE
-bytes, which it relays as they come.
+- ``Upstream``: a chat model. It speaks the OpenAI Chat Completions wire format; the
+  gateway hands it the client's body unchanged and gets back either a whole reply or a
+  stream of raw SSE bytes, which it relays as they come.
+- ``ReviewChannel``: where review cards go (Slack, or the log), drawn from a
+  ``ReviewItem``.
+- ``ReviewDesk``: what a reviewer channel calls back into when a person decides: the
+  same path as the review API.
+- ``ChannelEvents``: a channel's inbound HTTP requests (Slack's interactivity), behind
+  the gateway's own body limit.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from middleware.vocabulary import DECIDED_STATES, Reason, Verdict
+
+if TYPE_CHECKING:
+    from starlette.datastructures import Headers
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 
 @dataclass(slots=True)
@@ -66,3 +80,108 @@ class Upstream(Protocol):
     async def open_stream(self, request: UpstreamRequest) -> UpstreamStream | UpstreamReply:
         """Send a streaming request. A non-2xx answer comes back read whole, as a reply."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewItem:
+    """What a reviewer needs to judge one reply: the values a review card is drawn from."""
+
+    reply_id: str
+    question: str
+    answer: str
+    confidence: float
+    #: replies are reviewed below this confidence
+    threshold: float
+    history: tuple[tuple[str, str], ...] = ()
+    #: why it was flagged, most telling first
+    reasons: tuple[str, ...] = ()
+    trigger: str = "policy"
+    model: str = ""
+    hold: bool = False
+    #: the end user's thumbs-down reason and comment, when there is one
+    complaint: str | None = None
+    created_at: float = 0.0
+    state: str = "pending"
+    decided_by: str | None = None
+    decided_at: float | None = None
+    decision_reason: str | None = None
+    correction: str | None = None
+
+    @property
+    def decided(self) -> bool:
+        return self.state in DECIDED_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewOutcome:
+    """What became of one reviewer's decision."""
+
+    reply_id: str
+    #: this call's verdict was committed; False: ``decided_by`` was first
+    applied: bool
+    state: str
+    decided_by: str | None
+    decided_at: float | None
+    reason: str | None
+    correction: str | None
+    label_id: int | None = None
+    channel: str | None = None
+    message_ts: str | None = None
+    #: when the escalation was opened (time to decision = decided_at - created_at)
+    created_at: float | None = None
+
+    @property
+    def message(self) -> str:
+        if self.applied:
+            return f"{self.state} by {self.decided_by}"
+        return f"already decided by {self.decided_by} ({self.state})"
+
+
+@dataclass(frozen=True, slots=True)
+class PostedCard:
+    """Where a card sits in the channel, so it can be redrawn in place."""
+
+    channel: str
+    ts: str
+
+
+class ReviewChannel(Protocol):
+    """Where review cards go (Slack, or the log)."""
+
+    async def post(self, item: ReviewItem) -> PostedCard | None:
+        """Post a card; None when the channel only logged it (it stays pending)."""
+        ...
+
+    async def update(self, card: PostedCard, item: ReviewItem) -> None: ...
+
+
+class ReviewDesk(Protocol):
+    """What a channel's listeners call when a person decides (``flows.decision``)."""
+
+    async def decide(
+        self,
+        reply_id: str,
+        verdict: Verdict,
+        reviewer: str,
+        reason: Reason | None = None,
+        correction: str | None = None,
+    ) -> ReviewOutcome:
+        """Commit a verdict (first one wins).
+
+        Raises ``UnknownReply``, ``InvalidVerdict`` or ``StoreUnavailable``.
+        """
+        ...
+
+    async def item_for(self, reply_id: str) -> ReviewItem | None:
+        """The item a reviewer sees for a reply, or None when the reply is unknown."""
+        ...
+
+
+class ChannelEvents(Protocol):
+    """A reviewer channel's inbound requests, after the gateway has read the body."""
+
+    def refuse(self, headers: Headers, now: float) -> str | None:
+        """Why the request is refused before it is read (401), or None."""
+        ...
+
+    async def handle(self, request: Request) -> Response: ...

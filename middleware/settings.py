@@ -21,8 +21,6 @@ from middleware.errors import ConfigError
 MiB = 1024 * 1024
 KiB = 1024
 
-REASONS = ("incorrect", "incomplete", "unsafe", "off-topic", "tone", "other")
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

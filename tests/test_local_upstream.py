@@ -15,12 +15,11 @@ import pytest
 import uvicorn
 from openai import AsyncOpenAI
 
+from adapters.upstream.knowledge import Retriever, load_knowledge_base
 from adapters.upstream.local import (
     NO_ANSWER,
     LocalStream,
     LocalUpstream,
-    Retriever,
-    load_knowledge_base,
     query_text,
     split_pieces,
 )

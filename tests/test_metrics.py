@@ -99,8 +99,7 @@ async def test_count_errors_counts_only_error_answers() -> None:
 
 async def test_scrape_reads_backlog_dead_letters_auc_and_learner_lag(known_store: Store) -> None:
     clock = Clock(T0 + 1000)
-    metrics = Metrics(clock=clock)
-    metrics.bind_learner(lambda: 4)
+    metrics = Metrics(clock=clock, learned=lambda: 4)
     await known_store.add_escalation(
         {
             "reply_id": "e8",

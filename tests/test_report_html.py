@@ -26,7 +26,7 @@ from feedback_store.report import (
     exchange_table,
 )
 from middleware.cli.main import main
-from middleware.reporting.html import learning_verdict, render_csv, render_html
+from middleware.reporting import learning_verdict, render_csv, render_html
 
 from .report_data import CORRECTION, EXCHANGES, SYSTEM, T0, fill_known_store
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from middleware.review.service import ReviewItem
-from middleware.settings import REASONS
+from middleware.ports import ReviewItem
+from middleware.vocabulary import REASONS
 
 Blocks = list[dict[str, Any]]
 Redact = Callable[[str], str]

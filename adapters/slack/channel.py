@@ -22,8 +22,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from adapters.slack.card import correction_modal, fallback_text, render_review_message
 from middleware.errors import ReviewChannelError, ReviewChannelPermanent, ReviewChannelRetryable
-from middleware.review.outbox import PostedCard
-from middleware.review.service import ReviewItem
+from middleware.ports import PostedCard, ReviewItem
 
 log = logging.getLogger("hitl.slack")
 

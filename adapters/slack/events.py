@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,9 +20,9 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.logger import messages as bolt_messages
 from slack_sdk.web.async_client import AsyncWebClient
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message
 
 from adapters.slack.card import (
     APPROVE,
@@ -36,17 +35,17 @@ from adapters.slack.card import (
     parse_correction,
 )
 from adapters.slack.channel import ReviewerCheck, SlackReviewChannel
-from feedback_store import StoreError
-from middleware.errors import ReviewChannelError
-from middleware.http.bodies import BodyTooLarge, read_body
-from middleware.http.responses import error_response
-from middleware.review.outbox import PostedCard
-from middleware.review.service import ReviewService
+from middleware.errors import (
+    InvalidVerdict,
+    ReviewChannelError,
+    StoreUnavailable,
+    UnknownReply,
+)
+from middleware.ports import PostedCard, ReviewDesk
 
 log = logging.getLogger("hitl.slack.events")
 
 MAX_SKEW_S = 300
-MAX_BODY = 1024 * 1024
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
 
@@ -94,38 +93,28 @@ def _bolt_logger() -> logging.Logger:
 
 
 class SlackEvents:
-    """The endpoint: header checks, then bolt."""
+    """``ports.ChannelEvents`` for Slack: header checks, then bolt. The gateway reads the
+    body under its limit before ``handle``."""
 
-    def __init__(self, *, handler: AsyncSlackRequestHandler, clock: Callable[[], float]) -> None:
+    def __init__(self, *, handler: AsyncSlackRequestHandler) -> None:
         self.handler = handler
-        self.clock = clock
 
-    async def endpoint(self, request: Request) -> Response:
-        problem = header_problem(
-            request.headers.get("x-slack-request-timestamp"),
-            request.headers.get("x-slack-signature"),
-            self.clock(),
+    def refuse(self, headers: Headers, now: float) -> str | None:
+        return header_problem(
+            headers.get("x-slack-request-timestamp"), headers.get("x-slack-signature"), now
         )
-        if problem is not None:
-            return error_response(401, problem, "invalid_signature")
-        try:
-            body = await read_body(request, MAX_BODY)
-        except BodyTooLarge as exc:
-            return error_response(413, str(exc), "body_too_large")
 
-        async def replay() -> Message:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        return await self.handler.handle(Request(request.scope, replay))
+    async def handle(self, request: Request) -> Response:
+        return await self.handler.handle(request)
 
 
 class _Decisions:
     """Bolt listeners: reviewer check, verdict committed, ack, then private answers."""
 
     def __init__(
-        self, *, review: ReviewService, channel: SlackReviewChannel, reviewers: ReviewerCheck
+        self, *, desk: ReviewDesk, channel: SlackReviewChannel, reviewers: ReviewerCheck
     ) -> None:
-        self.review = review
+        self.desk = desk
         self.channel = channel
         self.reviewers = reviewers
 
@@ -185,17 +174,19 @@ class _Decisions:
         if verdict == "reject":
             reason = reason or "other"
         try:
-            outcome = await self.review.decide(reply_id, verdict, user, reason)
-        except (StoreError, ValueError) as exc:
+            outcome = await self.desk.decide(reply_id, verdict, user, reason)
+        except UnknownReply:
+            await ack()
+            await self._tell(body, user, f"Reply {reply_id} is no longer in the store.")
+            return
+        except (StoreUnavailable, InvalidVerdict) as exc:
             log.error("review click on %s by %s not stored: %s", reply_id, user, exc)
             await ack()
             await self._tell(body, user, "Your decision could not be saved; please try again.")
             return
         # Committed: now Slack may hear that the click arrived.
         await ack()
-        if outcome is None:
-            await self._tell(body, user, f"Reply {reply_id} is no longer in the store.")
-        elif not outcome.applied:
+        if not outcome.applied:
             await self._tell(body, user, self._already(outcome.decided_by, outcome.state))
 
     async def approve(self, ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -210,8 +201,8 @@ class _Decisions:
             return
         user, reply_id, _ = admitted
         try:
-            item = await self.review.item_for(reply_id)
-        except StoreError as exc:
+            item = await self.desk.item_for(reply_id)
+        except StoreUnavailable as exc:
             log.error("correction click on %s: %s", reply_id, exc)
             item = None
         await ack()
@@ -256,17 +247,18 @@ class _Decisions:
             await refuse("Write the corrected answer.")
             return
         try:
-            outcome = await self.review.decide(reply_id, "correct", user, None, text)
-        except ValueError as exc:
+            outcome = await self.desk.decide(reply_id, "correct", user, None, text)
+        except InvalidVerdict as exc:
             await refuse(str(exc))
             return
-        except StoreError as exc:
+        except UnknownReply:
+            await refuse(f"Reply {reply_id} is no longer in the store.")
+            return
+        except StoreUnavailable as exc:
             log.error("correction of %s by %s not stored: %s", reply_id, user, exc)
             await refuse("The correction could not be saved; please try again.")
             return
-        if outcome is None:
-            await refuse(f"Reply {reply_id} is no longer in the store.")
-        elif not outcome.applied:
+        if not outcome.applied:
             await refuse(f"Already decided by {outcome.decided_by}: {outcome.state}.")
         else:
             await ack()
@@ -276,10 +268,9 @@ def build_slack_events(
     *,
     client: AsyncWebClient,
     signing_secret: str,
-    review: ReviewService,
+    desk: ReviewDesk,
     channel: SlackReviewChannel,
     reviewers: ReviewerCheck,
-    clock: Callable[[], float] = time.time,
 ) -> SlackEvents:
     """The bolt app and its endpoint; built by the composition root, never at import."""
 
@@ -305,9 +296,9 @@ def build_slack_events(
         request_verification_enabled=True,
         logger=_bolt_logger(),
     )
-    decisions = _Decisions(review=review, channel=channel, reviewers=reviewers)
+    decisions = _Decisions(desk=desk, channel=channel, reviewers=reviewers)
     bolt.action(APPROVE)(decisions.approve)
     bolt.action(REJECT)(decisions.reject)
     bolt.action(CORRECT)(decisions.correct)
     bolt.view(CORRECTION_VIEW)(decisions.submit_correction)
-    return SlackEvents(handler=AsyncSlackRequestHandler(bolt), clock=clock)
+    return SlackEvents(handler=AsyncSlackRequestHandler(bolt))

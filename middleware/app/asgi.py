@@ -1,19 +1,15 @@
-"""The composition root: the only place that knows every part.
+"""The ASGI app: routes over the parts, the lifespan, and the one place where errors
+become HTTP answers.
 
-``build_app(settings)`` builds the store, the upstream adapter, the scorer and the
-routes; long-lived resources (engine, HTTP pool, background tasks) open in the
-lifespan and close on shutdown. Nothing here runs at import.
+``create_app(settings)`` is what ``hitl serve`` runs; ``build_app(parts)`` takes parts
+already built (tests that look inside keep them). Nothing here runs at import.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
-import os
-import random
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -21,25 +17,20 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from feedback_store import SchemaError, Store, StoreError
-from middleware.app.review import build_review
-from middleware.errors import ConfigError, SchemaOutdated, StoreUnavailable
-from middleware.flows.reply import Recorder
+from feedback_store import StoreError
+from middleware.app.parts import Parts, build_parts
+from middleware.errors import Refused, StoreUnavailable
 from middleware.http.auth import ClientKeyMiddleware
 from middleware.http.chat import ChatEndpoint
+from middleware.http.events import ChannelEventsEndpoint
 from middleware.http.feedback import FeedbackEndpoint
 from middleware.http.ratelimit import RateLimiter
 from middleware.http.reports import ReportEndpoints, chat_page_routes, report_routes
 from middleware.http.responses import error_response, json_response
-from middleware.learning.learner import Brain, Learner
-from middleware.metrics import Metrics
-from middleware.ports import Upstream
-from middleware.scoring.policy import AskLimiter, ReviewBudget, Thresholds
-from middleware.scoring.scorer import Scorer
-from middleware.scoring.tokens import TokenSigner, new_secret
-from middleware.settings import Secrets, Settings
+from middleware.http.reviews import ReviewAPI
+from middleware.settings import Settings
 
 log = logging.getLogger("hitl")
 
@@ -51,128 +42,37 @@ EXPOSED_HEADERS = [
 ]
 
 
-def build_upstream(settings: Settings, secrets: Secrets) -> Upstream:
-    if settings.upstream.kind == "local":
-        from adapters.upstream.local import LocalUpstream
-
-        return LocalUpstream()
-    from adapters.upstream.openai import OpenAIUpstream
-
-    return OpenAIUpstream(
-        base_url=settings.upstream.base_url,
-        timeout_s=settings.upstream.timeout_s,
-        connect_timeout_s=settings.upstream.connect_timeout_s,
-        max_connections=settings.upstream.max_connections,
-    )
+def create_app(settings: Settings, **overrides: Any) -> Starlette:
+    """The gateway for ``settings``; ``overrides`` go to ``build_parts``."""
+    return build_app(build_parts(settings, **overrides))
 
 
-@dataclass
-class Gateway:
-    """Everything the app holds, for the lifespan and for tests that look inside."""
-
-    settings: Settings
-    secrets: Secrets
-    store: Store
-    upstream: Upstream
-    signer: TokenSigner
-    scorer: Scorer
-    learner: Learner
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-def build_app(
-    settings: Settings,
-    *,
-    environ: Mapping[str, str] | None = None,
-    upstream: Upstream | None = None,
-    store: Store | None = None,
-    rng: random.Random | None = None,
-) -> Starlette:
-    environ = os.environ if environ is None else environ
-    secrets = Secrets(settings, environ)
-    if secrets.token_secret is not None and len(secrets.token_secret) < 16:
-        raise ConfigError(
-            f"${settings.server.token_secret_env} is too short: the feedback token secret "
-            "needs at least 16 characters (or unset it to let the gateway generate one)"
-        )
-    if settings.upstream.kind == "openai" and not secrets.upstream_api_key:
-        log.warning(
-            "no upstream API key: $%s is empty; requests go upstream without one",
-            settings.upstream.api_key_env,
-        )
-    store = store or Store(
-        settings.store.url,
-        commit_batch=settings.store.commit_batch,
-        config_hint=settings.source if settings.source != "built-in defaults" else "config.toml",
-    )
-    upstream = upstream or build_upstream(settings, secrets)
-    signer = TokenSigner()
-    policy = settings.policy
-    brain = Brain(rolling_window=settings.learner.rolling_window)
-    learner = Learner(
-        store,
-        brain,
-        snapshot_every_labels=settings.learner.snapshot_every_labels,
-        snapshot_interval_s=settings.learner.snapshot_interval_s,
-    )
-    store.on_label(learner.wake)
-    scorer = Scorer(
-        brain=brain,
-        prior=policy.prior,
-        thresholds=Thresholds(
-            escalate_below=policy.escalate_below,
-            hold_below=policy.hold_below,
-            ask_margin=policy.ask_margin,
-        ),
-        budget=ReviewBudget(
-            share=policy.review_budget,
-            per_hour=policy.max_reviews_per_hour,
-            slack=policy.review_budget_slack,
-        ),
-        asker=AskLimiter(policy.ask_per_user_per_hour),
-        ask_sample_rate=policy.ask_sample_rate,
-        risky_models=frozenset(policy.risky_models),
-        rng=rng,
-    )
-    gateway = Gateway(settings, secrets, store, upstream, signer, scorer, learner)
-    review = build_review(settings, secrets, store, signer=signer, budget=scorer.budget)
-    gateway.extras["review"] = review
-    recorder = Recorder(store, on_escalation=review.on_escalation)
-    metrics = Metrics(auc_window=settings.learner.rolling_window)
-    gateway.extras["metrics"] = metrics
-    metrics.bind_learner(lambda: learner.brain.last_label_id)
-    review.service.on_decision(
-        lambda outcome: metrics.review_decided(
-            outcome.state,
-            None
-            if outcome.decided_at is None or outcome.created_at is None
-            else outcome.decided_at - outcome.created_at,
-        )
-    )
+def routes(parts: Parts) -> list[BaseRoute]:
+    settings, secrets, store = parts.settings, parts.secrets, parts.store
     chat = ChatEndpoint(
-        upstream=upstream,
-        scorer=scorer,
-        signer=signer,
-        record=recorder,
+        upstream=parts.upstream,
+        replies=parts.replies,
+        signer=parts.signer,
         api_key=secrets.upstream_api_key,
         forward_client_auth=settings.upstream.forward_client_auth,
         max_body_bytes=settings.server.max_body_bytes,
         stream_hitl_chunk=settings.server.stream_hitl_chunk,
-        observer=metrics,
-        log_bodies=settings.server.log_bodies,
     )
     feedback = FeedbackEndpoint(
-        store=store,
-        signer=signer,
+        votes=parts.votes,
         max_body_bytes=settings.server.max_feedback_bytes,
-        user_weight=settings.learner.user_weight,
         limiter=RateLimiter(settings.server.feedback_per_minute),
-        on_downvote=review.on_downvote,
-        metrics=metrics,
+    )
+    reviews = ReviewAPI(
+        store=store,
+        signer=parts.signer,
+        decisions=parts.decisions,
+        admin_token=secrets.admin_token,
+        admin_token_env=settings.report.admin_token_env,
     )
     reports = ReportEndpoints(
         store=store,
-        metrics=metrics,
+        metrics=parts.metrics,
         admin_token=secrets.admin_token,
         admin_token_env=settings.report.admin_token_env,
         protect_metrics=settings.report.protect_metrics,
@@ -186,61 +86,41 @@ def build_app(
             "store": "ok" if ok else "unreachable",
         }
         if ok:
-            body["review"] = await review.health()
+            try:
+                counts = await store.review_counts()
+                body["review"] = {
+                    "failed": counts.get("failed", 0),
+                    "pending": counts.get("pending", 0),
+                }
+            except StoreError:
+                body["review"] = {"failed": None, "pending": None}
         return json_response(body, status=200 if ok else 503)
 
-    routes = [
+    table: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/v1/chat/completions", metrics.count_errors(chat.completions), methods=["POST"]),
+        Route(
+            "/v1/chat/completions", parts.metrics.count_errors(chat.completions), methods=["POST"]
+        ),
         Route("/v1/feedback", feedback.post, methods=["POST"]),
-        *review.routes,
+        Route("/v1/replies/{reply_id}", reviews.get_reply, methods=["GET"]),
+        Route("/v1/reviews/{reply_id}", reviews.post_review, methods=["POST"]),
+    ]
+    if parts.review.events is not None:
+        events = ChannelEventsEndpoint(events=parts.review.events)
+        table.append(Route("/slack/events", events, methods=["POST"]))
+    return [
+        *table,
         *report_routes(reports),
         *chat_page_routes(),
         Route("/v1/{path:path}", chat.passthrough, methods=["GET", "POST", "DELETE"]),
     ]
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        try:
-            await store.start()
-        except SchemaError as exc:
-            raise SchemaOutdated(str(exc)) from exc
-        except StoreError as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        try:
-            secret = secrets.token_secret or await store.get_or_create_value(
-                "feedback_token_secret", new_secret
-            )
-            try:
-                signer.set_secret(secret)
-            except ValueError as exc:
-                raise ConfigError(
-                    f"${settings.server.token_secret_env}: {exc} (or unset it to let the "
-                    "gateway generate and keep one)"
-                ) from None
-            # Learn every label the store holds before the port opens.
-            replayed = await learner.restore()
-            if replayed:
-                log.info("learned %d labels committed since the last model snapshot", replayed)
-            learner.start()
-            await upstream.start()
-            await review.start()
-            # Everything built so far lives as long as the app: keep the cyclic garbage
-            # collector from walking it again on every full collection (latency spikes).
-            gc.collect()
-            gc.freeze()
-            try:
-                yield
-            finally:
-                await review.stop()
-                await upstream.aclose()
-                await learner.close()
-        finally:
-            await store.close()
 
-    middleware = []
+def middleware(parts: Parts) -> list[Middleware]:
+    settings, secrets = parts.settings, parts.secrets
+    stack = []
     if settings.server.cors_origins:
-        middleware.append(
+        stack.append(
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.server.cors_origins,
@@ -256,25 +136,59 @@ def build_app(
             )
         )
     if secrets.client_keys:
-        middleware.append(Middleware(ClientKeyMiddleware, keys=secrets.client_keys))
+        stack.append(Middleware(ClientKeyMiddleware, keys=secrets.client_keys))
+    return stack
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return error_response(404, f"no route for {request.method} {request.url.path}", "not_found")
 
-    async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        return error_response(
-            405, f"{request.method} is not allowed on {request.url.path}", "method_not_allowed"
-        )
+async def refused(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, Refused):  # registered for Refused only
+        raise exc
+    return error_response(exc.status_code, str(exc), exc.code, param=exc.param)
 
-    async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal error in the gateway; see its log", "internal_error")
+
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    # The store's reason goes to the log; the client learns only that it can retry.
+    log.error("%s %s: %s", request.method, request.url.path, exc)
+    public = exc.public if isinstance(exc, StoreUnavailable) else "the store is unavailable; retry"
+    return error_response(503, public, "store_unavailable")
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    return error_response(404, f"no route for {request.method} {request.url.path}", "not_found")
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    return error_response(
+        405, f"{request.method} is not allowed on {request.url.path}", "method_not_allowed"
+    )
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal error in the gateway; see its log", "internal_error")
+
+
+def build_app(parts: Parts) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await parts.start()
+        try:
+            yield
+        finally:
+            await parts.stop()
 
     app = Starlette(
-        routes=routes,
-        middleware=middleware,
+        routes=routes(parts),
+        middleware=middleware(parts),
         lifespan=lifespan,
-        exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
+        exception_handlers={
+            Refused: refused,
+            StoreUnavailable: store_unavailable,
+            StoreError: store_unavailable,
+            404: not_found,
+            405: method_not_allowed,
+            500: server_error,
+        },
     )
-    app.state.gateway = gateway
+    app.state.parts = parts
     return app

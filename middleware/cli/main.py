@@ -37,14 +37,14 @@ def configure_logging(settings: Settings) -> None:
 def cmd_serve(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
     import uvicorn
 
-    from middleware.app.asgi import build_app
+    from middleware.app import create_app
 
     configure_logging(settings)
     if args.workers and args.workers > 1:
         print("hitl serve: --workers > 1 is not supported yet; run one process", file=sys.stderr)
         return 2
     _check_schema(settings)
-    app = build_app(settings, environ=environ)
+    app = create_app(settings, environ=environ)
     config = uvicorn.Config(
         app,
         host=settings.server.host,

@@ -128,7 +128,7 @@ def _output(out: str | None) -> tuple[TextIO, bool]:
 
 def cmd_report(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
     from feedback_store.report import build_report, exchange_table, load_rows
-    from middleware.reporting.html import render_csv, render_html
+    from middleware.reporting import render_csv, render_html
 
     fmt = report_format(args.format, args.out)
     _require_database(settings)

@@ -1,88 +1,171 @@
-"""Turning a finished exchange into store rows, and committing them before the reply ends."""
+"""Assess and record one reply: score it, decide, commit it, say so.
+
+The chat endpoint hands in what it read from the upstream (``ChatExchange``); replay hands
+in the same value built from a recorded stream. The exchange row, and its escalation
+when the decision sends it to people, are committed in one store job before the caller
+may answer: a reply that is not on record is never delivered.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from feedback_store import Store, StoreError
+from feedback_store import NewEscalation, NewExchange, Store, StoreError
 from middleware.errors import StoreUnavailable
-from middleware.scoring.completion import ReplySummary
-from middleware.scoring.scorer import Assessment
+from middleware.flows.hooks import Hooks
+from middleware.metrics import ExchangeObserver, NoMetrics
+from middleware.scoring.completion import ReplySummary, read_conversation
+from middleware.scoring.scorer import Assessment, Scorer
+
+log = logging.getLogger("hitl.chat")
 
 
-class Recorder:
+@dataclass(slots=True)
+class ChatExchange:
+    """One chat request and what the upstream answered, as the flow needs it."""
+
+    reply_id: str
+    payload: dict[str, Any]
+    end_user: str | None
+    risky: bool
+    #: ``time.perf_counter()`` when the request arrived
+    started: float
+    summary: ReplySummary
+    signals: dict[str, float]
+    #: the model name the upstream reported (else the request's)
+    model: str
+    stream: bool = False
+    #: "complete", or "incomplete" when the stream broke
+    status: str = "complete"
+    upstream_status: int = 200
+    upstream_ms: float = 0.0
+
+
+class ReplyFlow:
     def __init__(
         self,
-        store: Store,
         *,
-        on_escalation: Callable[[], None] | None = None,
+        scorer: Scorer,
+        store: Store,
+        hooks: Hooks,
+        observer: ExchangeObserver | None = None,
+        log_bodies: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.scorer = scorer
         self.store = store
-        self.on_escalation = on_escalation
+        self.hooks = hooks
+        self.observer = observer or NoMetrics()
+        self.log_bodies = log_bodies
         self.clock = clock
 
-    async def __call__(
-        self,
-        *,
-        reply_id: str,
-        payload: dict[str, Any],
-        question: str,
-        summary: ReplySummary,
-        assessment: Assessment,
-        end_user: str | None,
-        stream: bool,
-        status: str,
-        upstream_status: int,
-        upstream_ms: float,
-        total_ms: float,
+    async def __call__(self, exchange: ChatExchange) -> Assessment:
+        """Score, decide and commit ``exchange``; raises ``StoreUnavailable`` if not stored."""
+        conversation = read_conversation(exchange.payload["messages"])
+        assessment = self.scorer.assess(
+            question=conversation.question,
+            history=conversation.history,
+            reply=exchange.summary,
+            signals=exchange.signals,
+            model=exchange.model,
+            route="chat",
+            end_user=exchange.end_user,
+            risky=exchange.risky,
+        )
+        total_ms = (time.perf_counter() - exchange.started) * 1000
+        await self._commit(exchange, conversation.question, assessment, total_ms)
+        self.observer.exchange(
+            decision=assessment.decision.kind,
+            status=200,
+            upstream_ms=exchange.upstream_ms,
+            total_ms=total_ms,
+        )
+        if log.isEnabledFor(logging.INFO):
+            self._log(exchange, conversation.question, assessment, total_ms)
+        return assessment
+
+    async def _commit(
+        self, exchange: ChatExchange, question: str, assessment: Assessment, total_ms: float
     ) -> None:
         now = self.clock()
+        payload = exchange.payload
         meta = payload.get("metadata")
-        row = {
-            "id": reply_id,
-            "created_at": now,
-            "model": str(payload.get("model") or "")[:200],
-            "route": "chat",
-            "end_user": end_user,
-            "stream": stream,
-            "request_json": orjson.dumps(payload).decode(),
-            "question": question,
-            "reply_text": summary.text,
-            "finish_reason": (summary.finish_reason or None) and str(summary.finish_reason)[:40],
-            "status": status,
-            "upstream_status": upstream_status,
-            "upstream_ms": upstream_ms,
-            "total_ms": total_ms,
-            "confidence": assessment.confidence,
-            "decision": assessment.decision.kind,
-            "ask_feedback": assessment.decision.ask_feedback,
-            "outlier": assessment.outlier,
-            "features_json": orjson.dumps(assessment.features).decode(),
-            "reasons_json": orjson.dumps(assessment.reasons).decode(),
-            "meta_json": orjson.dumps(meta if isinstance(meta, dict) else {}).decode(),
-        }
+        summary = exchange.summary
+        decision = assessment.decision
+        row = NewExchange(
+            id=exchange.reply_id,
+            created_at=now,
+            model=str(payload.get("model") or "")[:200],
+            route="chat",
+            end_user=exchange.end_user,
+            stream=exchange.stream,
+            request_json=orjson.dumps(payload).decode(),
+            question=question,
+            reply_text=summary.text,
+            finish_reason=(summary.finish_reason or None) and str(summary.finish_reason)[:40],
+            status=exchange.status,
+            upstream_status=exchange.upstream_status,
+            upstream_ms=exchange.upstream_ms,
+            total_ms=total_ms,
+            confidence=assessment.confidence,
+            decision=decision.kind,
+            ask_feedback=decision.ask_feedback,
+            outlier=assessment.outlier,
+            features_json=orjson.dumps(assessment.features).decode(),
+            reasons_json=orjson.dumps(assessment.reasons).decode(),
+            meta_json=orjson.dumps(meta if isinstance(meta, dict) else {}).decode(),
+        )
         escalation = None
-        if assessment.decision.reviewed:
-            escalation = {
-                "reply_id": reply_id,
-                "state": "pending",
-                "hold": assessment.decision.kind == "hold",
-                "trigger": "outlier"
+        if decision.reviewed:
+            escalation = NewEscalation(
+                reply_id=exchange.reply_id,
+                state="pending",
+                hold=decision.kind == "hold",
+                # A confident reply goes to people only because it looks unlike the rest.
+                trigger="outlier"
                 if assessment.outlier and assessment.confidence >= 0.5
                 else "policy",
-                "created_at": now,
-                "next_attempt_at": now,
-            }
+                created_at=now,
+                next_attempt_at=now,
+            )
         try:
             await self.store.record_exchange(row, escalation)
         except StoreError as exc:
             raise StoreUnavailable(
                 f"the exchange could not be stored ({exc}); the reply was not delivered"
             ) from exc
-        if escalation is not None and self.on_escalation is not None:
-            self.on_escalation()
+        if escalation is not None:
+            self.hooks.review_queued()
+
+    def _log(
+        self, exchange: ChatExchange, question: str, assessment: Assessment, total_ms: float
+    ) -> None:
+        decision = assessment.decision.kind
+        fields: dict[str, Any] = {
+            "reply_id": exchange.reply_id,
+            "decision": decision,
+            "confidence": round(assessment.confidence, 4),
+            "stream": exchange.stream,
+            "status": exchange.status,
+            "upstream_status": exchange.upstream_status,
+            "upstream_ms": round(exchange.upstream_ms, 2),
+            "total_ms": round(total_ms, 2),
+        }
+        if self.log_bodies:  # off by default: questions and answers may hold personal data
+            fields["question"] = question
+            fields["reply"] = exchange.summary.text
+        log.info(
+            "reply %s %s confidence=%.3f upstream_ms=%.1f total_ms=%.1f",
+            exchange.reply_id,
+            decision,
+            assessment.confidence,
+            exchange.upstream_ms,
+            total_ms,
+            extra={"fields": fields},
+        )

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from middleware.http.responses import error_response
+from middleware.vocabulary import REASONS
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -44,9 +45,7 @@ def validation_message(exc: ValidationError) -> tuple[str, str]:
     if first["type"] == "extra_forbidden":
         return name, f"'{name}' is not a field of this request"
     if first["type"] == "literal_error" and name == "reason":
-        return name, (
-            "'reason' must be one of incorrect, incomplete, unsafe, off-topic, tone, other"
-        )
+        return name, "'reason' must be one of " + ", ".join(REASONS)
     return name, f"'{name}': {first['msg']}"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -13,20 +13,19 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from middleware.errors import StoreUnavailable, UpstreamError
+from middleware.flows.reply import ChatExchange, ReplyFlow
 from middleware.http.bodies import BodyTooLarge, read_body
 from middleware.http.headers import forward_headers
 from middleware.http.responses import error_body, error_response
-from middleware.metrics import ExchangeObserver, NoMetrics
 from middleware.ports import Upstream, UpstreamReply, UpstreamRequest
 from middleware.scoring.completion import (
     ReplySummary,
     StreamSummary,
     event_data,
     read_completion,
-    read_conversation,
     split_events,
 )
-from middleware.scoring.scorer import Assessment, Scorer
+from middleware.scoring.scorer import Assessment
 from middleware.scoring.tokens import TokenSigner, new_reply_id
 
 log = logging.getLogger("hitl.chat")
@@ -69,26 +68,23 @@ def _upstream_failure(reply: UpstreamReply) -> Response:
 
 
 class ChatEndpoint:
+    """The HTTP side of a chat request: read it, forward it, relay the answer; the
+    reply flow scores, decides and records it."""
+
     def __init__(
         self,
         *,
         upstream: Upstream,
-        scorer: Scorer,
+        replies: ReplyFlow,
         signer: TokenSigner,
-        record: Callable[..., Any],
         api_key: str | None,
         forward_client_auth: bool,
         max_body_bytes: int,
         stream_hitl_chunk: bool,
-        observer: ExchangeObserver | None = None,
-        log_bodies: bool = False,
     ) -> None:
-        self.observer = observer or NoMetrics()
-        self.log_bodies = log_bodies
         self.upstream = upstream
-        self.scorer = scorer
+        self.replies = replies
         self.signer = signer
-        self.record = record
         self.api_key = api_key
         self.forward_client_auth = forward_client_auth
         self.max_body_bytes = max_body_bytes
@@ -185,12 +181,15 @@ class ChatEndpoint:
             return error_response(
                 502, "the upstream model answered with a non-object", "upstream_error"
             )
-        summary = read_completion(completion)
-        assessment = self._assess(ctx, summary, reply.signals, completion.get("model"))
+        exchange = ctx.exchange(
+            read_completion(completion),
+            reply.signals,
+            completion.get("model"),
+            upstream_status=reply.status,
+            upstream_ms=upstream_ms,
+        )
         try:
-            await self._record(
-                ctx, summary, assessment, upstream_ms, reply.status, "complete", False
-            )
+            assessment = await self.replies(exchange)
         except StoreUnavailable as exc:
             log.error("reply %s not delivered: %s", ctx.reply_id, exc)
             return error_response(503, STORE_DOWN, "store_unavailable")
@@ -245,15 +244,19 @@ class ChatEndpoint:
                 finally:
                     await stream.aclose()
                 upstream_ms = (time.perf_counter() - upstream_started) * 1000
-                summary = folded.finish()
-                assessment = self._assess(ctx, summary, stream.signals, folded.model)
+                exchange = ctx.exchange(
+                    folded.finish(),
+                    stream.signals,
+                    folded.model,
+                    upstream_status=stream.status,
+                    upstream_ms=upstream_ms,
+                    stream=True,
+                    status=status,
+                )
                 try:
-                    await self._record(
-                        ctx, summary, assessment, upstream_ms, stream.status, status, True
-                    )
+                    assessment = await self.replies(exchange)
                 except StoreUnavailable as exc:
                     # Headers are sent: end with an error event (as OpenAI does), not a reset.
-                    log.error("stream %s not recorded: %s", ctx.reply_id, exc)
                     log.error("stream %s not recorded: %s", ctx.reply_id, exc)
                     yield b"data: " + error_body(503, STORE_DOWN, "store_unavailable") + b"\n\n"
                     return
@@ -284,83 +287,11 @@ class ChatEndpoint:
         }
         return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
 
-    def _assess(
-        self,
-        ctx: ChatContext,
-        summary: ReplySummary,
-        signals: dict[str, float],
-        model: Any,
-    ) -> Assessment:
-        conversation = read_conversation(ctx.payload["messages"])
-        ctx.conversation_question = conversation.question
-        return self.scorer.assess(
-            question=conversation.question,
-            history=conversation.history,
-            reply=summary,
-            signals=signals,
-            model=str(model or ctx.payload.get("model") or ""),
-            route="chat",
-            end_user=ctx.end_user,
-            risky=ctx.risky,
-        )
-
-    async def _record(
-        self,
-        ctx: ChatContext,
-        summary: ReplySummary,
-        assessment: Assessment,
-        upstream_ms: float,
-        upstream_status: int,
-        status: str,
-        stream: bool,
-    ) -> None:
-        total_ms = (time.perf_counter() - ctx.started) * 1000
-        await self.record(
-            reply_id=ctx.reply_id,
-            payload=ctx.payload,
-            question=ctx.conversation_question,
-            summary=summary,
-            assessment=assessment,
-            end_user=ctx.end_user,
-            stream=stream,
-            status=status,
-            upstream_status=upstream_status,
-            upstream_ms=upstream_ms,
-            total_ms=total_ms,
-        )
-        decision = assessment.decision.kind
-        self.observer.exchange(
-            decision=decision, status=200, upstream_ms=upstream_ms, total_ms=total_ms
-        )
-        if log.isEnabledFor(logging.INFO):
-            fields: dict[str, Any] = {
-                "reply_id": ctx.reply_id,
-                "decision": decision,
-                "confidence": round(assessment.confidence, 4),
-                "stream": stream,
-                "status": status,
-                "upstream_status": upstream_status,
-                "upstream_ms": round(upstream_ms, 2),
-                "total_ms": round(total_ms, 2),
-            }
-            if self.log_bodies:  # off by default: questions and answers may hold personal data
-                fields["question"] = ctx.conversation_question
-                fields["reply"] = summary.text
-            log.info(
-                "reply %s %s confidence=%.3f upstream_ms=%.1f total_ms=%.1f",
-                ctx.reply_id,
-                decision,
-                assessment.confidence,
-                upstream_ms,
-                total_ms,
-                extra={"fields": fields},
-            )
-
 
 class ChatContext:
-    """One chat request as the endpoint sees it (replay builds these directly)."""
+    """One chat request as the endpoint sees it, before the upstream answers."""
 
-    __slots__ = ("conversation_question", "end_user", "payload", "reply_id", "risky", "started")
+    __slots__ = ("end_user", "payload", "reply_id", "risky", "started")
 
     def __init__(
         self,
@@ -376,7 +307,33 @@ class ChatContext:
         self.end_user = end_user
         self.risky = risky
         self.started = started
-        self.conversation_question = ""
+
+    def exchange(
+        self,
+        summary: ReplySummary,
+        signals: dict[str, float],
+        model: Any,
+        *,
+        upstream_status: int,
+        upstream_ms: float,
+        stream: bool = False,
+        status: str = "complete",
+    ) -> ChatExchange:
+        """The finished exchange, for the reply flow."""
+        return ChatExchange(
+            reply_id=self.reply_id,
+            payload=self.payload,
+            end_user=self.end_user,
+            risky=self.risky,
+            started=self.started,
+            summary=summary,
+            signals=signals,
+            model=str(model or self.payload.get("model") or ""),
+            stream=stream,
+            status=status,
+            upstream_status=upstream_status,
+            upstream_ms=upstream_ms,
+        )
 
 
 def _end_user(payload: dict[str, Any], request: Request) -> str | None:

@@ -35,7 +35,7 @@ from feedback_store.report import (
 from middleware.http.auth import bearer, matches_any
 from middleware.http.responses import error_response, json_response
 from middleware.metrics import Metrics
-from middleware.reporting.html import render_csv, render_html
+from middleware.reporting import render_csv, render_html
 
 T = TypeVar("T")
 

@@ -8,21 +8,21 @@ as a Slack click, so the loop works without a Slack workspace.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from feedback_store import Store, StoreError
+from feedback_store import EscalationRow, ExchangeRow, FeedbackRow, Store
+from middleware.errors import InvalidToken, UnknownReply, store_errors
+from middleware.flows.decision import DecisionFlow
 from middleware.http.auth import bearer, matches_any
 from middleware.http.bodies import read_model
-from middleware.http.feedback import Reason
 from middleware.http.responses import error_response, json_response
-from middleware.review.service import ReviewService
 from middleware.scoring.tokens import TokenSigner
+from middleware.vocabulary import Reason, Verdict
 
 log = logging.getLogger("hitl.review")
 
@@ -32,7 +32,7 @@ MAX_REVIEW_BYTES = 64 * 1024
 class ReviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    decision: Literal["approve", "reject", "correct"]
+    decision: Verdict
     reviewer: str = Field(min_length=1, max_length=200)
     reason: Reason | None = None
     correction: str | None = Field(default=None, max_length=32000)
@@ -44,35 +44,35 @@ def iso(at: float | None) -> str | None:
     return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
 
 
-def review_view(escalation: Mapping[str, Any] | None) -> dict[str, Any]:
+def review_view(escalation: EscalationRow | None) -> dict[str, Any]:
     if escalation is None:
         return {"state": "none", "by": None, "at": None, "reason": None, "correction": None}
     return {
-        "state": escalation["state"],
-        "by": escalation["decided_by"],
-        "at": iso(escalation["decided_at"]),
-        "reason": escalation["decision_reason"],
-        "correction": escalation["correction"],
+        "state": escalation.state,
+        "by": escalation.decided_by,
+        "at": iso(escalation.decided_at),
+        "reason": escalation.decision_reason,
+        "correction": escalation.correction,
     }
 
 
 def reply_view(
-    exchange: Mapping[str, Any],
-    escalation: Mapping[str, Any] | None,
-    feedback: Mapping[str, Any] | None,
+    exchange: ExchangeRow,
+    escalation: EscalationRow | None,
+    feedback: FeedbackRow | None,
 ) -> dict[str, Any]:
     """The body of ``GET /v1/replies/{reply_id}`` (pure)."""
     return {
-        "reply_id": exchange["id"],
-        "decision": exchange["decision"],
-        "confidence": round(float(exchange["confidence"]), 4),
+        "reply_id": exchange.id,
+        "decision": exchange.decision,
+        "confidence": round(float(exchange.confidence), 4),
         "review": review_view(escalation),
         "feedback": None
         if feedback is None
         else {
-            "rating": feedback["rating"],
-            "reason": feedback["reason"],
-            "comment": feedback["comment"],
+            "rating": feedback.rating,
+            "reason": feedback.reason,
+            "comment": feedback.comment,
         },
     }
 
@@ -83,13 +83,13 @@ class ReviewAPI:
         *,
         store: Store,
         signer: TokenSigner,
-        review: ReviewService,
+        decisions: DecisionFlow,
         admin_token: str | None,
         admin_token_env: str,
     ) -> None:
         self.store = store
         self.signer = signer
-        self.review = review
+        self.decisions = decisions
         self.admin_token = admin_token
         self.admin_token_env = admin_token_env
 
@@ -98,21 +98,16 @@ class ReviewAPI:
         token = request.headers.get("x-hitl-feedback-token", "")
         # A wrong token answers 403 whether or not the reply exists, so ids can't be probed.
         if not token or not self.signer.verify(reply_id, token):
-            return error_response(
-                403,
+            raise InvalidToken(
                 "the X-HITL-Feedback-Token header does not match this reply",
-                "invalid_token",
                 param="X-HITL-Feedback-Token",
             )
-        try:
+        with store_errors("the store could not be read"):
             exchange = await self.store.get_exchange(reply_id)
             if exchange is None:
-                return error_response(404, f"no reply with id {reply_id!r}", "unknown_reply")
+                raise UnknownReply(reply_id)
             escalation = await self.store.escalation_for(reply_id)
             feedback = await self.store.feedback_for(reply_id)
-        except StoreError as exc:
-            log.error("reply %s could not be read: %s", reply_id, exc)
-            return error_response(503, "the store could not be read; retry", "store_unavailable")
         return json_response(reply_view(exchange, escalation, feedback))
 
     async def post_review(self, request: Request) -> Response:
@@ -134,20 +129,9 @@ class ReviewAPI:
         verdict = await read_model(request, ReviewIn, MAX_REVIEW_BYTES)
         if isinstance(verdict, Response):
             return verdict
-        try:
-            outcome = await self.review.decide(
-                reply_id, verdict.decision, verdict.reviewer, verdict.reason, verdict.correction
-            )
-        except ValueError as exc:
-            field = "reason" if "'reason'" in str(exc) else "correction"
-            return error_response(422, str(exc), "invalid_field", param=field)
-        except StoreError as exc:
-            log.error("review of %s not stored: %s", reply_id, exc)
-            return error_response(
-                503, "the verdict could not be stored; retry", "store_unavailable"
-            )
-        if outcome is None:
-            return error_response(404, f"no reply with id {reply_id!r}", "unknown_reply")
+        outcome = await self.decisions.decide(
+            reply_id, verdict.decision, verdict.reviewer, verdict.reason, verdict.correction
+        )
         if not outcome.applied:
             return error_response(
                 409,

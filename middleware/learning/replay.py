@@ -1,11 +1,12 @@
 """``hitl replay``: stream labelled exchanges through the whole loop and show it learn.
 
-Each recorded exchange goes through the code live traffic runs: the chat endpoint
-(with a scripted upstream that returns the recorded reply) scores, decides and stores
-it; the feedback endpoint stores the recorded thumb; the learner learns it before the
-next reply is scored. The policy runs with ``escalate_below = 1.0`` and no hourly cap
-(a stream has no clock) for each budget in ``BUDGETS``; the model does not depend on
-what was escalated, so one pass scores every budget, each with its own ``ReviewBudget``.
+Each recorded exchange goes through the parts live traffic runs, built by the same
+``build_parts``: the reply flow scores, decides and stores it; the vote flow stores the
+recorded thumb; the learner learns it before the next reply is scored. The figures
+tally, for each budget in ``BUDGETS``, what a policy with ``escalate_below = 1.0`` and
+no hourly cap (a stream has no clock) would have sent to people: the model does not
+depend on what was escalated, so one pass scores every budget, each with its own
+``ReviewBudget``.
 """
 
 from __future__ import annotations
@@ -23,15 +24,12 @@ import orjson
 
 from feedback_store import Store
 from feedback_store.report import roc_auc
-from middleware.flows.reply import Recorder
-from middleware.http.chat import ChatContext, ChatEndpoint
-from middleware.http.feedback import FeedbackEndpoint, FeedbackIn
-from middleware.http.ratelimit import RateLimiter
-from middleware.learning.learner import Brain, Learner
-from middleware.ports import UpstreamReply, UpstreamRequest
-from middleware.scoring.policy import AskLimiter, ReviewBudget, Thresholds, is_candidate
-from middleware.scoring.scorer import Scorer
-from middleware.scoring.tokens import TokenSigner, new_reply_id, new_secret
+from middleware.app.parts import build_parts
+from middleware.flows import ChatExchange, Vote
+from middleware.learning.progress import WholeStream
+from middleware.scoring.completion import ReplySummary
+from middleware.scoring.policy import ReviewBudget, Thresholds, is_candidate
+from middleware.scoring.tokens import new_reply_id
 from middleware.settings import Settings
 
 BUDGETS = (0.1, 0.2, 0.3)
@@ -81,40 +79,6 @@ def messages_of(item: Recorded) -> list[dict[str, str]]:
     if not messages:
         messages.append({"role": "user", "content": ""})
     return messages
-
-
-class ScriptedUpstream:
-    """An upstream that answers with the recorded reply it is handed next."""
-
-    name = "scripted"
-
-    def __init__(self) -> None:
-        self.next_reply = ""
-
-    async def start(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-    async def send(self, request: UpstreamRequest) -> UpstreamReply:
-        body = {
-            "id": "chatcmpl-replay",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": "replay",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": self.next_reply},
-                    "finish_reason": "stop",
-                }
-            ],
-        }
-        return UpstreamReply(200, [("content-type", "application/json")], orjson.dumps(body))
-
-    async def open_stream(self, request: UpstreamRequest) -> UpstreamReply:
-        return await self.send(request)
 
 
 @dataclass
@@ -201,12 +165,37 @@ def run_baseline(items: list[Recorded], slack: float) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def _store(url: str | None) -> AsyncIterator[Store]:
     with tempfile.TemporaryDirectory(prefix="hitl-replay-") as tmp:
-        store = Store(url or f"sqlite:///{Path(tmp) / 'replay.db'}", durable=url is not None)
-        await store.start()
-        try:
-            yield store
-        finally:
-            await store.close()
+        yield Store(url or f"sqlite:///{Path(tmp) / 'replay.db'}", durable=url is not None)
+
+
+def replay_settings(settings: Settings) -> Settings:
+    """``settings`` as replay runs them: no model snapshots (the stream is replayed whole
+    in one go), no hourly review cap (a stream has no clock)."""
+    return settings.model_copy(
+        update={
+            "learner": settings.learner.model_copy(
+                update={"snapshot_every_labels": 10**9, "snapshot_interval_s": 10**9}
+            ),
+            "policy": settings.policy.model_copy(update={"max_reviews_per_hour": 10**9}),
+        }
+    )
+
+
+def exchange_of(item: Recorded, started: float) -> ChatExchange:
+    """A recorded exchange as the chat endpoint hands it to the reply flow."""
+    payload: dict[str, Any] = {"model": "replay", "messages": messages_of(item)}
+    if item.user:
+        payload["user"] = item.user
+    return ChatExchange(
+        reply_id=new_reply_id(),
+        payload=payload,
+        end_user=item.user,
+        risky=False,
+        started=started,
+        summary=ReplySummary(text=item.reply, finish_reason="stop"),
+        signals={},
+        model="replay",
+    )
 
 
 async def replay(
@@ -217,76 +206,36 @@ async def replay(
     baseline: bool = True,
     progress: Any = None,
 ) -> ReplayResult:
+    """Each item through the parts ``hitl serve`` runs: the reply flow scores, decides and
+    records it, the vote flow records its thumb, the learner learns it."""
     slack = settings.policy.review_budget_slack
     result = ReplayResult(tallies=_tallies(slack))
     async with _store(store_url) as store:
-        brain = Brain(rolling_window=settings.learner.rolling_window)
-        learner = Learner(store, brain, snapshot_every_labels=10**9, snapshot_interval_s=10**9)
-        await learner.restore()
-        signer = TokenSigner(new_secret())
-        upstream = ScriptedUpstream()
-        scorer = Scorer(
-            brain=brain,
-            prior=settings.policy.prior,
-            thresholds=Thresholds(escalate_below=1.0, hold_below=settings.policy.hold_below),
-            budget=ReviewBudget(share=0.2, per_hour=None, slack=slack),
-            asker=AskLimiter(settings.policy.ask_per_user_per_hour),
-            ask_sample_rate=settings.policy.ask_sample_rate,
-        )
-        chat = ChatEndpoint(
-            upstream=upstream,
-            scorer=scorer,
-            signer=signer,
-            record=Recorder(store),
-            api_key=None,
-            forward_client_auth=False,
-            max_body_bytes=settings.server.max_body_bytes,
-            stream_hitl_chunk=True,
-        )
-        feedback = FeedbackEndpoint(
-            store=store,
-            signer=signer,
-            max_body_bytes=settings.server.max_feedback_bytes,
-            user_weight=settings.learner.user_weight,
-            limiter=RateLimiter(0),
-        )
-        started = time.perf_counter()
-        for item in items:
-            upstream.next_reply = item.reply
-            payload: dict[str, Any] = {"model": "replay", "messages": messages_of(item)}
-            if item.user:
-                payload["user"] = item.user
-            ctx = ChatContext(
-                reply_id=new_reply_id(),
-                payload=payload,
-                end_user=item.user,
-                risky=False,
-                started=time.perf_counter(),
-            )
-            request = UpstreamRequest("POST", "/chat/completions", "", [], b"", payload)
-            response = await chat.complete(request, ctx)
-            if response.status_code != 200:
-                raise RuntimeError(
-                    f"replay: the chat endpoint answered {response.status_code}: {response.body!r}"
+        parts = build_parts(replay_settings(settings), environ={}, store=store)
+        await parts.start(serve=False)
+        try:
+            started = time.perf_counter()
+            for item in items:
+                exchange = exchange_of(item, time.perf_counter())
+                assessment = await parts.replies(exchange)
+                # Tallied as a client sees it: the confidence in the hitl object.
+                _tally(result.tallies, round(assessment.confidence, 4), False, item.label)
+                await parts.votes(
+                    Vote(
+                        reply_id=exchange.reply_id,
+                        token=parts.signer.sign(exchange.reply_id),
+                        rating="up" if item.label else "down",
+                    )
                 )
-            hitl = orjson.loads(response.body)["hitl"]
-            _tally(result.tallies, hitl["confidence"], False, item.label)
-            status, answer = await feedback.submit(
-                FeedbackIn(
-                    reply_id=hitl["reply_id"],
-                    token=hitl["feedback_token"],
-                    rating="up" if item.label else "down",
-                )
-            )
-            if status not in (200, 201):
-                raise RuntimeError(f"replay: the vote was refused ({status}): {answer}")
-            await learner.step()
-            result.labels += 1
-            result.downs += item.label == 0
-            if progress is not None:
-                progress(result.labels, brain.progress)
-        result.seconds = time.perf_counter() - started
-        result.summary = brain.progress.summary()
+                await parts.learner.step()
+                result.labels += 1
+                result.downs += item.label == 0
+                if progress is not None:
+                    progress(result.labels, parts.brain.progress)
+            result.seconds = time.perf_counter() - started
+            result.summary = (await WholeStream.from_store(store)).summary()
+        finally:
+            await parts.stop(serve=False)
     if baseline:
         result.baseline = await asyncio.to_thread(run_baseline, items, slack)
     return result

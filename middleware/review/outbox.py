@@ -19,33 +19,17 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from feedback_store import Store, StoreError
 from middleware.errors import ReviewChannelPermanent, ReviewChannelRetryable
-from middleware.review.service import ReviewItem
+from middleware.ports import PostedCard, ReviewChannel, ReviewItem
 
 log = logging.getLogger("hitl.outbox")
 
 #: ``next_attempt_at`` of rows waiting for a channel that only logs; far in the future,
 #: and brought back to "now" when a real channel starts
 PARKED_AT = 1e15
-
-
-@dataclass(frozen=True, slots=True)
-class PostedCard:
-    channel: str
-    ts: str
-
-
-class ReviewChannel(Protocol):
-    """Where review cards go (Slack, or the log)."""
-
-    async def post(self, item: ReviewItem) -> PostedCard | None:
-        """Post a card; None when the channel only logged it (it stays pending)."""
-        ...
-
-    async def update(self, card: PostedCard, item: ReviewItem) -> None: ...
 
 
 class LogChannel:

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-DecisionKind = Literal["deliver", "ask", "escalate", "hold"]
+from middleware.vocabulary import REVIEWED_DECISIONS, DecisionKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +57,7 @@ class Decision:
 
     @property
     def reviewed(self) -> bool:
-        return self.kind in ("escalate", "hold")
+        return self.kind in REVIEWED_DECISIONS
 
 
 def is_candidate(confidence: float, outlier: bool, thresholds: Thresholds) -> bool:
@@ -89,6 +89,23 @@ def decide(
     if ask:
         return Decision("ask", True, ("uncertain",) if uncertain else ("sampled",))
     return Decision("deliver", False, ())
+
+
+ComplaintAction = Literal["skip", "open", "redraw"]
+
+
+def complaint_wanted(*, enabled: bool, rating: str, comment: str | None) -> bool:
+    """Whether a vote is a complaint that may ask for a review: a thumbs-down that says
+    something, while ``[policy] review_downvotes`` is on."""
+    return enabled and rating == "down" and bool(comment and comment.strip())
+
+
+def complaint_action(*, under_review: bool, within_budget: bool) -> ComplaintAction:
+    """What a complaint does: a reply already under review has its card redrawn with the
+    complaint; otherwise a new review opens when the review budget allows it."""
+    if under_review:
+        return "redraw"
+    return "open" if within_budget else "skip"
 
 
 class ReviewBudget:

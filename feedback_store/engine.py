@@ -1,0 +1,373 @@
+"""The store: an async API over SQLAlchemy Core, and the one thing callers hold.
+
+``Store`` owns the engine, the reader threads and the writer (``writer.py``: every
+write goes through one writer, grouped into few commits). Its query methods are thin:
+the SQL lives in ``exchanges.py`` and ``escalations.py`` as plain functions of a
+connection, and what comes back is a frozen row from ``rows.py``.
+
+Reads run on a small thread pool. Database work crosses to a thread once per batch
+or read rather than once per statement, which is what the async drivers cost.
+
+Every read, write and start goes through ``_mapped``: SQLAlchemy's and the driver's
+errors become ``StoreError`` there and nowhere else, so nothing above the store
+handles a database library's exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from feedback_store import escalations, exchanges
+from feedback_store.errors import StoreError
+from feedback_store.rows import (
+    EscalationRow,
+    EventRow,
+    ExchangeRow,
+    FeedbackRow,
+    LabelRow,
+    NewEscalation,
+    NewExchange,
+    ReviewCounts,
+    ReviewResult,
+    SnapshotRow,
+    StoreGauges,
+    VoteResult,
+)
+from feedback_store.schema import ensure_schema_async
+from feedback_store.urls import is_sqlite, redact, redact_url, sync_url
+from feedback_store.writer import Writer, broken
+
+T = TypeVar("T")
+
+NOT_STARTED = "the store is not started (call Store.start() in the lifespan)"
+#: what failed, as the error messages say it
+OPEN, READ, WRITE = "could not be opened", "could not be read", "refused a write"
+
+
+class Store:
+    def __init__(
+        self,
+        url: str,
+        *,
+        commit_batch: int = 256,
+        config_hint: str = "config.toml",
+        durable: bool = True,
+    ):
+        """``durable=False`` (SQLite only) skips the fsync per commit and runs the
+        statements on the event loop: for throwaway stores such as ``hitl replay``'s,
+        never for a gateway's."""
+        self.url = url
+        self.durable = durable
+        self.commit_batch = commit_batch
+        self.config_hint = config_hint
+        self._engine: Engine | None = None
+        self._writer: Writer | None = None
+        self._read_threads: ThreadPoolExecutor | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        return f"Store({redact_url(self.url)!r})"
+
+    # -- the error boundary --------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _mapped(self, action: str) -> Iterator[None]:
+        """Database errors inside become ``StoreError``, saying what failed and what to do."""
+        try:
+            yield
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(self._message(action, exc)) from exc
+
+    def _message(self, action: str, exc: BaseException) -> str:
+        lines = str(exc).strip().splitlines()
+        # SQLAlchemy's first line is the driver's message; the rest quotes the SQL and its
+        # parameters, which may hold users' text or a secret.
+        detail = redact(lines[0] if lines else type(exc).__name__, self.url)
+        if isinstance(exc, OSError) or broken(exc):
+            advice = "check that the database is running and that [store] url points at it"
+        elif action == WRITE:
+            advice = "nothing of that write was stored"
+        else:
+            advice = f"check the schema is current (`hitl db upgrade --config {self.config_hint}`)"
+        return f"the database at {redact_url(self.url)} {action} ({detail}); {advice}"
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self, *, migrate: bool = True) -> None:
+        with self._mapped(OPEN):
+            if migrate:
+                await ensure_schema_async(self.url, config_hint=self.config_hint)
+            self._engine = self._create_engine()
+        self._read_threads = ThreadPoolExecutor(4, thread_name_prefix="hitl-store-reader")
+        self._writer = Writer(self._engine, commit_batch=self.commit_batch, threaded=self.durable)
+
+    def _create_engine(self) -> Engine:
+        kwargs: dict[str, Any] = {"pool_size": 6, "max_overflow": 10}
+        if is_sqlite(self.url):
+            kwargs["connect_args"] = {"check_same_thread": False}
+        else:
+            kwargs["pool_pre_ping"] = True
+        engine = create_engine(sync_url(self.url), **kwargs)
+        if is_sqlite(self.url):
+            durable = self.durable
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                # FULL: a commit is on disk before we acknowledge it, even on power loss.
+                cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+                cursor.execute("PRAGMA busy_timeout=10000")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.close()
+
+        return engine
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+        if self._read_threads is not None:
+            self._read_threads.shutdown(wait=True)
+            self._read_threads = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise StoreError(NOT_STARTED)
+        return self._engine
+
+    def on_label(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (no arguments, must not block) after a label is committed."""
+        self._listeners.append(listener)
+
+    def notify_label(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    # -- reading and writing -----------------------------------------------------
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(conn)`` on a reader thread; database errors become ``StoreError``."""
+        if self._read_threads is None:
+            raise StoreError(NOT_STARTED)
+        engine = self.engine
+
+        def run() -> T:
+            with engine.connect() as conn:
+                return fn(conn)
+
+        with self._mapped(READ):
+            if not self.durable:
+                return run()
+            return await asyncio.get_running_loop().run_in_executor(self._read_threads, run)
+
+    async def write(self, job: Callable[[Connection], T]) -> T:
+        """Run ``job(conn)`` in the writer's next transaction; return once it is committed.
+
+        Database errors become ``StoreError``; any other exception of the job is its own.
+        """
+        if self._writer is None or not self._writer.running:
+            raise StoreError("the store writer is not running")
+        with self._mapped(WRITE):
+            return await self._writer.submit(job)
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(2.0):
+                await self.read(lambda conn: conn.execute(text("SELECT 1")).scalar())
+            return True
+        except (TimeoutError, StoreError):
+            return False
+
+    # -- exchanges, votes, labels (exchanges.py) ---------------------------------
+
+    async def record_exchange(
+        self, exchange: NewExchange, escalation: NewEscalation | None = None
+    ) -> None:
+        """Commit one exchange (and its escalation, the outbox row) together."""
+        await self.write(exchanges.record(exchange, escalation))
+
+    async def get_exchange(self, reply_id: str) -> ExchangeRow | None:
+        return await self.read(lambda conn: exchanges.get(conn, reply_id))
+
+    async def vote(
+        self,
+        *,
+        reply_id: str,
+        voter: Callable[[str | None], str],
+        rating: str,
+        reason: str | None,
+        comment: str | None,
+        correction: str | None,
+        weight: float,
+        now: float | None = None,
+    ) -> VoteResult:
+        """Store a vote (last vote wins). The first vote on a reply becomes a label.
+
+        ``voter(end_user)`` names the voter from the exchange's end user, read in the
+        same transaction, so a vote costs one round trip to the database.
+        """
+        vote = exchanges.Vote(
+            reply_id=reply_id,
+            rating=rating,
+            reason=reason,
+            comment=comment,
+            correction=correction,
+            weight=weight,
+            at=time.time() if now is None else now,
+        )
+        result = await self.write(lambda conn: exchanges.vote(conn, vote, voter))
+        if result.label_id is not None:
+            self.notify_label()
+        return result
+
+    async def feedback_for(self, reply_id: str) -> FeedbackRow | None:
+        """The newest vote on a reply, or None."""
+        return await self.read(lambda conn: exchanges.newest_feedback(conn, reply_id))
+
+    async def labels_after(self, label_id: int, limit: int = 1000) -> list[LabelRow]:
+        """Labels newer than ``label_id``, oldest first, with what was predicted."""
+        return await self.read(lambda conn: exchanges.labels_after(conn, label_id, limit))
+
+    async def save_snapshot(self, blob: bytes, *, last_label_id: int, labels: int) -> None:
+        await self.write(
+            lambda conn: exchanges.save_snapshot(
+                conn, blob, last_label_id=last_label_id, labels=labels, at=time.time()
+            )
+        )
+
+    async def latest_snapshot(self) -> SnapshotRow | None:
+        return await self.read(exchanges.latest_snapshot)
+
+    async def add_event(self, kind: str, data: dict[str, Any], *, at: float | None = None) -> None:
+        when = time.time() if at is None else at
+        data_json = json.dumps(data)
+        await self.write(lambda conn: exchanges.add_event(conn, kind, data_json, at=when))
+
+    async def events(self, kind: str | None = None) -> list[EventRow]:
+        return await self.read(lambda conn: exchanges.events(conn, kind))
+
+    async def get_or_create_value(self, key: str, factory: Callable[[], str]) -> str:
+        """The stored value for ``key``; the first caller's ``factory()`` wins."""
+        return await self.write(lambda conn: exchanges.get_or_create_value(conn, key, factory))
+
+    async def count_rows(self, model: type[Any]) -> int:
+        return await self.read(lambda conn: exchanges.count_rows(conn, model.__table__))
+
+    # -- escalations, the outbox, reviews (escalations.py) -----------------------
+
+    async def escalation_for(self, reply_id: str) -> EscalationRow | None:
+        """The newest escalation of a reply, or None."""
+        return await self.read(lambda conn: escalations.newest(conn, reply_id))
+
+    async def add_escalation(self, escalation: NewEscalation) -> int:
+        return await self.write(lambda conn: escalations.add(conn, escalation))
+
+    async def record_review(
+        self,
+        *,
+        reply_id: str,
+        state: str,
+        reviewer: str,
+        reason: str | None,
+        correction: str | None,
+        value: int,
+        weight: float,
+        now: float,
+    ) -> ReviewResult | None:
+        """Commit a reviewer's verdict and its label together; the first verdict wins.
+
+        None when the reply is unknown. A reply that was never escalated gets an
+        escalation row here (trigger "api"), so every verdict lives in one place.
+        """
+        verdict = escalations.Verdict(
+            state=state,
+            decided_by=reviewer,
+            decided_at=now,
+            decision_reason=reason,
+            correction=correction,
+        )
+        return await self.write(
+            lambda conn: escalations.record_review(conn, reply_id, verdict, value, weight)
+        )
+
+    async def open_review(self, reply_id: str, *, trigger: str, now: float) -> int | None:
+        """Queue a review of ``reply_id`` unless it has one; the new escalation's id or None.
+
+        An undecided card already in the channel is marked stale instead, so it is redrawn
+        with what changed (a user's complaint).
+        """
+        return await self.write(lambda conn: escalations.open_review(conn, reply_id, trigger, now))
+
+    async def claim_escalations(
+        self, *, now: float, lease_s: float, limit: int
+    ) -> list[EscalationRow]:
+        """Due outbox rows (to post, or cards to redraw), leased to this caller for ``lease_s``.
+
+        The lease is a conditional update, so two dispatchers never take the same row.
+        """
+        return await self.write(
+            lambda conn: escalations.claim(conn, now=now, until=now + lease_s, limit=limit)
+        )
+
+    async def mark_posted(self, escalation_id: int, *, channel: str, ts: str, now: float) -> None:
+        """The card is in the channel. Decided meanwhile: keep the verdict, redraw the card."""
+        await self.write(
+            lambda conn: escalations.mark_posted(conn, escalation_id, channel, ts, now)
+        )
+
+    async def mark_card_current(self, escalation_id: int) -> None:
+        await self.write(lambda conn: escalations.mark_card_current(conn, escalation_id))
+
+    async def retry_escalation(
+        self, escalation_id: int, *, attempts: int, at: float, error: str
+    ) -> None:
+        await self.write(
+            lambda conn: escalations.retry(
+                conn, escalation_id, attempts=attempts, at=at, error=error
+            )
+        )
+
+    async def defer_escalations(self, escalation_ids: Sequence[int], *, at: float) -> None:
+        """Move rows to ``at`` without counting an attempt (channel-wide pauses, parking)."""
+        if escalation_ids:
+            ids = list(escalation_ids)
+            await self.write(lambda conn: escalations.defer(conn, ids, at))
+
+    async def dead_letter(
+        self, escalation: EscalationRow, *, error: str, now: float, card_only: bool
+    ) -> None:
+        """A permanent channel error: the post goes to state ``failed`` (or, for a card
+        redraw, the card is left as it is), with an ``review_dead_letter`` event."""
+        await self.write(
+            lambda conn: escalations.dead_letter(conn, escalation, error, now, card_only)
+        )
+
+    async def unpark_escalations(self, *, parked_from: float, now: float) -> int:
+        """Pending rows parked at or after ``parked_from`` become due now; how many."""
+        return await self.write(lambda conn: escalations.unpark(conn, parked_from, now))
+
+    async def next_escalation_due(self) -> float | None:
+        """When the outbox next has work (a time, maybe past), or None when it is empty."""
+        return await self.read(escalations.next_due)
+
+    async def review_counts(self) -> ReviewCounts:
+        """Escalations per state."""
+        return await self.read(escalations.counts)
+
+    async def gauges(self, *, auc_window: int) -> StoreGauges:
+        """The outbox backlog and the model's ROC AUC over the newest ``auc_window`` labels."""
+        return await self.read(lambda conn: escalations.gauges(conn, auc_window))

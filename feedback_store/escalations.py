@@ -1,0 +1,245 @@
+"""Escalations: the review outbox, reviewers' verdicts, and the gauges read from them.
+
+Plain functions of a connection, run by ``Store.read`` or as ``Store.write`` jobs. The
+outbox's state is all here, in the database: a row is leased by a conditional update
+before it is posted, and a verdict is applied by one, so two processes racing on one
+item still get one winner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
+
+from feedback_store.report.metrics import roc_auc
+from feedback_store.rows import EscalationRow, NewEscalation, ReviewCounts, ReviewResult, StoreGauges
+from feedback_store.tables import escalation_t, event_t, exchange_t, label_t
+from feedback_store.vocabulary import DECIDED_STATES
+
+esc = escalation_t.c
+
+#: due for the outbox: to post, or a card in the channel to redraw
+_DUE = or_(esc.state == "pending", and_(esc.card_stale.is_(True), esc.message_ts.is_not(None)))
+_NEWEST = select(escalation_t).where(esc.reply_id == bindparam("reply_id"))
+_GAUGE_STATES = (
+    select(esc.state, func.count(), func.min(esc.created_at))
+    .where(esc.state.in_(("pending", "posted", "failed")))
+    .group_by(esc.state)
+)
+_RECENT_LABELS = (
+    select(label_t.c.id, label_t.c.value, exchange_t.c.confidence)
+    .join(exchange_t, exchange_t.c.id == label_t.c.reply_id)
+    .order_by(label_t.c.id.desc())
+    .limit(bindparam("limit"))
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """A reviewer's decision, as the escalation's columns hold it."""
+
+    state: str
+    decided_by: str
+    decided_at: float
+    decision_reason: str | None
+    correction: str | None
+
+
+def newest(conn: Connection, reply_id: str) -> EscalationRow | None:
+    query = _NEWEST.order_by(esc.id.desc()).limit(1)
+    row = conn.execute(query, {"reply_id": reply_id}).first()
+    return None if row is None else EscalationRow.from_row(row)
+
+
+def add(conn: Connection, escalation: NewEscalation) -> int:
+    query = insert(escalation_t).values(**escalation.values()).returning(esc.id)
+    return int(conn.execute(query).scalar_one())
+
+
+def _newest_id(conn: Connection, reply_id: str) -> Any:
+    query = select(esc.id, esc.state, esc.message_ts).where(esc.reply_id == reply_id)
+    return conn.execute(query.order_by(esc.id.desc()).limit(1)).first()
+
+
+def record_review(
+    conn: Connection, reply_id: str, verdict: Verdict, value: int, weight: float
+) -> ReviewResult | None:
+    """Apply a verdict unless one was applied first; its label goes in with it."""
+    if conn.execute(select(exchange_t.c.id).where(exchange_t.c.id == reply_id)).first() is None:
+        return None
+    now = verdict.decided_at
+    decided = {
+        "state": verdict.state,
+        "decided_by": verdict.decided_by,
+        "decided_at": now,
+        "decision_reason": verdict.decision_reason,
+        "correction": verdict.correction,
+    }
+    row = _newest_id(conn, reply_id)
+    if row is None:
+        opened = NewEscalation(
+            reply_id=reply_id, trigger="api", created_at=now, next_attempt_at=now, **decided
+        )
+        esc_id = add(conn, opened)
+        applied = True
+    else:
+        esc_id = row.id
+        # Conditional, so two processes racing on one item still get one winner.
+        applied = (
+            conn.execute(
+                update(escalation_t)
+                .where(esc.id == esc_id, esc.state.not_in(DECIDED_STATES))
+                .values(card_stale=esc.message_ts.is_not(None), next_attempt_at=now, **decided)
+            ).rowcount
+            == 1
+        )
+    label_id = None
+    if applied:
+        label = {
+            "reply_id": reply_id,
+            "source": "reviewer",
+            "value": value,
+            "weight": weight,
+            "created_at": now,
+        }
+        query = insert(label_t).values(**label).returning(label_t.c.id)
+        label_id = int(conn.execute(query).scalar_one())
+    current = conn.execute(select(escalation_t).where(esc.id == esc_id)).one()
+    return ReviewResult(applied, label_id, EscalationRow.from_row(current))
+
+
+def open_review(conn: Connection, reply_id: str, trigger: str, now: float) -> int | None:
+    row = _newest_id(conn, reply_id)
+    if row is None:
+        opened = NewEscalation(reply_id=reply_id, trigger=trigger, created_at=now, next_attempt_at=now)
+        return add(conn, opened)
+    if row.state == "posted" and row.message_ts is not None:
+        conn.execute(
+            update(escalation_t)
+            .where(esc.id == row.id)
+            .values(card_stale=True, next_attempt_at=now)
+        )
+    return None
+
+
+# -- the outbox ----------------------------------------------------------------------
+
+
+def claim(conn: Connection, *, now: float, until: float, limit: int) -> list[EscalationRow]:
+    query = (
+        select(escalation_t)
+        .where(_DUE, esc.next_attempt_at <= now)
+        .order_by(esc.next_attempt_at, esc.id)
+        .limit(limit)
+    )
+    claimed = []
+    for row in conn.execute(query).all():
+        taken = conn.execute(
+            update(escalation_t)
+            .where(esc.id == row.id, esc.next_attempt_at == row.next_attempt_at)
+            .values(next_attempt_at=until)
+        ).rowcount
+        if taken == 1:
+            claimed.append(dataclasses.replace(EscalationRow.from_row(row), next_attempt_at=until))
+    return claimed
+
+
+def mark_posted(conn: Connection, escalation_id: int, channel: str, ts: str, now: float) -> None:
+    where = {"channel": channel, "message_ts": ts, "posted_at": now, "last_error": None}
+    posted = conn.execute(
+        update(escalation_t)
+        .where(esc.id == escalation_id, esc.state == "pending")
+        .values(state="posted", **where)
+    ).rowcount
+    if not posted:
+        conn.execute(
+            update(escalation_t)
+            .where(esc.id == escalation_id)
+            .values(card_stale=True, next_attempt_at=now, **where)
+        )
+
+
+def _set(conn: Connection, escalation_id: int, **values: Any) -> None:
+    conn.execute(update(escalation_t).where(esc.id == escalation_id).values(**values))
+
+
+def mark_card_current(conn: Connection, escalation_id: int) -> None:
+    _set(conn, escalation_id, card_stale=False, last_error=None)
+
+
+def retry(conn: Connection, escalation_id: int, *, attempts: int, at: float, error: str) -> None:
+    _set(conn, escalation_id, attempts=attempts, next_attempt_at=at, last_error=error[:2000])
+
+
+def defer(conn: Connection, escalation_ids: Sequence[int], at: float) -> None:
+    conn.execute(
+        update(escalation_t).where(esc.id.in_(list(escalation_ids))).values(next_attempt_at=at)
+    )
+
+
+def dead_letter(
+    conn: Connection, escalation: EscalationRow, error: str, now: float, card_only: bool
+) -> None:
+    data = {
+        "escalation_id": escalation.id,
+        "reply_id": escalation.reply_id,
+        "what": "update" if card_only else "post",
+        "error": error[:2000],
+    }
+    if card_only:
+        _set(conn, escalation.id, last_error=error[:2000], card_stale=False)
+    else:
+        conn.execute(
+            update(escalation_t)
+            .where(esc.id == escalation.id, esc.state == "pending")
+            .values(state="failed", last_error=error[:2000])
+        )
+    conn.execute(
+        insert(event_t).values(
+            created_at=now, kind="review_dead_letter", data_json=json.dumps(data)
+        )
+    )
+
+
+def unpark(conn: Connection, parked_from: float, now: float) -> int:
+    return int(
+        conn.execute(
+            update(escalation_t)
+            .where(esc.state == "pending", esc.next_attempt_at >= parked_from)
+            .values(next_attempt_at=now)
+        ).rowcount
+    )
+
+
+def next_due(conn: Connection) -> float | None:
+    value = conn.execute(select(func.min(esc.next_attempt_at)).where(_DUE)).scalar()
+    return None if value is None else float(value)
+
+
+# -- counts and gauges -----------------------------------------------------------------
+
+
+def counts(conn: Connection) -> ReviewCounts:
+    rows = conn.execute(select(esc.state, func.count()).group_by(esc.state)).all()
+    known = ReviewCounts.__dataclass_fields__
+    return ReviewCounts(**{str(state): int(n) for state, n in rows if state in known})
+
+
+def gauges(conn: Connection, auc_window: int) -> StoreGauges:
+    """One read, one moment: the outbox backlog and the newest labels' ROC AUC."""
+    by_state = {row[0]: (int(row[1]), float(row[2])) for row in conn.execute(_GAUGE_STATES)}
+    labels = conn.execute(_RECENT_LABELS, {"limit": auc_window}).all()
+    unposted = by_state.get("pending")
+    return StoreGauges(
+        unposted=unposted[0] if unposted else 0,
+        posted=by_state.get("posted", (0, 0.0))[0],
+        failed=by_state.get("failed", (0, 0.0))[0],
+        oldest_unposted_at=unposted[1] if unposted else None,
+        newest_label_id=int(labels[0][0]) if labels else None,
+        recent_roc_auc=roc_auc([int(r[1]) for r in labels], [float(r[2]) for r in labels]),
+    )

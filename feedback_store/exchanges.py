@@ -1,0 +1,224 @@
+"""Exchanges, votes, labels, snapshots, events and small values: the SQL, as plain
+functions of a connection (run by ``Store.read`` or as ``Store.write`` jobs).
+
+The statements on the request and learning paths are built once, at import: SQLAlchemy
+then skips rebuilding and re-keying them per call, which costs more than SQLite's own
+work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
+
+from feedback_store.rows import (
+    EventRow,
+    ExchangeRow,
+    FeedbackRow,
+    LabelRow,
+    NewEscalation,
+    NewExchange,
+    SnapshotRow,
+    VoteResult,
+)
+from feedback_store.tables import (
+    escalation_t,
+    event_t,
+    exchange_t,
+    feedback_t,
+    kv_t,
+    label_t,
+    snapshot_t,
+)
+from feedback_store.writer import Inserts
+
+_INSERT_EXCHANGE = insert(exchange_t)
+_INSERT_ESCALATION = insert(escalation_t)
+_EXCHANGE = select(exchange_t).where(exchange_t.c.id == bindparam("reply_id"))
+# A reply's end user, whether a user label was learned, and its votes so far (one row
+# per voter, or one row of nulls): everything a vote needs, in one statement.
+_VOTE_CONTEXT = (
+    select(
+        exchange_t.c.end_user,
+        select(label_t.c.id)
+        .where(label_t.c.reply_id == exchange_t.c.id, label_t.c.source == "user")
+        .exists()
+        .label("learned"),
+        feedback_t.c.id.label("feedback_id"),
+        feedback_t.c.voter,
+        feedback_t.c.rating,
+    )
+    .select_from(exchange_t.outerjoin(feedback_t, feedback_t.c.reply_id == exchange_t.c.id))
+    .where(exchange_t.c.id == bindparam("reply_id"))
+)
+_UPDATE_VOTE = (
+    update(feedback_t)
+    .where(feedback_t.c.id == bindparam("feedback_id"))
+    .values(
+        rating=bindparam("rating"),
+        reason=bindparam("reason"),
+        comment=bindparam("comment"),
+        correction=bindparam("correction"),
+        updated_at=bindparam("updated_at"),
+        changes=feedback_t.c.changes + 1,
+    )
+)
+_INSERT_VOTE = insert(feedback_t)
+_INSERT_LABEL = insert(label_t)
+_LABELS_AFTER = (
+    select(
+        label_t.c.id,
+        label_t.c.reply_id,
+        label_t.c.source,
+        label_t.c.value,
+        label_t.c.weight,
+        label_t.c.created_at,
+        exchange_t.c.confidence,
+        exchange_t.c.features_json,
+        exchange_t.c.end_user,
+    )
+    .join(exchange_t, exchange_t.c.id == label_t.c.reply_id)
+    .where(label_t.c.id > bindparam("after"))
+    .order_by(label_t.c.id)
+    .limit(bindparam("limit"))
+)
+
+
+# -- exchanges -----------------------------------------------------------------------
+
+
+def record(exchange: NewExchange, escalation: NewEscalation | None) -> Inserts:
+    """The write job committing an exchange and its escalation (the outbox row) together;
+    an ``Inserts`` job, which the writer batches with other exchanges' into executemany."""
+    rows = [(_INSERT_EXCHANGE, exchange.values())]
+    if escalation is not None:
+        rows.append((_INSERT_ESCALATION, escalation.values()))
+    return Inserts(rows)
+
+
+def get(conn: Connection, reply_id: str) -> ExchangeRow | None:
+    row = conn.execute(_EXCHANGE, {"reply_id": reply_id}).first()
+    return None if row is None else ExchangeRow.from_row(row)
+
+
+# -- votes and labels ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Vote:
+    reply_id: str
+    rating: str
+    reason: str | None
+    comment: str | None
+    correction: str | None
+    weight: float
+    at: float
+
+
+def vote(conn: Connection, vote: Vote, voter: Callable[[str | None], str]) -> VoteResult:
+    """Store a vote (last vote wins); only the first end-user vote of a reply is learned."""
+    rows = conn.execute(_VOTE_CONTEXT, {"reply_id": vote.reply_id}).all()
+    if not rows:
+        return VoteResult(created=False, label_id=None, previous_rating=None, found=False)
+    exchange = rows[0]
+    voter_id = voter(exchange.end_user)
+    existing = next((row for row in rows if row.voter == voter_id), None)
+    values = {
+        "rating": vote.rating,
+        "reason": vote.reason,
+        "comment": vote.comment,
+        "correction": vote.correction,
+        "updated_at": vote.at,
+    }
+    if existing is not None:
+        conn.execute(_UPDATE_VOTE, {**values, "feedback_id": existing.feedback_id})
+        return VoteResult(created=False, label_id=None, previous_rating=existing.rating)
+    conn.execute(
+        _INSERT_VOTE,
+        {
+            **values,
+            "reply_id": vote.reply_id,
+            "voter": voter_id,
+            "created_at": vote.at,
+            "changes": 0,
+        },
+    )
+    if exchange.learned:
+        return VoteResult(created=True, label_id=None, previous_rating=None)
+    result = conn.execute(
+        _INSERT_LABEL,
+        {
+            "reply_id": vote.reply_id,
+            "source": "user",
+            "value": 1 if vote.rating == "up" else 0,
+            "weight": vote.weight,
+            "created_at": vote.at,
+        },
+    )
+    label_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+    return VoteResult(created=True, label_id=label_id, previous_rating=None)
+
+
+def newest_feedback(conn: Connection, reply_id: str) -> FeedbackRow | None:
+    row = conn.execute(
+        select(feedback_t)
+        .where(feedback_t.c.reply_id == reply_id)
+        .order_by(feedback_t.c.updated_at.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else FeedbackRow.from_row(row)
+
+
+def labels_after(conn: Connection, label_id: int, limit: int) -> list[LabelRow]:
+    rows = conn.execute(_LABELS_AFTER, {"after": label_id, "limit": limit}).all()
+    return [LabelRow.from_row(row) for row in rows]
+
+
+# -- model snapshots -------------------------------------------------------------------
+
+
+def save_snapshot(
+    conn: Connection, blob: bytes, *, last_label_id: int, labels: int, at: float
+) -> None:
+    conn.execute(
+        insert(snapshot_t).values(
+            created_at=at, last_label_id=last_label_id, labels=labels, blob=blob
+        )
+    )
+    # Snapshots are a cache: keep the newest few.
+    keep = select(snapshot_t.c.id).order_by(snapshot_t.c.id.desc()).limit(3).scalar_subquery()
+    conn.execute(snapshot_t.delete().where(snapshot_t.c.id.not_in(keep)))
+
+
+def latest_snapshot(conn: Connection) -> SnapshotRow | None:
+    row = conn.execute(select(snapshot_t).order_by(snapshot_t.c.id.desc()).limit(1)).first()
+    return None if row is None else SnapshotRow.from_row(row)
+
+
+# -- events and small values -----------------------------------------------------------
+
+
+def add_event(conn: Connection, kind: str, data_json: str, *, at: float) -> None:
+    conn.execute(insert(event_t).values(created_at=at, kind=kind, data_json=data_json))
+
+
+def events(conn: Connection, kind: str | None) -> list[EventRow]:
+    query = select(event_t).order_by(event_t.c.id)
+    if kind is not None:
+        query = query.where(event_t.c.kind == kind)
+    return [EventRow.from_row(row) for row in conn.execute(query).all()]
+
+
+def get_or_create_value(conn: Connection, key: str, factory: Callable[[], str]) -> str:
+    row = conn.execute(select(kv_t.c.value).where(kv_t.c.key == key)).first()
+    if row is not None:
+        return str(row[0])
+    value = factory()
+    conn.execute(insert(kv_t).values(key=key, value=value))
+    return value
+
+
+def count_rows(conn: Connection, table: Table) -> int:
+    return int(conn.execute(select(func.count()).select_from(table)).scalar_one())

@@ -1,0 +1,249 @@
+"""The report's own rows, and the one read that loads them.
+
+``load_rows(store, since=, until=)`` is the only I/O of the report. Everything else is
+a pure function of these plain rows (the columns a report needs, parsed: ``meta`` is a
+dict, not JSON), so a test can hand in a few rows it wrote itself.
+
+A period selects exchanges by their creation time; votes, labels and reviews follow
+their exchange (a vote cast on Tuesday for Monday's reply counts for Monday), and
+events (drift) are selected by their own time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, select
+
+from feedback_store.tables import escalation_t, event_t, exchange_t, feedback_t, label_t
+
+if TYPE_CHECKING:
+    from feedback_store.engine import Store
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRow:
+    id: str
+    created_at: float
+    model: str = ""
+    route: str = "chat"
+    decision: str = "deliver"
+    confidence: float = 0.5
+    question: str = ""
+    status: str = "complete"
+    upstream_ms: float = 0.0
+    total_ms: float = 0.0
+    outlier: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VoteRow:
+    """A current vote (last vote wins). Voters named ``reviewer:...`` are reviewers."""
+
+    reply_id: str
+    rating: str  # up | down
+    voter: str = "user"
+    reason: str | None = None
+    comment: str | None = None
+    correction: str | None = None
+    updated_at: float = 0.0
+
+    @property
+    def by_reviewer(self) -> bool:
+        return self.voter.startswith("reviewer")
+
+
+@dataclass(frozen=True, slots=True)
+class LabelPoint:
+    """A learning event with the confidence predicted at reply time (before learning it)."""
+
+    id: int
+    reply_id: str
+    value: int
+    confidence: float
+    created_at: float
+    source: str = "user"
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewRow:
+    id: int
+    reply_id: str
+    state: str
+    created_at: float
+    decided_by: str | None = None
+    decided_at: float | None = None
+    reason: str | None = None
+    correction: str | None = None
+    hold: bool = False
+    trigger: str = "policy"
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    created_at: float
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ReportRows:
+    exchanges: list[ExchangeRow] = field(default_factory=list)
+    votes: list[VoteRow] = field(default_factory=list)
+    labels: list[LabelPoint] = field(default_factory=list)
+    reviews: list[ReviewRow] = field(default_factory=list)
+    events: list[EventRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewerVote:
+    reply_id: str
+    reviewer: str
+    value: int  # 1 helpful (approve), 0 not (reject, correct)
+    at: float
+
+
+# -- loading (the only I/O) --------------------------------------------------------
+
+
+def _json_object(raw: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _queries(since: float | None, until: float | None) -> list[Any]:
+    period = []
+    if since is not None:
+        period.append(exchange_t.c.created_at >= since)
+    if until is not None:
+        period.append(exchange_t.c.created_at < until)
+    in_period = select(exchange_t.c.id).where(*period)
+    ex, fb, lb, es, ev = exchange_t.c, feedback_t.c, label_t.c, escalation_t.c, event_t.c
+    exchanges = (
+        select(
+            ex.id,
+            ex.created_at,
+            ex.model,
+            ex.route,
+            ex.decision,
+            ex.confidence,
+            ex.question,
+            ex.status,
+            ex.upstream_ms,
+            ex.total_ms,
+            ex.outlier,
+            ex.meta_json,
+        )
+        .where(*period)
+        .order_by(ex.created_at, ex.id)
+    )
+    votes = select(
+        fb.reply_id, fb.rating, fb.voter, fb.reason, fb.comment, fb.correction, fb.updated_at
+    ).order_by(fb.id)
+    labels = (
+        select(lb.id, lb.reply_id, lb.value, ex.confidence, lb.created_at, lb.source)
+        .join(exchange_t, ex.id == lb.reply_id)
+        .where(*period)
+        .order_by(lb.id)
+    )
+    reviews = select(
+        es.id,
+        es.reply_id,
+        es.state,
+        es.created_at,
+        es.decided_by,
+        es.decided_at,
+        es.decision_reason,
+        es.correction,
+        es.hold,
+        es.trigger,
+    ).order_by(es.id)
+    if period:
+        votes = votes.where(fb.reply_id.in_(in_period))
+        reviews = reviews.where(es.reply_id.in_(in_period))
+    events = select(ev.created_at, ev.kind, ev.data_json).order_by(ev.created_at)
+    if since is not None:
+        events = events.where(ev.created_at >= since)
+    if until is not None:
+        events = events.where(ev.created_at < until)
+    return [exchanges, votes, labels, reviews, events]
+
+
+def _read_rows(conn: Connection, queries: list[Any]) -> ReportRows:
+    # One connection, one transaction: every table seen at the same moment.
+    exchanges, votes, labels, reviews, events = (conn.execute(q).all() for q in queries)
+    return ReportRows(
+        exchanges=[
+            ExchangeRow(
+                id=r.id,
+                created_at=float(r.created_at),
+                model=r.model or "",
+                route=r.route or "",
+                decision=r.decision,
+                confidence=float(r.confidence),
+                question=r.question or "",
+                status=r.status,
+                upstream_ms=float(r.upstream_ms or 0.0),
+                total_ms=float(r.total_ms or 0.0),
+                outlier=bool(r.outlier),
+                meta=_json_object(r.meta_json),
+            )
+            for r in exchanges
+        ],
+        votes=[
+            VoteRow(
+                reply_id=r.reply_id,
+                rating=r.rating,
+                voter=r.voter,
+                reason=r.reason,
+                comment=r.comment,
+                correction=r.correction,
+                updated_at=float(r.updated_at),
+            )
+            for r in votes
+        ],
+        labels=[
+            LabelPoint(
+                id=int(r.id),
+                reply_id=r.reply_id,
+                value=int(r.value),
+                confidence=float(r.confidence),
+                created_at=float(r.created_at),
+                source=r.source,
+            )
+            for r in labels
+        ],
+        reviews=[
+            ReviewRow(
+                id=int(r.id),
+                reply_id=r.reply_id,
+                state=r.state,
+                created_at=float(r.created_at),
+                decided_by=r.decided_by,
+                decided_at=None if r.decided_at is None else float(r.decided_at),
+                reason=r.decision_reason,
+                correction=r.correction,
+                hold=bool(r.hold),
+                trigger=r.trigger,
+            )
+            for r in reviews
+        ],
+        events=[
+            EventRow(created_at=float(r.created_at), kind=r.kind, data=_json_object(r.data_json))
+            for r in events
+        ],
+    )
+
+
+async def load_rows(
+    store: Store, *, since: float | None = None, until: float | None = None
+) -> ReportRows:
+    """Read what the report needs for exchanges created in ``[since, until)``."""
+    queries = _queries(since, until)
+    return await store.read(lambda conn: _read_rows(conn, queries))

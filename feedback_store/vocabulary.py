@@ -1,0 +1,43 @@
+"""The words the store keeps: every decision kind, rating, reason and review state.
+
+Each is a ``Literal`` for the type checker and a tuple of the same words for code that
+validates or iterates. They are defined here, once, because they are stored values;
+``middleware.vocabulary`` re-exports them for the rest of the gateway.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+DecisionKind = Literal["deliver", "ask", "escalate", "hold"]
+DECISION_KINDS: tuple[DecisionKind, ...] = ("deliver", "ask", "escalate", "hold")
+#: decisions that put a reply in front of a reviewer
+REVIEWED_DECISIONS: tuple[DecisionKind, ...] = ("escalate", "hold")
+
+Rating = Literal["up", "down"]
+RATINGS: tuple[Rating, ...] = ("up", "down")
+
+Reason = Literal["incorrect", "incomplete", "unsafe", "off-topic", "tone", "other"]
+REASONS: tuple[Reason, ...] = ("incorrect", "incomplete", "unsafe", "off-topic", "tone", "other")
+
+ReviewState = Literal["pending", "posted", "approved", "rejected", "corrected", "failed"]
+REVIEW_STATES: tuple[ReviewState, ...] = (
+    "pending",
+    "posted",
+    "approved",
+    "rejected",
+    "corrected",
+    "failed",
+)
+#: waiting for a reviewer: not yet in the channel, or posted there
+AWAITING_STATES: tuple[ReviewState, ...] = ("pending", "posted")
+#: a reviewer decided
+DECIDED_STATES: tuple[ReviewState, ...] = ("approved", "rejected", "corrected")
+#: the outbox gave up posting the card (a dead letter)
+FAILED_STATE: ReviewState = "failed"
+
+Trigger = Literal["policy", "outlier", "downvote", "api"]
+TRIGGERS: tuple[Trigger, ...] = ("policy", "outlier", "downvote", "api")
+
+LabelSource = Literal["user", "reviewer"]
+LABEL_SOURCES: tuple[LabelSource, ...] = ("user", "reviewer")

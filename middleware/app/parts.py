@@ -1,0 +1,262 @@
+"""The composition root: every part built from the settings, and every "after X, do Y"
+wired here, in one visible place.
+
+``build_parts(settings)`` returns ``Parts``, a frozen value that ``hitl serve`` (through
+``build_app``), ``hitl replay`` and the tests all use. Nothing is set on a part after
+it is built: each gets what it calls as a constructor argument, in dependency order.
+Building opens nothing: long-lived resources (engine, HTTP pool, background tasks)
+open in ``Parts.start`` and close in ``Parts.stop``, which the app's lifespan calls.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from feedback_store import SchemaError, Store, StoreError
+from middleware.app.review import ReviewSide, build_channel
+from middleware.errors import ConfigError, SchemaOutdated, StoreUnavailable
+from middleware.flows import ComplaintFlow, DecisionFlow, Hooks, ReplyFlow, VoteFlow
+from middleware.learning.brain import Brain
+from middleware.learning.learner import Learner
+from middleware.metrics import Metrics
+from middleware.ports import ReviewOutcome, Upstream
+from middleware.review.items import ReviewItems
+from middleware.review.outbox import Outbox, RetryPolicy
+from middleware.scoring.policy import AskLimiter, ReviewBudget, Thresholds
+from middleware.scoring.scorer import Scorer
+from middleware.scoring.tokens import TokenSigner, new_secret
+from middleware.settings import Secrets, Settings
+
+log = logging.getLogger("hitl")
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Everything the gateway runs, built once from the settings."""
+
+    settings: Settings
+    secrets: Secrets
+    store: Store
+    upstream: Upstream
+    signer: TokenSigner
+    brain: Brain
+    learner: Learner
+    scorer: Scorer
+    metrics: Metrics
+    items: ReviewItems
+    outbox: Outbox
+    #: the reviewer channel and its events endpoint (Slack), or the log
+    review: ReviewSide
+    hooks: Hooks
+    replies: ReplyFlow
+    votes: VoteFlow
+    decisions: DecisionFlow
+    complaints: ComplaintFlow
+
+    async def start(self, *, serve: bool = True) -> None:
+        """Open the store, learn what it holds, then (``serve``) open the rest."""
+        try:
+            await self.store.start()
+        except SchemaError as exc:
+            raise SchemaOutdated(str(exc)) from exc
+        except StoreError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        await self._token_secret()
+        # Learn every label the store holds before the port opens.
+        replayed = await self.learner.restore()
+        if replayed:
+            log.info("learned %d labels committed since the last model snapshot", replayed)
+        if not serve:
+            return
+        self.learner.start()
+        await self.upstream.start()
+        await self.review.start(self.outbox)
+        # Everything built so far lives as long as the app: keep the cyclic garbage
+        # collector from walking it again on every full collection (latency spikes).
+        gc.collect()
+        gc.freeze()
+
+    async def stop(self, *, serve: bool = True) -> None:
+        try:
+            if serve:
+                await self.review.stop(self.outbox)
+                await self.upstream.aclose()
+                await self.learner.close()
+        finally:
+            await self.store.close()
+
+    async def _token_secret(self) -> None:
+        settings = self.settings
+        secret = self.secrets.token_secret or await self.store.get_or_create_value(
+            "feedback_token_secret", new_secret
+        )
+        try:
+            self.signer.set_secret(secret)
+        except ValueError as exc:
+            raise ConfigError(
+                f"${settings.server.token_secret_env}: {exc} (or unset it to let the "
+                "gateway generate and keep one)"
+            ) from None
+
+
+def build_upstream(settings: Settings) -> Upstream:
+    if settings.upstream.kind == "local":
+        from adapters.upstream.local import LocalUpstream
+
+        return LocalUpstream()
+    from adapters.upstream.openai import OpenAIUpstream
+
+    return OpenAIUpstream(
+        base_url=settings.upstream.base_url,
+        timeout_s=settings.upstream.timeout_s,
+        connect_timeout_s=settings.upstream.connect_timeout_s,
+        max_connections=settings.upstream.max_connections,
+    )
+
+
+def _check_secrets(settings: Settings, secrets: Secrets) -> None:
+    if secrets.token_secret is not None and len(secrets.token_secret) < 16:
+        raise ConfigError(
+            f"${settings.server.token_secret_env} is too short: the feedback token secret "
+            "needs at least 16 characters (or unset it to let the gateway generate one)"
+        )
+    if settings.upstream.kind == "openai" and not secrets.upstream_api_key:
+        log.warning(
+            "no upstream API key: $%s is empty; requests go upstream without one",
+            settings.upstream.api_key_env,
+        )
+
+
+def _fan_out(*calls: Callable[[], None]) -> Callable[[], None]:
+    def call_all() -> None:
+        for call in calls:
+            call()
+
+    return call_all
+
+
+def build_parts(
+    settings: Settings,
+    *,
+    environ: Mapping[str, str] | None = None,
+    upstream: Upstream | None = None,
+    store: Store | None = None,
+    retry: RetryPolicy | None = None,
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Parts:
+    """Build every part; tests hand in a real local upstream or store, a seeded rng."""
+    environ = os.environ if environ is None else environ
+    secrets = Secrets(settings, environ)
+    _check_secrets(settings, secrets)
+    policy, learning, slack = settings.policy, settings.learner, settings.slack
+
+    store = store or Store(
+        settings.store.url,
+        commit_batch=settings.store.commit_batch,
+        config_hint=settings.source if settings.source != "built-in defaults" else "config.toml",
+    )
+    upstream = upstream or build_upstream(settings)
+    signer = TokenSigner()
+    brain = Brain(rolling_window=learning.rolling_window)
+    learner = Learner(
+        store,
+        brain,
+        snapshot_every_labels=learning.snapshot_every_labels,
+        snapshot_interval_s=learning.snapshot_interval_s,
+    )
+    budget = ReviewBudget(
+        share=policy.review_budget,
+        per_hour=policy.max_reviews_per_hour,
+        slack=policy.review_budget_slack,
+    )
+    scorer = Scorer(
+        brain=brain,
+        prior=policy.prior,
+        thresholds=Thresholds(
+            escalate_below=policy.escalate_below,
+            hold_below=policy.hold_below,
+            ask_margin=policy.ask_margin,
+        ),
+        budget=budget,
+        asker=AskLimiter(policy.ask_per_user_per_hour),
+        ask_sample_rate=policy.ask_sample_rate,
+        risky_models=frozenset(policy.risky_models),
+        rng=rng,
+        clock=clock,
+    )
+    metrics = Metrics(auc_window=learning.rolling_window, learned=lambda: brain.last_label_id)
+    items = ReviewItems(store=store, threshold=policy.escalate_below)
+    review = build_channel(settings, secrets)
+    outbox = Outbox(
+        store=store,
+        channel=review.channel,
+        load_item=items.for_escalation,
+        policy=retry or RetryPolicy(base_s=slack.retry_base_s, cap_s=slack.retry_max_s),
+        clock=clock,
+        rng=rng,
+    )
+
+    def review_decided(outcome: ReviewOutcome) -> None:
+        waited = (
+            None
+            if outcome.decided_at is None or outcome.created_at is None
+            else outcome.decided_at - outcome.created_at
+        )
+        metrics.review_decided(outcome.state, waited)
+
+    # After X, do Y: the whole list.
+    hooks = Hooks(
+        label_committed=learner.wake,
+        review_queued=outbox.wake,
+        rated=metrics.feedback,
+        decided=review_decided,
+    )
+    complaints = ComplaintFlow(
+        store=store, budget=budget, enabled=policy.review_downvotes, hooks=hooks, clock=clock
+    )
+    decisions = DecisionFlow(
+        store=store,
+        items=items,
+        reviewer_weight=learning.reviewer_weight,
+        hooks=hooks,
+        clock=clock,
+    )
+    return Parts(
+        settings=settings,
+        secrets=secrets,
+        store=store,
+        upstream=upstream,
+        signer=signer,
+        brain=brain,
+        learner=learner,
+        scorer=scorer,
+        metrics=metrics,
+        items=items,
+        outbox=outbox,
+        review=review.with_desk(decisions),
+        hooks=hooks,
+        replies=ReplyFlow(
+            scorer=scorer,
+            store=store,
+            hooks=hooks,
+            observer=metrics,
+            log_bodies=settings.server.log_bodies,
+            clock=clock,
+        ),
+        votes=VoteFlow(
+            store=store,
+            signer=signer,
+            user_weight=learning.user_weight,
+            complaints=complaints,
+            hooks=hooks,
+        ),
+        decisions=decisions,
+        complaints=complaints,
+    )

@@ -1,0 +1,125 @@
+"""Take a reviewer's decision: the one path every review tool takes (Slack clicks, the
+review API, the web queue).
+
+A verdict is committed together with its label (approve is 1, reject and correct are 0,
+weighted as a reviewer's) in one store job; the first verdict on a reply wins and later
+ones learn who was first. Only after the commit are the hooks called: the learner
+reads the label, the outbox redraws the card, the metrics count it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from feedback_store import Store
+from middleware.errors import InvalidVerdict, UnknownReply, store_errors
+from middleware.flows.hooks import Hooks
+from middleware.ports import ReviewItem, ReviewOutcome
+from middleware.review.items import ReviewItems
+from middleware.vocabulary import LABEL_OF, REASONS, STATE_OF, VERDICTS, Reason, Verdict
+
+log = logging.getLogger("hitl.review")
+
+MAX_CORRECTION = 32_000
+
+
+def check_verdict(
+    decision: str, reason: str | None, correction: str | None
+) -> tuple[str | None, str | None]:
+    """The (reason, correction) to store for a verdict, or ``InvalidVerdict`` saying what
+    is wrong (pure)."""
+    if decision not in VERDICTS:
+        raise InvalidVerdict("'decision' must be one of " + ", ".join(VERDICTS), param="decision")
+    if reason is not None and reason not in REASONS:
+        raise InvalidVerdict("'reason' must be one of " + ", ".join(REASONS), param="reason")
+    correction = correction.strip() if correction is not None else None
+    if decision == "approve":
+        return reason, None
+    if decision == "reject":
+        if reason is None:
+            raise InvalidVerdict(
+                "'reason' is required to reject: one of " + ", ".join(REASONS), param="reason"
+            )
+        return reason, None
+    if not correction:
+        raise InvalidVerdict(
+            "'correction' (the corrected answer) is required to correct", param="correction"
+        )
+    if len(correction) > MAX_CORRECTION:
+        raise InvalidVerdict(
+            f"'correction' is longer than {MAX_CORRECTION} characters", param="correction"
+        )
+    return reason, correction
+
+
+class DecisionFlow:
+    """Commits verdicts (``ports.ReviewDesk``, what the reviewer channels call)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        items: ReviewItems,
+        reviewer_weight: float,
+        hooks: Hooks,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.items = items
+        self.reviewer_weight = reviewer_weight
+        self.hooks = hooks
+        self.clock = clock
+
+    async def decide(
+        self,
+        reply_id: str,
+        verdict: Verdict,
+        reviewer: str,
+        reason: Reason | None = None,
+        correction: str | None = None,
+    ) -> ReviewOutcome:
+        """Commit a verdict (first one wins; ``outcome.applied`` says whether this one did).
+
+        Raises ``InvalidVerdict``, ``UnknownReply``, or ``StoreUnavailable`` when it could
+        not be committed: then nothing changed.
+        """
+        stored_reason, stored_correction = check_verdict(verdict, reason, correction)
+        with store_errors("the verdict could not be stored"):
+            result = await self.store.record_review(
+                reply_id=reply_id,
+                state=STATE_OF[verdict],
+                reviewer=reviewer,
+                reason=stored_reason,
+                correction=stored_correction,
+                value=LABEL_OF[verdict],
+                weight=self.reviewer_weight,
+                now=self.clock(),
+            )
+        if result is None:
+            raise UnknownReply(reply_id)
+        row = result.escalation
+        outcome = ReviewOutcome(
+            reply_id=reply_id,
+            applied=result.applied,
+            state=row.state,
+            decided_by=row.decided_by,
+            decided_at=row.decided_at,
+            reason=row.decision_reason,
+            correction=row.correction,
+            label_id=result.label_id,
+            channel=row.channel,
+            message_ts=row.message_ts,
+            created_at=row.created_at,
+        )
+        if result.applied:
+            log.info("review %s: %s by %s", reply_id, outcome.state, reviewer)
+            self.hooks.label_committed()
+            self.hooks.review_queued()
+            self.hooks.decided(outcome)
+        return outcome
+
+    async def item_for(self, reply_id: str) -> ReviewItem | None:
+        with store_errors(f"reply {reply_id} could not be read"):
+            return await self.items.for_reply(reply_id)

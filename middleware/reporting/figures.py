@@ -1,0 +1,131 @@
+"""matplotlib plumbing for the report's charts: palette, figures, axes, inline SVG.
+
+Only matplotlib's object API (``Figure``, the Agg/SVG canvases; never pyplot, whose
+global state is unsafe off the main thread). matplotlib is imported when a chart is
+drawn, never at import.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+# Okabe-Ito: distinguishable with every common colour-vision deficiency.
+BLUE = "#0072B2"
+ORANGE = "#E69F00"
+GREEN = "#009E73"
+RED = "#D55E00"
+PURPLE = "#CC79A7"
+GREY = "#555555"
+LIGHT = "#dfe6ee"
+INK = "#1f2933"
+WIDE = (8.0, 3.0)
+SQUARE = (4.6, 3.6)
+
+
+def figure(size: tuple[float, float]) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=96, layout="constrained")
+    fig.patch.set_facecolor("white")
+    return fig
+
+
+def axes(fig: Any) -> Any:
+    ax = fig.add_subplot()
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(True, axis="y", color="#e5e5e5", linewidth=0.8)
+    ax.set_axisbelow(True)
+    ax.tick_params(labelsize=9, colors=INK)
+    return ax
+
+
+def to_svg(fig: Any, prefix: str) -> str:
+    """The figure as an inline ``<svg>``: no prolog, no metadata, ids made unique per chart."""
+    import matplotlib
+
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
+    svg = buffer.getvalue()
+    svg = svg[svg.index("<svg") :]
+    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)
+    # Several charts share one page: prefix ids so one chart's defs never serve another.
+    svg = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', svg)
+    svg = re.sub(r'xlink:href="#([^"]+)"', rf'xlink:href="#{prefix}-\1"', svg)
+    svg = re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", svg)
+    svg = re.sub(
+        r'<svg([^>]*?) width="[^"]+" height="[^"]+"',
+        r'<svg\1 class="chart" role="img" preserveAspectRatio="xMidYMid meet"',
+        svg,
+        count=1,
+    )
+    return svg
+
+
+def datetimes(timestamps: Iterable[float]) -> list[datetime]:
+    return [datetime.fromtimestamp(ts, UTC) for ts in timestamps]
+
+
+def time_axis(ax: Any) -> None:
+    from matplotlib import dates
+
+    locator = dates.AutoDateLocator(minticks=3, maxticks=8)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(dates.ConciseDateFormatter(locator))
+
+
+def drift_lines(ax: Any, drift: Sequence[float], *, as_dates: bool = True) -> list[Any]:
+    handles = []
+    for i, at in enumerate(drift):
+        x = datetime.fromtimestamp(at, UTC) if as_dates else at
+        line = ax.axvline(
+            x, color=RED, linestyle=(0, (5, 3)), linewidth=1.4, label="drift" if i == 0 else None
+        )
+        handles.append(line)
+    return handles[:1]
+
+
+def legend(ax: Any, handles: list[Any], **kwargs: Any) -> None:
+    if handles:
+        ax.legend(handles=handles, fontsize=8.5, frameon=False, **kwargs)
+
+
+def legend_above(fig: Any, handles: list[Any]) -> None:
+    """Above the plot, so it never hides a bar (time charts fill their whole width)."""
+    if handles:
+        fig.legend(
+            handles=handles,
+            loc="outside upper left",
+            ncols=len(handles),
+            fontsize=8.5,
+            frameon=False,
+        )
+
+
+def bucket_bars(ax: Any, timeline: dict[str, Any], key: str, *, hatch: str, label: str) -> Any:
+    """One hatched bar per time bucket, each as wide as its bucket, of the buckets' ``key``."""
+    buckets = timeline["buckets"]
+    return ax.bar(
+        datetimes(b["ts"] for b in buckets),
+        [b[key] for b in buckets],
+        width=timeline["bucket_seconds"] / 86400.0,
+        align="edge",
+        color=LIGHT,
+        edgecolor=GREY,
+        hatch=hatch,
+        linewidth=0.6,
+        label=label,
+    )
+
+
+def finish_time_chart(
+    fig: Any, ax: Any, handles: list[Any], timeline: dict[str, Any], prefix: str
+) -> str:
+    """The timeline's drift marked, the legend above the plot, the chart as SVG."""
+    handles += drift_lines(ax, timeline.get("drift", []))
+    legend_above(fig, handles)
+    return to_svg(fig, prefix)
