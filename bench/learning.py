@@ -2,7 +2,7 @@
 
     python bench/learning.py [STREAM.jsonl ...] [--micro N]
 
-For each stream it runs the whole loop (``middleware.learning.replay.replay``: features, model,
+For each stream it runs the whole loop (``middleware.app.replay.replay``: features, model,
 policy, store, learner, with the baseline measured in the same process) and prints
 ROC AUC, caught-at-budget and labels/s next to the baseline's. Then it times the
 model alone: the median microseconds of one ``predict`` and one ``learn`` on the
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import orjson
 
+from middleware.app.replay import Recorded, read_stream, replay
 from middleware.learning.brain import Brain
 from middleware.learning.model import learn
-from middleware.learning.replay import Recorded, read_stream, replay
 from middleware.scoring.features import ExchangeView, features
 from middleware.settings import Settings
 

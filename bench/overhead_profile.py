@@ -19,16 +19,19 @@ from overhead_targets import Target
 
 # Where a sample's time goes: a background task anywhere in the stack names it, else the
 # deepest frame that matches a rule (first rule wins).
-BACKGROUND = (("learner (background task)", "Learner.run (middleware/learner.py"),)
+BACKGROUND = (("learner (background task)", "Learner.run (middleware/learning/learner.py"),)
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("logging", ("logging/",)),
     ("metrics", ("prometheus_client", "middleware/metrics.py")),
     ("store (sqlalchemy, sqlite)", ("feedback_store/", "sqlalchemy/", "sqlite3/")),
-    ("scoring: features", ("middleware/features.py",)),
-    ("scoring: model (river)", ("river/", "middleware/model.py")),
-    ("scoring/policy", ("middleware/scoring.py", "middleware/policy.py")),
-    ("ids, tokens (hmac, random)", ("middleware/tokens.py", "random.py", "hmac.py")),
-    ("upstream client (aiohttp)", ("aiohttp/", "adapters/openai.py", "yarl/", "multidict/")),
+    ("scoring: features", ("middleware/scoring/features.py",)),
+    ("scoring: model (river)", ("river/", "middleware/learning/")),
+    ("scoring/policy", ("middleware/scoring/scorer.py", "middleware/scoring/policy.py")),
+    ("ids, tokens (hmac, random)", ("middleware/scoring/tokens.py", "random.py", "hmac.py")),
+    (
+        "upstream client (aiohttp)",
+        ("aiohttp/", "adapters/upstream/openai.py", "yarl/", "multidict/"),
+    ),
     ("json", ("json/", "orjson")),
     ("gateway request code", ("middleware/", "adapters/")),
     ("starlette", ("starlette/",)),

@@ -27,8 +27,8 @@ from pathlib import Path
 import orjson
 
 from feedback_store import LabelRow
+from middleware.app.replay import Recorded, read_stream
 from middleware.learning.brain import Brain
-from middleware.learning.replay import Recorded, read_stream
 from middleware.scoring.features import ExchangeView, features
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "convai2017_thumbs.jsonl"

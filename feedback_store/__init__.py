@@ -1,8 +1,27 @@
-"""The truth: tables, transactions, queries. Imports nothing of the gateway's."""
+"""The truth: tables, transactions, queries. Imports nothing of the gateway's.
 
+``Store`` is the one facade (``engine.py``); its queries return the frozen rows of
+``rows.py``, whose attributes are their table's column names, and take ``NewExchange``
+and ``NewEscalation`` to insert. Database errors reach callers as ``StoreError``.
+"""
+
+from feedback_store.engine import Store
 from feedback_store.errors import SchemaError, StoreError
+from feedback_store.rows import (
+    EscalationRow,
+    EventRow,
+    ExchangeRow,
+    FeedbackRow,
+    LabelRow,
+    NewEscalation,
+    NewExchange,
+    ReviewCounts,
+    ReviewResult,
+    SnapshotRow,
+    StoreGauges,
+    VoteResult,
+)
 from feedback_store.schema import current_revision, ensure_schema, head_revision, upgrade
-from feedback_store.store import LabelRow, Store, VoteResult
 from feedback_store.tables import (
     Escalation,
     Event,
@@ -15,16 +34,26 @@ from feedback_store.tables import (
 
 __all__ = [
     "Escalation",
+    "EscalationRow",
     "Event",
+    "EventRow",
     "Exchange",
+    "ExchangeRow",
     "Feedback",
+    "FeedbackRow",
     "KeyValue",
     "Label",
     "LabelRow",
     "ModelSnapshot",
+    "NewEscalation",
+    "NewExchange",
+    "ReviewCounts",
+    "ReviewResult",
     "SchemaError",
+    "SnapshotRow",
     "Store",
     "StoreError",
+    "StoreGauges",
     "VoteResult",
     "current_revision",
     "ensure_schema",

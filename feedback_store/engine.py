@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from feedback_store import escalations, exchanges
 from feedback_store.errors import StoreError
@@ -44,7 +44,7 @@ from feedback_store.rows import (
 )
 from feedback_store.schema import ensure_schema_async
 from feedback_store.urls import is_sqlite, redact, redact_url, sync_url
-from feedback_store.writer import Writer, broken
+from feedback_store.writer import Writer
 
 T = TypeVar("T")
 
@@ -92,12 +92,16 @@ class Store:
         # SQLAlchemy's first line is the driver's message; the rest quotes the SQL and its
         # parameters, which may hold users' text or a secret.
         detail = redact(lines[0] if lines else type(exc).__name__, self.url)
-        if isinstance(exc, OSError) or broken(exc):
-            advice = "check that the database is running and that [store] url points at it"
+        reachable = "check that the database is running and that [store] url points at it"
+        current = f"that its schema is current (`hitl db upgrade --config {self.config_hint}`)"
+        if isinstance(exc, OSError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+            advice = reachable
+        elif isinstance(exc, OperationalError):  # SQLite says "no such table" this way too
+            advice = f"{reachable}, and {current}"
         elif action == WRITE:
             advice = "nothing of that write was stored"
         else:
-            advice = f"check the schema is current (`hitl db upgrade --config {self.config_hint}`)"
+            advice = f"check {current}"
         return f"the database at {redact_url(self.url)} {action} ({detail}); {advice}"
 
     # -- lifecycle ---------------------------------------------------------------

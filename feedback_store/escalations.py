@@ -17,7 +17,13 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
 from feedback_store.report.metrics import roc_auc
-from feedback_store.rows import EscalationRow, NewEscalation, ReviewCounts, ReviewResult, StoreGauges
+from feedback_store.rows import (
+    EscalationRow,
+    NewEscalation,
+    ReviewCounts,
+    ReviewResult,
+    StoreGauges,
+)
 from feedback_store.tables import escalation_t, event_t, exchange_t, label_t
 from feedback_store.vocabulary import DECIDED_STATES
 
@@ -61,7 +67,7 @@ def add(conn: Connection, escalation: NewEscalation) -> int:
     return int(conn.execute(query).scalar_one())
 
 
-def _newest_id(conn: Connection, reply_id: str) -> Any:
+def _newest_state(conn: Connection, reply_id: str) -> Any:
     query = select(esc.id, esc.state, esc.message_ts).where(esc.reply_id == reply_id)
     return conn.execute(query.order_by(esc.id.desc()).limit(1)).first()
 
@@ -73,14 +79,14 @@ def record_review(
     if conn.execute(select(exchange_t.c.id).where(exchange_t.c.id == reply_id)).first() is None:
         return None
     now = verdict.decided_at
-    decided = {
+    decided: dict[str, Any] = {
         "state": verdict.state,
         "decided_by": verdict.decided_by,
         "decided_at": now,
         "decision_reason": verdict.decision_reason,
         "correction": verdict.correction,
     }
-    row = _newest_id(conn, reply_id)
+    row = _newest_state(conn, reply_id)
     if row is None:
         opened = NewEscalation(
             reply_id=reply_id, trigger="api", created_at=now, next_attempt_at=now, **decided
@@ -114,9 +120,11 @@ def record_review(
 
 
 def open_review(conn: Connection, reply_id: str, trigger: str, now: float) -> int | None:
-    row = _newest_id(conn, reply_id)
+    row = _newest_state(conn, reply_id)
     if row is None:
-        opened = NewEscalation(reply_id=reply_id, trigger=trigger, created_at=now, next_attempt_at=now)
+        opened = NewEscalation(
+            reply_id=reply_id, trigger=trigger, created_at=now, next_attempt_at=now
+        )
         return add(conn, opened)
     if row.state == "posted" and row.message_ts is not None:
         conn.execute(

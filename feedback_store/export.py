@@ -9,14 +9,19 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Connection, and_, or_, select
 
-from feedback_store.report import iso
-from feedback_store.store import Store, escalation_t, exchange_t, feedback_t, label_t
+from feedback_store.engine import Store
+from feedback_store.report.metrics import iso
+from feedback_store.rows import Columns, EscalationRow, ExchangeRow, FeedbackRow, LabelRow
+from feedback_store.tables import escalation_t, exchange_t, feedback_t, label_t
 
 PAGE = 500
+R = TypeVar("R", bound=Columns)
+G = TypeVar("G", LabelRow, FeedbackRow, EscalationRow)
 
 
 def request_messages(request_json: str) -> list[dict[str, Any]] | None:
@@ -33,65 +38,60 @@ def request_messages(request_json: str) -> list[dict[str, Any]] | None:
     return messages
 
 
-def final_label(labels: Sequence[dict[str, Any]]) -> tuple[int, str] | None:
+def final_label(labels: Sequence[LabelRow]) -> tuple[int, str] | None:
     """(value, source) the exchange is known by: the newest reviewer verdict, else the user's."""
-    reviewer = [lb for lb in labels if lb["source"] == "reviewer"]
+    reviewer = [lb for lb in labels if lb.source == "reviewer"]
     chosen = reviewer[-1] if reviewer else (labels[0] if labels else None)
-    return None if chosen is None else (int(chosen["value"]), str(chosen["source"]))
+    return None if chosen is None else (int(chosen.value), str(chosen.source))
 
 
 def labelled_record(
-    exchange: dict[str, Any],
-    labels: Sequence[dict[str, Any]],
-    votes: Sequence[dict[str, Any]],
-    reviews: Sequence[dict[str, Any]],
+    exchange: ExchangeRow,
+    labels: Sequence[LabelRow],
+    votes: Sequence[FeedbackRow],
+    reviews: Sequence[EscalationRow],
 ) -> dict[str, Any] | None:
     label = final_label(labels)
     if label is None:
         return None
     review = reviews[-1] if reviews else None
     try:
-        meta = json.loads(exchange.get("meta_json") or "{}")
+        meta = json.loads(exchange.meta_json or "{}")
     except ValueError:
         meta = {}
     return {
-        "reply_id": exchange["id"],
-        "created_at": iso(exchange["created_at"]),
-        "model": exchange["model"],
-        "route": exchange["route"],
-        "messages": request_messages(exchange["request_json"]) or [],
-        "question": exchange["question"],
-        "reply": exchange["reply_text"],
-        "confidence": exchange["confidence"],
-        "decision": exchange["decision"],
+        "reply_id": exchange.id,
+        "created_at": iso(exchange.created_at),
+        "model": exchange.model,
+        "route": exchange.route,
+        "messages": request_messages(exchange.request_json) or [],
+        "question": exchange.question,
+        "reply": exchange.reply_text,
+        "confidence": exchange.confidence,
+        "decision": exchange.decision,
         "label": label[0],
         "label_source": label[1],
         "labels": [
-            {
-                "source": lb["source"],
-                "value": lb["value"],
-                "weight": lb["weight"],
-                "at": iso(lb["created_at"]),
-            }
+            {"source": lb.source, "value": lb.value, "weight": lb.weight, "at": iso(lb.created_at)}
             for lb in labels
         ],
         "votes": [
             {
-                "rating": v["rating"],
-                "reason": v["reason"],
-                "comment": v["comment"],
-                "correction": v["correction"],
+                "rating": v.rating,
+                "reason": v.reason,
+                "comment": v.comment,
+                "correction": v.correction,
             }
             for v in votes
         ],
         "review": None
         if review is None
         else {
-            "state": review["state"],
-            "by": review["decided_by"],
-            "at": iso(review["decided_at"]),
-            "reason": review["decision_reason"],
-            "correction": review["correction"],
+            "state": review.state,
+            "by": review.decided_by,
+            "at": iso(review.decided_at),
+            "reason": review.decision_reason,
+            "correction": review.correction,
         },
         "meta": meta if isinstance(meta, dict) else {},
     }
@@ -107,7 +107,7 @@ def correction_record(request_json: str, corrected: str) -> dict[str, Any] | Non
 
 async def _pages(
     store: Store, where: list[Any], since: float | None, until: float | None
-) -> AsyncIterator[list[dict[str, Any]]]:
+) -> AsyncIterator[list[ExchangeRow]]:
     ex = exchange_t.c
     conditions = list(where)
     if since is not None:
@@ -121,24 +121,51 @@ async def _pages(
             page_conditions.append(
                 or_(ex.created_at > after[0], and_(ex.created_at == after[0], ex.id > after[1]))
             )
-        rows = await store.fetch_all(
-            select(exchange_t).where(*page_conditions).order_by(ex.created_at, ex.id).limit(PAGE)
-        )
-        if not rows:
+        query = select(exchange_t).where(*page_conditions).order_by(ex.created_at, ex.id)
+        page = await store.read(partial(_all, query=query.limit(PAGE), row=ExchangeRow))
+        if not page:
             return
-        page = [dict(row._mapping) for row in rows]
         yield page
-        after = (page[-1]["created_at"], page[-1]["id"])
+        after = (page[-1].created_at, page[-1].id)
 
 
-async def _related(store: Store, table: Any, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    rows = await store.fetch_all(
-        select(table).where(table.c.reply_id.in_(ids)).order_by(table.c.id)
-    )
-    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        grouped[row.reply_id].append(dict(row._mapping))
-    return grouped
+def _all(conn: Connection, query: Any, row: type[R]) -> list[R]:
+    return [row.from_row(r) for r in conn.execute(query).all()]
+
+
+_LABELS = (
+    select(*label_t.c, exchange_t.c.confidence, exchange_t.c.features_json, exchange_t.c.end_user)
+    .join(exchange_t, exchange_t.c.id == label_t.c.reply_id)
+    .order_by(label_t.c.id)
+)
+
+
+class _Related(NamedTuple):
+    labels: dict[str, list[LabelRow]]
+    votes: dict[str, list[FeedbackRow]]
+    reviews: dict[str, list[EscalationRow]]
+
+
+async def _related(store: Store, ids: list[str], *, labels: bool, votes: bool) -> _Related:
+    """The page's labels, votes and reviews per reply id, oldest first, in one read."""
+
+    def grouped(conn: Connection, query: Any, row: type[G]) -> dict[str, list[G]]:
+        found: dict[str, list[G]] = defaultdict(list)
+        for r in _all(conn, query, row):
+            found[r.reply_id].append(r)
+        return found
+
+    def of(table: Any) -> Any:
+        return select(table).where(table.c.reply_id.in_(ids)).order_by(table.c.id)
+
+    def read(conn: Connection) -> _Related:
+        return _Related(
+            grouped(conn, _LABELS.where(label_t.c.reply_id.in_(ids)), LabelRow) if labels else {},
+            grouped(conn, of(feedback_t), FeedbackRow) if votes else {},
+            grouped(conn, of(escalation_t), EscalationRow),
+        )
+
+    return await store.read(read)
 
 
 async def labelled_exchanges(
@@ -147,13 +174,14 @@ async def labelled_exchanges(
     """Every exchange with at least one label, oldest first, as one JSON-ready record."""
     has_label = exchange_t.c.id.in_(select(label_t.c.reply_id))
     async for page in _pages(store, [has_label], since, until):
-        ids = [row["id"] for row in page]
-        labels = await _related(store, label_t, ids)
-        votes = await _related(store, feedback_t, ids)
-        reviews = await _related(store, escalation_t, ids)
+        related = await _related(store, [row.id for row in page], labels=True, votes=True)
         for row in page:
-            user_votes = [v for v in votes[row["id"]] if not v["voter"].startswith("reviewer")]
-            record = labelled_record(row, labels[row["id"]], user_votes, reviews[row["id"]])
+            user_votes = [
+                v for v in related.votes.get(row.id, []) if not v.voter.startswith("reviewer")
+            ]
+            record = labelled_record(
+                row, related.labels.get(row.id, []), user_votes, related.reviews.get(row.id, [])
+            )
             if record is not None:
                 yield record
 
@@ -173,32 +201,32 @@ async def corrections(
     """
     es = escalation_t.c
     reviewed = and_(es.state == "corrected", es.correction.is_not(None))
-    where = [exchange_t.c.id.in_(select(es.reply_id).where(reviewed))]
+    where: list[Any] = [exchange_t.c.id.in_(select(es.reply_id).where(reviewed))]
     if include_users:
         fb = feedback_t.c
         from_users = and_(fb.correction.is_not(None), fb.voter.not_like("reviewer%"))
         where = [or_(where[0], exchange_t.c.id.in_(select(fb.reply_id).where(from_users)))]
     async for page in _pages(store, where, since, until):
-        ids = [row["id"] for row in page]
-        reviews = await _related(store, escalation_t, ids)
-        votes = await _related(store, feedback_t, ids) if include_users else {}
+        related = await _related(store, [row.id for row in page], labels=False, votes=include_users)
         for row in page:
-            corrected = _chosen_correction(reviews.get(row["id"], []), votes.get(row["id"], []))
+            corrected = _chosen_correction(
+                related.reviews.get(row.id, []), related.votes.get(row.id, [])
+            )
             if corrected is None:
                 continue
-            record = correction_record(row["request_json"], corrected)
+            record = correction_record(row.request_json, corrected)
             if record is not None:
                 yield record
 
 
 def _chosen_correction(
-    reviews: Sequence[dict[str, Any]], votes: Sequence[dict[str, Any]]
+    reviews: Sequence[EscalationRow], votes: Sequence[FeedbackRow]
 ) -> str | None:
-    done = [r for r in reviews if r["state"] == "corrected" and r["correction"]]
+    done = [r for r in reviews if r.state == "corrected" and r.correction]
     if done:
-        newest = max(done, key=lambda r: r["decided_at"] or r["created_at"])
-        return str(newest["correction"])
-    mine = [v for v in votes if v["correction"] and not v["voter"].startswith("reviewer")]
+        newest = max(done, key=lambda r: r.decided_at or r.created_at)
+        return str(newest.correction)
+    mine = [v for v in votes if v.correction and not v.voter.startswith("reviewer")]
     if mine:
-        return str(max(mine, key=lambda v: v["updated_at"])["correction"])
+        return str(max(mine, key=lambda v: v.updated_at).correction)
     return None

@@ -23,7 +23,7 @@ class Columns:
     __dataclass_fields__: ClassVar[dict[str, Any]]
 
     @classmethod
-    def from_row(cls, row: Row[Any] | Mapping[str, Any]) -> Self:
+    def from_row(cls, row: Row[*tuple[Any, ...]] | Mapping[str, Any]) -> Self:
         return cls(**(row._mapping if isinstance(row, Row) else row))
 
     def values(self) -> dict[str, Any]:

@@ -20,13 +20,14 @@ RATINGS: tuple[Rating, ...] = ("up", "down")
 Reason = Literal["incorrect", "incomplete", "unsafe", "off-topic", "tone", "other"]
 REASONS: tuple[Reason, ...] = ("incorrect", "incomplete", "unsafe", "off-topic", "tone", "other")
 
-ReviewState = Literal["pending", "posted", "approved", "rejected", "corrected", "failed"]
+ReviewState = Literal["pending", "posted", "approved", "rejected", "corrected", "expired", "failed"]
 REVIEW_STATES: tuple[ReviewState, ...] = (
     "pending",
     "posted",
     "approved",
     "rejected",
     "corrected",
+    "expired",
     "failed",
 )
 #: waiting for a reviewer: not yet in the channel, or posted there
@@ -35,6 +36,8 @@ AWAITING_STATES: tuple[ReviewState, ...] = ("pending", "posted")
 DECIDED_STATES: tuple[ReviewState, ...] = ("approved", "rejected", "corrected")
 #: the outbox gave up posting the card (a dead letter)
 FAILED_STATE: ReviewState = "failed"
+#: nothing more will happen to the review: decided, timed out (a hold) or dead-lettered
+FINAL_STATES: tuple[ReviewState, ...] = (*DECIDED_STATES, "expired", FAILED_STATE)
 
 Trigger = Literal["policy", "outlier", "downvote", "api"]
 TRIGGERS: tuple[Trigger, ...] = ("policy", "outlier", "downvote", "api")

@@ -70,7 +70,7 @@ class Writer:
         if not self.threaded:
             ((ok, value),) = self._run_batch([job])
             if ok:
-                return value  # type: ignore[no-any-return]
+                return value
             raise value
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((job, future))

@@ -2,8 +2,8 @@
 
 The request path only bumps counters and histograms: a handful of cheap calls per
 request, no I/O. What lives in the store (pending escalations, dead letters, outbox
-lag, the model's recent ROC AUC) is read once per scrape by ``refresh()``, which the
-``/metrics`` route awaits before rendering.
+lag, the model's recent ROC AUC) is read once per scrape by ``refresh()``, in one store
+call (``Store.gauges``), which the ``/metrics`` route awaits before rendering.
 """
 
 from __future__ import annotations
@@ -16,14 +16,10 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from feedback_store import Store, StoreError
-from feedback_store.report import roc_auc
-from feedback_store.store import escalation_t, exchange_t, label_t
+from feedback_store import Store, StoreError, StoreGauges
 
 log = logging.getLogger("hitl.metrics")
 
@@ -61,7 +57,7 @@ class NoMetrics:
         pass
 
 
-class _StoreGauges(Collector):
+class _StoreCollector(Collector):
     """Values read from the store at scrape time; a value not known is left out."""
 
     def __init__(self) -> None:
@@ -134,7 +130,7 @@ class Metrics:
         self._reviews = Counter(
             "hitl_review_decisions", "reviewer decisions by verdict", ["state"], registry=r
         )
-        self._store = _StoreGauges()
+        self._store = _StoreCollector()
         r.register(self._store)
         # Children cached by label values: labels() takes a lock and builds a tuple.
         self._request_children: dict[tuple[str, int], Any] = {}
@@ -193,44 +189,27 @@ class Metrics:
             return
         self._refreshed_at = now
         try:
-            values = await self._read(store, now)
-        except (SQLAlchemyError, StoreError, OSError) as exc:
+            values = self._values(await store.gauges(auc_window=self.auc_window), now)
+        except StoreError as exc:
             log.warning("metrics: the store could not be read (%s)", exc)
             values = {"up": 0.0}
         self._store.values = values
 
-    async def _read(self, store: Store, now: float) -> dict[str, float]:
-        es, lb = escalation_t.c, label_t.c
-        states = (
-            select(es.state, func.count(), func.min(es.created_at))
-            .where(es.state.in_(("pending", "posted", "failed")))
-            .group_by(es.state)
-        )
-        recent = (
-            select(lb.id, lb.value, exchange_t.c.confidence)
-            .join(exchange_t, exchange_t.c.id == lb.reply_id)
-            .order_by(lb.id.desc())
-            .limit(self.auc_window)
-        )
-        state_rows, label_rows = await store.read(
-            lambda conn: (conn.execute(states).all(), conn.execute(recent).all())
-        )
-        by_state = {row[0]: (int(row[1]), float(row[2])) for row in state_rows}
-        unposted, oldest = by_state.get("pending", (0, now))
+    def _values(self, gauges: StoreGauges, now: float) -> dict[str, float]:
+        oldest = gauges.oldest_unposted_at
         values = {
             "up": 1.0,
-            "pending": float(unposted + by_state.get("posted", (0, now))[0]),
-            "dead_letter": float(by_state.get("failed", (0, now))[0]),
-            "unposted": float(unposted),
-            "outbox_lag": max(0.0, now - oldest) if unposted else 0.0,
+            "pending": float(gauges.unposted + gauges.posted),
+            "dead_letter": float(gauges.failed),
+            "unposted": float(gauges.unposted),
+            "outbox_lag": max(0.0, now - oldest) if gauges.unposted and oldest is not None else 0.0,
         }
-        auc = roc_auc([int(r[1]) for r in label_rows], [float(r[2]) for r in label_rows])
-        if auc is not None:
-            values["roc_auc"] = auc
+        if gauges.recent_roc_auc is not None:
+            values["roc_auc"] = gauges.recent_roc_auc
         if self._learner_position is not None:
             learned = self._learner_position()
             if learned is not None:
-                newest = int(label_rows[0][0]) if label_rows else 0
+                newest = gauges.newest_label_id or 0
                 values["learner_lag"] = float(max(0, newest - learned))
         return values
 

@@ -48,6 +48,7 @@ class UpstreamSettings(_Section):
     connect_timeout_s: float = Field(5.0, gt=0)
     forward_client_auth: bool = False
     max_connections: int = Field(256, gt=0)
+    #: ask the upstream for token log-probabilities (a feature) when the client did not
     logprobs: bool = False
 
     @field_validator("base_url")
@@ -90,6 +91,7 @@ class PolicySettings(_Section):
     ask_per_user_per_hour: int = Field(10, ge=0)
     risky_models: list[str] = []
     review_downvotes: bool = True
+    # Read by nothing yet: holds that wait for a reviewer are issue 9's work.
     hold_timeout_s: float = Field(120.0, gt=0)
     hold_fallback: str = (
         "A person is checking this answer and could not confirm it in time. "

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from feedback_store import Store
-from middleware.app.asgi import build_app
+from middleware.app import create_app
 from middleware.settings import Settings, settings_from_mapping
 
 from .fake_openai import make_app
@@ -61,7 +61,7 @@ def gateway_factory(tmp_path: Path, upstream_server: ServerThread) -> Iterator[G
         *, environ: dict[str, str] | None = None, local: bool = False, **sections: dict[str, Any]
     ) -> ServerThread:
         settings = gateway_settings(tmp_path, None if local else upstream_server.url, **sections)
-        app = build_app(settings, environ=environ or {})
+        app = create_app(settings, environ=environ or {})
         server = ServerThread(app).start()
         started.append(server)
         return server
@@ -125,7 +125,7 @@ def module_gateway(module_tmp: Path, upstream_server: ServerThread) -> Iterator[
     """One gateway over the fake upstream, shared by a module's tests that need no settings
     of their own (defaults, but no feedback rate limit). Tests must not assume it is empty."""
     settings = gateway_settings(module_tmp, upstream_server.url, server={"feedback_per_minute": 0})
-    with ServerThread(build_app(settings, environ={})) as server:
+    with ServerThread(create_app(settings, environ={})) as server:
         yield server
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import Connection, insert
 
-from feedback_store import Store
-from feedback_store.store import feedback_t
+from feedback_store import NewEscalation, NewExchange, Store
+from feedback_store.tables import feedback_t
 
 T0 = 1_700_000_000.0
 SYSTEM = {"role": "system", "content": "Answer briefly."}
@@ -45,32 +45,32 @@ def exchange_row(
     question: str,
     meta: dict[str, Any],
     index: int,
-) -> dict[str, Any]:
+) -> NewExchange:
     messages = [SYSTEM, {"role": "user", "content": question}]
-    return {
-        "id": reply_id,
-        "created_at": T0 + offset,
-        "model": model,
-        "route": "chat",
-        "end_user": f"u{index}",
-        "stream": False,
-        "request_json": json.dumps({"model": model, "messages": messages}),
-        "question": question,
-        "reply_text": f"answer to {question}",
-        "finish_reason": "stop",
-        "status": "complete",
-        "upstream_status": 200,
-        "upstream_ms": 100.0 + index,
-        "total_ms": 102.0 + index,
-        "confidence": confidence,
-        "decision": decision,
-        "ask_feedback": decision == "ask",
-        "outlier": False,
-        "features_json": "{}",
-        "reasons_json": "[]",
+    return NewExchange(
+        id=reply_id,
+        created_at=T0 + offset,
+        model=model,
+        route="chat",
+        end_user=f"u{index}",
+        stream=False,
+        request_json=json.dumps({"model": model, "messages": messages}),
+        question=question,
+        reply_text=f"answer to {question}",
+        finish_reason="stop",
+        status="complete",
+        upstream_status=200,
+        upstream_ms=100.0 + index,
+        total_ms=102.0 + index,
+        confidence=confidence,
+        decision=decision,
+        ask_feedback=decision == "ask",
+        outlier=False,
+        features_json="{}",
+        reasons_json="[]",
         # request_id differs on every exchange: an id, not a segment
-        "meta_json": json.dumps({**meta, "request_id": f"req-{index}"}),
-    }
+        meta_json=json.dumps({**meta, "request_id": f"req-{index}"}),
+    )
 
 
 async def user_vote(store: Store, reply_id: str, rating: str, at: float, **kw: Any) -> None:
@@ -123,14 +123,14 @@ async def fill_known_store(store: Store) -> None:
         if reply_id in ESCALATED:
             state, hold = ESCALATED[reply_id]
             at = T0 + offset
-            escalation = {
-                "reply_id": reply_id,
-                "state": state,
-                "hold": hold,
-                "trigger": "policy",
-                "created_at": at,
-                "next_attempt_at": at,
-            }
+            escalation = NewEscalation(
+                reply_id=reply_id,
+                state=state,
+                hold=hold,
+                trigger="policy",
+                created_at=at,
+                next_attempt_at=at,
+            )
         await store.record_exchange(row, escalation)
     await user_vote(store, "e1", "up", T0 + 30)
     await user_vote(store, "e2", "down", T0 + 90, reason="incomplete", comment="no email came")

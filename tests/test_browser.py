@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from adapters.upstream.local import LocalUpstream
-from middleware.app.asgi import build_app
+from middleware.app import create_app
 
 from .conftest import gateway_settings
 from .servers import ServerThread
@@ -67,7 +67,9 @@ def serve(tmp_path: Path, **sections: dict[str, Any]) -> ServerThread:
     tmp_path.mkdir(exist_ok=True)
     settings = gateway_settings(tmp_path, None, **sections)
     upstream = LocalUpstream(stream_delay_s=0.04)
-    return ServerThread(build_app(settings, environ={"HITL_ADMIN_TOKEN": ADMIN}, upstream=upstream))
+    return ServerThread(
+        create_app(settings, environ={"HITL_ADMIN_TOKEN": ADMIN}, upstream=upstream)
+    )
 
 
 def stored(tmp_path: Path, query: str) -> list[tuple[Any, ...]]:

@@ -18,7 +18,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from middleware.app.asgi import build_app
+from middleware.app import create_app
 from middleware.http.auth import ClientKeyMiddleware, exempt_path
 
 from .conftest import gateway_settings
@@ -192,6 +192,24 @@ def test_streamed_body_reaches_the_upstream_byte_for_byte(
         r.read()
     assert r.status_code == 200
     assert upstream_requests[-1]["body"] == body
+
+
+def test_logprobs_are_asked_for_only_when_configured(
+    gateway_factory: Any, gw: ServerThread, upstream_requests: list[Any]
+) -> None:
+    plain = httpx.post(gw.url + CHAT, json={"model": "json", "messages": user("a")})
+    assert plain.status_code == 200, plain.text
+    assert "logprobs" not in json.loads(upstream_requests[-1]["body"])
+    asking = gateway_factory(upstream={"logprobs": True})
+    r = httpx.post(asking.url + CHAT, json={"model": "json", "messages": user("a")})
+    assert r.status_code == 200, r.text
+    assert json.loads(upstream_requests[-1]["body"])["logprobs"] is True
+    # A client that says what it wants is not overruled.
+    r = httpx.post(
+        asking.url + CHAT, json={"model": "json", "messages": user("a"), "logprobs": False}
+    )
+    assert r.status_code == 200, r.text
+    assert json.loads(upstream_requests[-1]["body"])["logprobs"] is False
 
 
 # -- streaming ---------------------------------------------------------------------
@@ -434,7 +452,7 @@ def keyed(
         server={"client_keys_env": "HITL_CLIENT_KEYS"},
     )
     environ = {"HITL_CLIENT_KEYS": "key-a, key-b", "OPENAI_API_KEY": "sk-up"}
-    with ServerThread(build_app(settings, environ=environ)) as server:
+    with ServerThread(create_app(settings, environ=environ)) as server:
         yield server
 
 

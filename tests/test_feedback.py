@@ -131,7 +131,7 @@ def test_bad_token_for_unknown_reply_is_403_too(gw: ServerThread) -> None:
 
 def test_unknown_reply_with_a_valid_token_is_404(gw: ServerThread, db: Path) -> None:
     app: Any = gw.config.app
-    signer = app.state.gateway.signer
+    signer = app.state.parts.signer
     reply_id = "hitl-never-recorded"
     r = vote(gw, {"reply_id": reply_id, "token": signer.sign(reply_id), "rating": "up"})
     error = assert_error(r, 404)

@@ -5,6 +5,7 @@ Then the brain alone: bounded progress and snapshots, old snapshots, restore."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -102,7 +103,7 @@ def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
 
 def test_votes_teach_the_model_within_seconds(gateway_factory: Any) -> None:
     gw: ServerThread = gateway_factory(server={"feedback_per_minute": 0})
-    learner = gw.config.app.state.gateway.learner  # type: ignore[attr-defined]
+    learner = gw.config.app.state.parts.learner  # type: ignore[attr-defined]
     before = gap(gw.url)
     assert before == 0.0  # untrained: both get the prior
     teach(gw.url)
@@ -112,7 +113,7 @@ def test_votes_teach_the_model_within_seconds(gateway_factory: Any) -> None:
 
 def test_revote_is_stored_but_learned_once(gateway_factory: Any, tmp_path: Path) -> None:
     gw: ServerThread = gateway_factory()
-    learner = gw.config.app.state.gateway.learner  # type: ignore[attr-defined]
+    learner = gw.config.app.state.parts.learner  # type: ignore[attr-defined]
     hitl = ask(gw.url, plain(1))
     assert vote(gw.url, hitl, "up").status_code == 201
     assert wait_for(lambda: learner.brain.labels == 1)
@@ -368,7 +369,8 @@ def test_snapshot_round_trip_keeps_predictions_and_progress() -> None:
     brain = Brain(rolling_window=50)
     _teach(brain, range(120))
     copy = Brain.from_bytes(brain.to_bytes())
-    assert [copy.predict(_x(i)) for i in range(4)] == [brain.predict(_x(i)) for i in range(4)]
+    expected = [brain.predict(_x(i)) for i in range(4)]
+    assert [copy.predict(_x(i)) for i in range(4)] == pytest.approx(expected, abs=1e-12)
     assert copy.progress.summary() == brain.progress.summary()
     assert (copy.labels, copy.last_label_id, copy.users) == (120, 120, brain.users)
 
@@ -412,7 +414,8 @@ def test_a_format_1_snapshot_still_loads() -> None:
     ys = [1 - i % 2 for i in range(60)]
     ps = [0.9 - 0.8 * (i % 2) for i in range(60)]
     loaded = Brain.from_bytes(_format_1(brain, ys, ps, window=10))
-    assert [loaded.predict(_x(i)) for i in range(4)] == [brain.predict(_x(i)) for i in range(4)]
+    expected = [brain.predict(_x(i)) for i in range(4)]
+    assert [loaded.predict(_x(i)) for i in range(4)] == pytest.approx(expected, abs=1e-12)
     assert loaded.labels == 60
     summary = loaded.progress.summary()
     assert (summary["labels"], summary["positives"], summary["window"]) == (60, 30, 10)
@@ -424,9 +427,11 @@ def test_a_format_1_snapshot_still_loads() -> None:
 async def _label(store: Store, labels: range) -> None:
     """Exchanges voted on: even ones plain, up, predicted 0.8; odd ones hedging, down, 0.2."""
     for i in labels:
-        row = exchange_row(f"e{i}", i, "a", "deliver", 0.8 - 0.6 * (i % 2), "q", {}, i)
-        row["reply_text"] = hedging(i) if i % 2 else plain(i)
-        row["features_json"] = orjson.dumps(_x(i)).decode()
+        row = dataclasses.replace(
+            exchange_row(f"e{i}", i, "a", "deliver", 0.8 - 0.6 * (i % 2), "q", {}, i),
+            reply_text=hedging(i) if i % 2 else plain(i),
+            features_json=orjson.dumps(_x(i)).decode(),
+        )
         await store.record_exchange(row)
         await user_vote(store, f"e{i}", "down" if i % 2 else "up", T0 + i)
 
@@ -468,7 +473,7 @@ async def test_restore_starts_from_a_format_1_snapshot_and_replays_what_follows(
         assert await learner.restore() == 5
         await taught.step()
         assert learner.brain.labels == taught.brain.labels == 35
-        assert learner.brain.predict(_x(1)) == taught.brain.predict(_x(1))
+        assert learner.brain.predict(_x(1)) == pytest.approx(taught.brain.predict(_x(1)), abs=1e-12)
         assert learner.brain.progress.summary()["labels"] == 35
         assert (await store.latest_snapshot()).labels == 35  # type: ignore[union-attr]
     finally:

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 from starlette.responses import Response
 
-from feedback_store import Store
+from feedback_store import NewEscalation, Store
 from middleware.logs import JsonFormatter
 from middleware.metrics import Metrics
 
@@ -101,13 +101,13 @@ async def test_scrape_reads_backlog_dead_letters_auc_and_learner_lag(known_store
     clock = Clock(T0 + 1000)
     metrics = Metrics(clock=clock, learned=lambda: 4)
     await known_store.add_escalation(
-        {
-            "reply_id": "e8",
-            "state": "pending",
-            "trigger": "downvote",
-            "created_at": T0 + 970,
-            "next_attempt_at": T0 + 970,
-        }
+        NewEscalation(
+            reply_id="e8",
+            state="pending",
+            trigger="downvote",
+            created_at=T0 + 970,
+            next_attempt_at=T0 + 970,
+        )
     )
     await metrics.refresh(known_store)
     text = metrics.exposition().decode()
@@ -121,13 +121,9 @@ async def test_scrape_reads_backlog_dead_letters_auc_and_learner_lag(known_store
 
     # Within a second the figures are reused, not read again.
     await known_store.add_escalation(
-        {
-            "reply_id": "e1",
-            "state": "failed",
-            "trigger": "policy",
-            "created_at": T0,
-            "next_attempt_at": T0,
-        }
+        NewEscalation(
+            reply_id="e1", state="failed", trigger="policy", created_at=T0, next_attempt_at=T0
+        )
     )
     clock.now += 0.5
     await metrics.refresh(known_store)
@@ -158,7 +154,7 @@ def test_metrics_move_when_traffic_flows(gateway_factory: GatewayFactory) -> Non
     gw = gateway_factory(policy={"escalate_below": 0.9, "review_budget": 1.0})
     # Store-backed figures are reused for a second between scrapes; read them every time.
     app: Any = gw.config.app
-    app.state.gateway.extras["metrics"].min_refresh_s = 0.0
+    app.state.parts.metrics.min_refresh_s = 0.0
     before = httpx.get(gw.url + "/metrics").text
     assert value(before, "hitl_upstream_latency_seconds_count") == 0
 

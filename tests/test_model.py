@@ -86,7 +86,9 @@ def test_every_candidate_predicts_probabilities_learns_and_snapshots(name: str) 
     scores = [predict(model, x) for x in probes]
     assert all(0.0 <= s <= 1.0 for s in scores)
     restored = pickle.loads(pickle.dumps(model))
-    assert [predict(restored, x) for x in probes] == scores
+    # river's Select keeps its keys in a set, which a pickle may rebuild in another
+    # order (PYTHONHASHSEED=20 does): the same sum, added up in another order.
+    assert [predict(restored, x) for x in probes] == pytest.approx(scores, abs=1e-12)
     # A feature dict stored as JSON and read back scores the same.
     assert [predict(model, json.loads(json.dumps(x))) for x in probes] == scores
 

@@ -17,8 +17,10 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.channel import SlackReviewChannel, map_slack_error
-from feedback_store import Store, StoreError
+from feedback_store import EscalationRow, ReviewCounts, Store, StoreError
 from middleware.errors import ReviewChannelPermanent, ReviewChannelRetryable
+from middleware.flows import DecisionFlow, Hooks
+from middleware.review.items import ReviewItems
 from middleware.review.outbox import (
     PARKED_AT,
     LogChannel,
@@ -27,7 +29,6 @@ from middleware.review.outbox import (
     backoff_delay,
     retry_delay,
 )
-from middleware.review.service import ReviewService
 
 from .slack_standin import CHANNEL, TOKEN, SlackStandin
 from .test_review import escalation_row, exchange_row
@@ -112,6 +113,15 @@ def standin() -> Iterator[SlackStandin]:
 OutboxFactory = Callable[..., Awaitable[Outbox]]
 
 
+def decisions(store: Store, hooks: Hooks | None = None) -> DecisionFlow:
+    return DecisionFlow(
+        store=store,
+        items=ReviewItems(store=store, threshold=0.3),
+        reviewer_weight=3.0,
+        hooks=hooks or Hooks(),
+    )
+
+
 @pytest.fixture
 async def outboxes(store: Store, standin: SlackStandin) -> AsyncIterator[OutboxFactory]:
     """Start dispatchers (each with its own Slack client, like separate processes)."""
@@ -121,11 +131,14 @@ async def outboxes(store: Store, standin: SlackStandin) -> AsyncIterator[OutboxF
         client = AsyncWebClient(token=TOKEN, base_url=standin.url, retry_handlers=[])
         channel = SlackReviewChannel(client=client, channel=channel_id, timeout_s=2.0)
         await channel.open()
-        review = ReviewService(store=store, reviewer_weight=3.0, threshold=0.3)
+        items = ReviewItems(store=store, threshold=0.3)
         outbox = Outbox(
-            store=store, channel=channel, load_item=review.item, policy=FAST, rng=random.Random(1)
+            store=store,
+            channel=channel,
+            load_item=items.for_escalation,
+            policy=FAST,
+            rng=random.Random(1),
         )
-        review.on_decided = outbox.wake
         running.append((outbox, channel))
         if run:
             outbox.start()
@@ -158,8 +171,8 @@ def posted_reply_ids(standin: SlackStandin) -> list[str]:
 
 
 async def row_when(
-    store: Store, reply_id: str, check: Callable[[dict[str, Any]], bool], within: float = 5.0
-) -> dict[str, Any]:
+    store: Store, reply_id: str, check: Callable[[EscalationRow], bool], within: float = 5.0
+) -> EscalationRow:
     """The escalation row of ``reply_id`` once ``check(row)`` holds (the commit follows
     the Slack call by a moment)."""
     deadline = time.monotonic() + within
@@ -172,7 +185,7 @@ async def row_when(
         await asyncio.sleep(0.02)
 
 
-async def counts_when(store: Store, check: Callable[[dict[str, int]], bool]) -> dict[str, int]:
+async def counts_when(store: Store, check: Callable[[ReviewCounts], bool]) -> ReviewCounts:
     deadline = time.monotonic() + 5.0
     while True:
         counts = await store.review_counts()
@@ -195,9 +208,9 @@ async def test_posts_each_escalation_once_and_records_it(
     assert call.args["unfurl_links"] is False and call.args["unfurl_media"] is False
     assert "link_names" not in call.args
     assert call.token == TOKEN
-    row = await row_when(store, "r1", lambda r: r["state"] == "posted")
-    assert row["channel"] == CHANNEL
-    assert row["message_ts"] in standin.messages[CHANNEL]
+    row = await row_when(store, "r1", lambda r: r.state == "posted")
+    assert row.channel == CHANNEL
+    assert row.message_ts in standin.messages[CHANNEL]
     assert await outbox.run_once() is None  # nothing left to do
     assert len(posted_reply_ids(standin)) == 3
 
@@ -216,7 +229,7 @@ async def test_rate_limit_retry_after_is_honoured(
     assert calls[1].at - calls[0].at >= 1.0
     assert calls[2].at - calls[0].at >= 1.0
     row = await store.escalation_for("r1")
-    assert row is not None and row["attempts"] == 1
+    assert row is not None and row.attempts == 1
 
 
 async def test_server_errors_back_off_and_retry(
@@ -228,7 +241,7 @@ async def test_server_errors_back_off_and_retry(
     await escalate(store, "r1")
     outbox.wake()
     await eventually(lambda: len(posted_reply_ids(standin)) == 1)
-    row = await row_when(store, "r1", lambda r: r["state"] == "posted")
+    row = await row_when(store, "r1", lambda r: r.state == "posted")
     calls = standin.calls_to("chat.postMessage")
     assert [(c.status, c.ok) for c in calls] == [
         (500, False),
@@ -237,7 +250,7 @@ async def test_server_errors_back_off_and_retry(
         (200, True),
     ]
     assert posted_reply_ids(standin) == ["r1"]
-    assert row["attempts"] == 3
+    assert row.attempts == 3
 
 
 async def test_slack_down_then_back_posts_each_exactly_once(
@@ -250,8 +263,8 @@ async def test_slack_down_then_back_posts_each_exactly_once(
     outbox.wake()
 
     # Retried with backoff while the connection is refused; the rest wait behind it.
-    await row_when(store, "r0", lambda r: r["attempts"] >= 3)
-    assert (await store.review_counts()).get("pending") == 6
+    await row_when(store, "r0", lambda r: r.attempts >= 3)
+    assert (await store.review_counts()).pending == 6
     assert posted_reply_ids(standin) == []
     standin.start()  # back, on the same port
     await eventually(lambda: len(posted_reply_ids(standin)) == 6)
@@ -267,7 +280,7 @@ async def test_restart_between_commit_and_post(
     assert standin.calls_to("chat.postMessage") == []
     first = await outboxes()  # the restarted process
     await eventually(lambda: len(posted_reply_ids(standin)) == 2)
-    await counts_when(store, lambda c: c.get("posted") == 2)
+    await counts_when(store, lambda c: c.posted == 2)
     await first.stop()
     second = await outboxes()  # and another restart: posted rows stay posted
     await second.run_once()
@@ -292,12 +305,12 @@ async def test_permanent_error_is_a_dead_letter(
     outbox = await outboxes(channel_id="CWRONG")
     await escalate(store, "r1")
     outbox.wake()
-    await counts_when(store, lambda c: c.get("failed") == 1)
-    row = await row_when(store, "r1", lambda r: r["state"] == "failed")
-    assert "channel_not_found" in row["last_error"]
+    await counts_when(store, lambda c: c.failed == 1)
+    row = await row_when(store, "r1", lambda r: r.state == "failed")
+    assert "channel_not_found" in row.last_error
     events = await store.events("review_dead_letter")
     assert len(events) == 1
-    assert json.loads(events[0]["data_json"])["reply_id"] == "r1"
+    assert json.loads(events[0].data_json)["reply_id"] == "r1"
     await asyncio.sleep(0.2)
     assert len(standin.calls_to("chat.postMessage")) == 1  # never retried
 
@@ -309,15 +322,15 @@ async def test_a_verdict_redraws_the_card_in_place(
     await escalate(store, "r1")
     outbox.wake()
     await eventually(lambda: len(posted_reply_ids(standin)) == 1)
-    await row_when(store, "r1", lambda r: r["state"] == "posted")
-    review = ReviewService(store=store, reviewer_weight=3.0, threshold=0.3, on_decided=outbox.wake)
+    await row_when(store, "r1", lambda r: r.state == "posted")
+    review = decisions(store, Hooks(review_queued=outbox.wake))
     await review.decide("r1", "reject", "UREVIEWER1", "unsafe")
     await eventually(lambda: standin.calls_to("chat.update", ok_only=True))
-    await row_when(store, "r1", lambda r: not r["card_stale"])
+    await row_when(store, "r1", lambda r: not r.card_stale)
     posted = await store.escalation_for("r1")
     update = standin.calls_to("chat.update")[0].args
     assert posted is not None
-    assert (update["channel"], update["ts"]) == (CHANNEL, posted["message_ts"])
+    assert (update["channel"], update["ts"]) == (CHANNEL, posted.message_ts)
     blocks = json.dumps(update["blocks"])
     assert "Rejected" in blocks and "<@UREVIEWER1>" in blocks and "unsafe" in blocks
     assert '"actions"' not in blocks  # buttons gone
@@ -329,7 +342,7 @@ async def test_a_verdict_before_posting_means_no_card(
     store: Store, standin: SlackStandin, outboxes: OutboxFactory
 ) -> None:
     await escalate(store, "r1", "r2")
-    review = ReviewService(store=store, reviewer_weight=3.0, threshold=0.3)
+    review = decisions(store)
     await review.decide("r1", "approve", "api")
     outbox = await outboxes(run=False)
     await outbox.run_once()
@@ -341,13 +354,13 @@ async def test_verdict_while_posting_still_reaches_the_card(
 ) -> None:
     await escalate(store, "r1")
     rows = await store.claim_escalations(now=time.time(), lease_s=5, limit=5)
-    assert [r["reply_id"] for r in rows] == ["r1"]
-    review = ReviewService(store=store, reviewer_weight=3.0, threshold=0.3)
+    assert [r.reply_id for r in rows] == ["r1"]
+    review = decisions(store)
     await review.decide("r1", "approve", "U1")  # lands between the post and its record
-    await store.mark_posted(rows[0]["id"], channel=CHANNEL, ts="1.1", now=time.time())
+    await store.mark_posted(rows[0].id, channel=CHANNEL, ts="1.1", now=time.time())
     row = await store.escalation_for("r1")
     assert row is not None
-    assert (row["state"], row["message_ts"], row["card_stale"]) == ("approved", "1.1", True)
+    assert (row.state, row.message_ts, row.card_stale) == ("approved", "1.1", True)
 
 
 async def test_store_failure_after_post_does_not_post_again(
@@ -367,25 +380,25 @@ async def test_store_failure_after_post_does_not_post_again(
     with pytest.raises(StoreError):
         await outbox.run_once()
     # The lease expires; the card is already in the channel and is only recorded.
-    await store.defer_escalations([(await store.escalation_for("r1"))["id"]], at=0.0)  # type: ignore[index]
+    await store.defer_escalations([(await store.escalation_for("r1")).id], at=0.0)  # type: ignore[union-attr]
     await outbox.run_once()
     assert posted_reply_ids(standin) == ["r1"]
     row = await store.escalation_for("r1")
-    assert row is not None and row["state"] == "posted"
+    assert row is not None and row.state == "posted"
 
 
 async def test_log_channel_parks_until_slack_is_on(
     store: Store, standin: SlackStandin, outboxes: OutboxFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("WARNING", logger="hitl.outbox")
-    review = ReviewService(store=store, reviewer_weight=3.0, threshold=0.3)
-    quiet = Outbox(store=store, channel=LogChannel(), load_item=review.item, policy=FAST)
+    items = ReviewItems(store=store, threshold=0.3)
+    quiet = Outbox(store=store, channel=LogChannel(), load_item=items.for_escalation, policy=FAST)
     await escalate(store, "r1")
     assert await quiet.run_once() is not None
     assert await quiet.run_once() is not None
     assert len([r for r in caplog.records if "r1" in r.getMessage()]) == 1
     row = await store.escalation_for("r1")
-    assert row is not None and row["state"] == "pending" and row["next_attempt_at"] == PARKED_AT
+    assert row is not None and row.state == "pending" and row.next_attempt_at == PARKED_AT
     slack = await outboxes(run=False)
     assert await slack.unpark() == 1
     await slack.run_once()

@@ -12,6 +12,8 @@ from middleware.scoring.policy import (
     DecisionContext,
     ReviewBudget,
     Thresholds,
+    complaint_action,
+    complaint_wanted,
     decide,
     is_candidate,
 )
@@ -214,3 +216,36 @@ def test_ask_limiter_memory_is_bounded() -> None:
     # The oldest user was forgotten; the newest is still limited.
     assert asker.may_ask("a", 1.0)
     assert not asker.may_ask("d", 1.0)
+
+
+# -- a complaint asks for a review -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("enabled", "rating", "comment", "wanted"),
+    [
+        (True, "down", "wrong city", True),
+        (True, "down", None, False),
+        (True, "down", "   ", False),
+        (True, "up", "great", False),
+        (False, "down", "wrong city", False),
+    ],
+)
+def test_a_complaint_is_a_thumbs_down_that_says_something(
+    enabled: bool, rating: str, comment: str | None, wanted: bool
+) -> None:
+    assert complaint_wanted(enabled=enabled, rating=rating, comment=comment) is wanted
+
+
+@pytest.mark.parametrize(
+    ("under_review", "within_budget", "action"),
+    [
+        (False, True, "open"),
+        (False, False, "skip"),
+        # Already in front of a reviewer: the card is redrawn, whatever the budget says.
+        (True, False, "redraw"),
+        (True, True, "redraw"),
+    ],
+)
+def test_what_a_complaint_does(under_review: bool, within_budget: bool, action: str) -> None:
+    assert complaint_action(under_review=under_review, within_budget=within_budget) == action

@@ -268,3 +268,17 @@ def test_cli_export_corrections_for_fine_tuning(
     assert [m[-1]["content"] for m in examples] == [CORRECTION, "Open 9 to 5."]
     assert all(set(m) == {"role", "content"} for example in examples for m in example)
     assert main(["export", "--user-corrections", "--store", known_db], environ={}) == 2
+
+
+@pytest.mark.parametrize("text", ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\t=1"])
+def test_csv_cells_never_become_formulas(text: str) -> None:
+    from feedback_store.report import CSV_COLUMNS
+
+    row = {column: None for column in CSV_COLUMNS}
+    # The model name comes from the client, the reviewer's name from the review tool.
+    row.update({"model": text, "reviewed_by": text, "confidence": -0.5})
+    parsed = list(csv.DictReader(io.StringIO(render_csv([row]))))
+    assert parsed[0]["model"] == "'" + text
+    assert parsed[0]["reviewed_by"] == "'" + text
+    # Numbers are numbers, not text a spreadsheet would run.
+    assert parsed[0]["confidence"] == "-0.5"

@@ -12,16 +12,19 @@ from typing import Any
 import httpx
 import pytest
 
-from feedback_store import Store
-from middleware.review.service import ReviewService, check_verdict
+from feedback_store import NewEscalation, NewExchange, Store
+from middleware.errors import InvalidVerdict, UnknownReply
+from middleware.flows import DecisionFlow, Hooks
+from middleware.flows.decision import check_verdict
+from middleware.review.items import ReviewItems
 
 from .servers import ServerThread
 
 ADMIN = "admin-token-for-tests-0123456789"
 
 
-def exchange_row(reply_id: str, **values: Any) -> dict[str, Any]:
-    row = {
+def exchange_row(reply_id: str, **values: Any) -> NewExchange:
+    row: dict[str, Any] = {
         "id": reply_id,
         "created_at": time.time(),
         "model": "json",
@@ -35,18 +38,23 @@ def exchange_row(reply_id: str, **values: Any) -> dict[str, Any]:
         "meta_json": "{}",
     }
     row.update(values)
-    return row
+    return NewExchange(**row)
 
 
-def escalation_row(reply_id: str, **values: Any) -> dict[str, Any]:
+def escalation_row(reply_id: str, **values: Any) -> NewEscalation:
     now = time.time()
     row = {"reply_id": reply_id, "state": "pending", "created_at": now, "next_attempt_at": now}
     row.update(values)
-    return row
+    return NewEscalation(**row)
 
 
-def service(store: Store, **kwargs: Any) -> ReviewService:
-    return ReviewService(store=store, reviewer_weight=3.0, threshold=0.3, **kwargs)
+def service(store: Store, hooks: Hooks | None = None) -> DecisionFlow:
+    return DecisionFlow(
+        store=store,
+        items=ReviewItems(store=store, threshold=0.3),
+        reviewer_weight=3.0,
+        hooks=hooks or Hooks(),
+    )
 
 
 async def labels(store: Store, reply_id: str) -> list[tuple[str, int, float]]:
@@ -55,9 +63,10 @@ async def labels(store: Store, reply_id: str) -> list[tuple[str, int, float]]:
     from feedback_store import Label
 
     table = Label.__table__  # type: ignore[attr-defined]
-    rows = await store.all(
-        select(table.c.source, table.c.value, table.c.weight).where(table.c.reply_id == reply_id)
+    query = select(table.c.source, table.c.value, table.c.weight).where(
+        table.c.reply_id == reply_id
     )
+    rows = await store.read(lambda conn: conn.execute(query).all())
     return [tuple(r) for r in rows]
 
 
@@ -77,11 +86,9 @@ async def test_verdict_is_stored_with_its_label(
 ) -> None:
     await store.record_exchange(exchange_row("r1"), escalation_row("r1"))
     learned: list[int] = []
-    store.on_label(lambda: learned.append(1))
     woken: list[int] = []
-    outcome = await service(store, on_decided=lambda: woken.append(1)).decide(
-        "r1", decision, "UREVIEWER1", reason, correction
-    )
+    hooks = Hooks(label_committed=lambda: learned.append(1), review_queued=lambda: woken.append(1))
+    outcome = await service(store, hooks).decide("r1", decision, "UREVIEWER1", reason, correction)
     assert outcome is not None and outcome.applied
     assert (outcome.state, outcome.decided_by, outcome.reason, outcome.correction) == (
         state,
@@ -91,13 +98,13 @@ async def test_verdict_is_stored_with_its_label(
     )
     row = await store.escalation_for("r1")
     assert row is not None
-    assert (row["state"], row["decided_by"], row["decision_reason"], row["correction"]) == (
+    assert (row.state, row.decided_by, row.decision_reason, row.correction) == (
         state,
         "UREVIEWER1",
         reason,
         correction,
     )
-    assert row["decided_at"] is not None
+    assert row.decided_at is not None
     assert await labels(store, "r1") == [("reviewer", value, 3.0)]
     assert learned == [1] and woken == [1]
 
@@ -128,27 +135,27 @@ async def test_posted_card_goes_stale_after_a_verdict(store: Store) -> None:
     await review.decide("r2", "approve", "U1")
     posted = await store.escalation_for("r1")
     unposted = await store.escalation_for("r2")
-    assert posted is not None and posted["card_stale"]
+    assert posted is not None and posted.card_stale
     # Never in the channel: nothing to redraw, and it will not be posted now.
-    assert unposted is not None and not unposted["card_stale"]
+    assert unposted is not None and not unposted.card_stale
 
 
 async def test_unknown_reply_and_unescalated_reply(store: Store) -> None:
     review = service(store)
-    assert await review.decide("nope", "approve", "U1") is None
+    with pytest.raises(UnknownReply, match="nope"):
+        await review.decide("nope", "approve", "U1")
     await store.record_exchange(exchange_row("plain", decision="deliver"))
     outcome = await review.decide("plain", "reject", "api-reviewer", "unsafe")
     assert outcome is not None and outcome.applied
     row = await store.escalation_for("plain")
-    assert row is not None and row["trigger"] == "api" and row["state"] == "rejected"
+    assert row is not None and row.trigger == "api" and row.state == "rejected"
     assert await labels(store, "plain") == [("reviewer", 0, 3.0)]
 
 
 async def test_decision_listeners_hear_committed_verdicts_only(store: Store) -> None:
     await store.record_exchange(exchange_row("r1"), escalation_row("r1"))
-    review = service(store)
     heard: list[str] = []
-    review.on_decision(lambda outcome: heard.append(outcome.state))
+    review = service(store, Hooks(decided=lambda outcome: heard.append(outcome.state)))
     await review.decide("r1", "correct", "U1", None, "fixed")
     await review.decide("r1", "approve", "U2")
     assert heard == ["corrected"]
@@ -167,7 +174,7 @@ async def test_decision_listeners_hear_committed_verdicts_only(store: Store) -> 
 def test_check_verdict_refuses(
     decision: str, reason: str | None, correction: str | None, problem: str
 ) -> None:
-    with pytest.raises(ValueError, match=problem):
+    with pytest.raises(InvalidVerdict, match=problem):
         check_verdict(decision, reason, correction)
 
 
@@ -260,7 +267,7 @@ def test_reply_lookup_needs_the_replys_token(gw: ServerThread) -> None:
 def test_reply_lookup_404_and_feedback(gw: ServerThread) -> None:
     hitl = ask(gw)
     app: Any = gw.config.app
-    gateway = app.state.gateway
+    gateway = app.state.parts
     unknown = "hitl-ffffffffffffffffffffffff"
     assert reply(gw, unknown, gateway.signer.sign(unknown)).status_code == 404
     r = httpx.post(
@@ -426,7 +433,7 @@ def test_a_reply_nobody_reviews_has_review_state_none(gateway_factory: Any) -> N
 
 
 def test_slack_without_a_channel_stops_start_up(tmp_path: Path) -> None:
-    from middleware.app.asgi import build_app
+    from middleware.app import create_app
     from middleware.errors import ConfigError
     from middleware.settings import settings_from_mapping
 
@@ -434,4 +441,4 @@ def test_slack_without_a_channel_stops_start_up(tmp_path: Path) -> None:
         {"store": {"url": f"sqlite:///{tmp_path / 'x.db'}"}, "slack": {"enabled": True}}
     )
     with pytest.raises(ConfigError, match=r"slack\.channel is empty"):
-        build_app(settings, environ={"SLACK_BOT_TOKEN": "x", "SLACK_SIGNING_SECRET": "y"})
+        create_app(settings, environ={"SLACK_BOT_TOKEN": "x", "SLACK_SIGNING_SECRET": "y"})

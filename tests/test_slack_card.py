@@ -23,9 +23,11 @@ from adapters.slack.card import (
     parse_correction,
     render_review_message,
 )
+from feedback_store import EscalationRow, ExchangeRow, FeedbackRow
+from middleware.ports import ReviewItem
+from middleware.review.items import build_item
 from middleware.review.privacy import Redactor
-from middleware.review.service import ReviewItem, build_item
-from middleware.settings import REASONS
+from middleware.vocabulary import REASONS
 
 EVIL = "hi <!channel> see <http://evil.example|click here> & <@U999> <!here>"
 
@@ -241,14 +243,14 @@ def test_parse_action_refuses_foreign_actions(action: dict[str, Any]) -> None:
 
 
 def test_build_item_reads_the_stored_rows() -> None:
-    exchange = {
-        "id": "hitl-1",
-        "question": "q?",
-        "reply_text": "a.",
-        "confidence": 0.2,
-        "model": "m",
-        "created_at": 5.0,
-        "request_json": json.dumps(
+    exchange = ExchangeRow(
+        id="hitl-1",
+        question="q?",
+        reply_text="a.",
+        confidence=0.2,
+        model="m",
+        created_at=5.0,
+        request_json=json.dumps(
             {
                 "messages": [
                     {"role": "system", "content": "be nice"},
@@ -258,10 +260,21 @@ def test_build_item_reads_the_stored_rows() -> None:
                 ]
             }
         ),
-        "reasons_json": json.dumps(["confidence 0.20 < 0.3"]),
-    }
-    escalation = {"reply_id": "hitl-1", "state": "posted", "trigger": "downvote", "hold": False}
-    feedback = {"rating": "down", "reason": "incorrect", "comment": "wrong city"}
+        reasons_json=json.dumps(["confidence 0.20 < 0.3"]),
+    )
+    escalation = EscalationRow(
+        id=1, reply_id="hitl-1", created_at=5.0, state="posted", trigger="downvote", hold=False
+    )
+    feedback = FeedbackRow(
+        id=1,
+        reply_id="hitl-1",
+        voter="user",
+        rating="down",
+        created_at=6.0,
+        updated_at=6.0,
+        reason="incorrect",
+        comment="wrong city",
+    )
     built = build_item(escalation, exchange, feedback, threshold=0.3)
     assert built.history == (("user", "first"), ("bot", "answer one"))
     assert built.complaint == "incorrect: wrong city"

@@ -25,6 +25,9 @@ from feedback_store import (
     KeyValue,
     Label,
     ModelSnapshot,
+    NewEscalation,
+    NewExchange,
+    ReviewCounts,
     SchemaError,
     Store,
     StoreError,
@@ -81,7 +84,7 @@ async def store(store_url: str) -> AsyncIterator[Store]:
         await s.close()
 
 
-def exchange(reply_id: str, **values: Any) -> dict[str, Any]:
+def exchange(reply_id: str, **values: Any) -> NewExchange:
     """A complete row, as the gateway's recorder writes one."""
     row: dict[str, Any] = {
         "id": reply_id,
@@ -107,10 +110,10 @@ def exchange(reply_id: str, **values: Any) -> dict[str, Any]:
         "meta_json": "{}",
     }
     row.update(values)
-    return row
+    return NewExchange(**row)
 
 
-def escalation(reply_id: str, **values: Any) -> dict[str, Any]:
+def escalation(reply_id: str, **values: Any) -> NewEscalation:
     now = time.time()
     row: dict[str, Any] = {
         "reply_id": reply_id,
@@ -121,7 +124,7 @@ def escalation(reply_id: str, **values: Any) -> dict[str, Any]:
         "next_attempt_at": now,
     }
     row.update(values)
-    return row
+    return NewEscalation(**row)
 
 
 async def vote(
@@ -161,7 +164,8 @@ async def test_a_second_start_on_the_same_database_keeps_its_rows(store_url: str
     second = Store(store_url)
     await second.start()
     try:
-        assert (await second.get_exchange("r1") or {})["id"] == "r1"
+        stored = await second.get_exchange("r1")
+        assert stored is not None and stored.id == "r1"
     finally:
         await second.close()
 
@@ -199,21 +203,22 @@ async def test_record_exchange_round_trips(store: Store) -> None:
     stored = await store.get_exchange("r1")
     assert stored is not None
     for key in ("end_user", "reply_text", "stream", "confidence", "status", "features_json"):
-        assert stored[key] == row[key]
+        assert getattr(stored, key) == getattr(row, key)
+    assert stored.values() == row.values()  # every column, as recorded
     assert await store.get_exchange("nope") is None
 
 
 async def test_exchange_and_escalation_commit_together(store: Store) -> None:
     await store.record_exchange(exchange("r1", decision="escalate"), escalation("r1", hold=True))
-    assert (await store.get_exchange("r1") or {})["decision"] == "escalate"
+    stored = await store.get_exchange("r1")
+    assert stored is not None and stored.decision == "escalate"
     outbox = await store.escalation_for("r1")
     assert outbox is not None
-    assert (outbox["state"], outbox["hold"]) == ("pending", True)
+    assert (outbox.state, outbox.hold) == ("pending", True)
 
 
 async def test_a_failing_escalation_rolls_back_its_exchange(store: Store) -> None:
-    bad = escalation("r1")
-    del bad["created_at"]  # NOT NULL
+    bad = escalation("r1", created_at=None)  # NOT NULL
     with pytest.raises(StoreError):
         await store.record_exchange(exchange("r1"), bad)
     assert await store.get_exchange("r1") is None
@@ -224,7 +229,8 @@ async def test_a_duplicate_reply_id_is_refused(store: Store) -> None:
     await store.record_exchange(exchange("r1", reply_text="first"))
     with pytest.raises(StoreError):
         await store.record_exchange(exchange("r1", reply_text="second"))
-    assert (await store.get_exchange("r1") or {})["reply_text"] == "first"
+    stored = await store.get_exchange("r1")
+    assert stored is not None and stored.reply_text == "first"
 
 
 # -- votes and labels --------------------------------------------------------------
@@ -241,8 +247,8 @@ async def test_vote_create_then_update_appends_one_label(store: Store) -> None:
     assert not third.created and third.previous_rating == "down"
     current = await store.feedback_for("r1")
     assert current is not None
-    assert (current["rating"], current["reason"], current["changes"]) == ("down", "tone", 2)
-    assert current["correction"] is None  # last vote wins, whole
+    assert (current.rating, current.reason, current.changes) == ("down", "tone", 2)
+    assert current.correction is None  # last vote wins, whole
     assert await store.count_rows(Feedback) == 1
     labels = await store.labels_after(0)
     assert [(label.reply_id, label.value, label.source) for label in labels] == [("r1", 1, "user")]
@@ -312,10 +318,10 @@ async def test_events_in_order_and_by_kind(store: Store) -> None:
     await store.add_event("drift", {"n": 1}, at=100.0)
     await store.add_event("startup", {})
     await store.add_event("drift", {"n": 2})
-    assert [e["kind"] for e in await store.events()] == ["drift", "startup", "drift"]
+    assert [e.kind for e in await store.events()] == ["drift", "startup", "drift"]
     drifts = await store.events("drift")
-    assert [json.loads(e["data_json"]) for e in drifts] == [{"n": 1}, {"n": 2}]
-    assert drifts[0]["created_at"] == 100.0
+    assert [json.loads(e.data_json) for e in drifts] == [{"n": 1}, {"n": 2}]
+    assert drifts[0].created_at == 100.0
     assert await store.events("nothing") == []
 
 
@@ -391,3 +397,58 @@ async def test_a_failing_job_in_a_batch_fails_only_itself(store: Store) -> None:
     assert await store.count_rows(Exchange) == 11
     for i in range(10):
         assert await store.get_exchange(f"ok{i}") is not None
+
+
+# -- gauges and errors -------------------------------------------------------------
+
+
+async def test_gauges_and_counts_of_an_empty_store(store: Store) -> None:
+    gauges = await store.gauges(auc_window=10)
+    assert (gauges.unposted, gauges.posted, gauges.failed) == (0, 0, 0)
+    assert gauges.oldest_unposted_at is None and gauges.newest_label_id is None
+    assert gauges.recent_roc_auc is None
+    assert await store.review_counts() == ReviewCounts()
+
+
+async def test_gauges_count_the_outbox_and_judge_the_newest_labels(store: Store) -> None:
+    for i, (confidence, rating) in enumerate([(0.9, "up"), (0.2, "down"), (0.6, "up")]):
+        await store.record_exchange(
+            exchange(f"r{i}", confidence=confidence), escalation(f"r{i}", created_at=10.0 + i)
+        )
+        await vote(store, f"r{i}", rating)
+    await store.mark_posted(1, channel="C1", ts="1.1", now=20.0)
+    gauges = await store.gauges(auc_window=2)
+    assert (gauges.unposted, gauges.posted, gauges.failed) == (2, 1, 0)
+    assert gauges.oldest_unposted_at == 11.0
+    labels = await store.labels_after(0)
+    assert gauges.newest_label_id == labels[-1].id
+    assert gauges.recent_roc_auc == 1.0  # r2 (up, 0.6) above r1 (down, 0.2)
+    assert (await store.review_counts()).pending == 2
+
+
+async def test_database_errors_become_store_errors_that_say_what_to_do(store: Store) -> None:
+    with pytest.raises(StoreError) as read:
+        await store.read(lambda conn: conn.execute(text("SELECT * FROM no_such_table")).all())
+    assert "could not be read" in str(read.value) and "hitl db upgrade" in str(read.value)
+    await store.get_or_create_value("secret", lambda: "kept")
+
+    def clash(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO keyvalue (key, value) VALUES ('secret', 'hunter2')"))
+
+    with pytest.raises(StoreError) as write:
+        await store.write(clash)
+    message = str(write.value)
+    assert "refused a write" in message and "nothing of that write was stored" in message
+    # The statement and its parameters (users' text, secrets) stay out of the message.
+    assert "hunter2" not in message and "INSERT" not in message
+    assert message.count("\n") == 0
+
+
+async def test_an_unreachable_database_is_a_store_error_without_the_password() -> None:
+    store = Store("postgresql+psycopg://hitl:s3cret-pw@127.0.0.1:1/nothing")
+    with pytest.raises(StoreError) as info:
+        await store.start()
+    message = str(info.value)
+    assert message.startswith("the database at postgresql+psycopg://hitl:***@127.0.0.1:1/nothing")
+    assert "could not be opened" in message and "[store] url" in message
+    assert "s3cret-pw" not in message

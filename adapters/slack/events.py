@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
@@ -42,6 +42,7 @@ from middleware.errors import (
     UnknownReply,
 )
 from middleware.ports import PostedCard, ReviewDesk
+from middleware.vocabulary import Reason, Verdict
 
 log = logging.getLogger("hitl.slack.events")
 
@@ -165,7 +166,7 @@ class _Decisions:
         return user, reply_id, reason
 
     async def click(
-        self, verdict: str, ack: Ack, body: dict[str, Any], action: dict[str, Any]
+        self, verdict: Verdict, ack: Ack, body: dict[str, Any], action: dict[str, Any]
     ) -> None:
         admitted = await self._admit(ack, body, action)
         if admitted is None:
@@ -174,7 +175,8 @@ class _Decisions:
         if verdict == "reject":
             reason = reason or "other"
         try:
-            outcome = await self.desk.decide(reply_id, verdict, user, reason)
+            # parse_action admits only known reasons.
+            outcome = await self.desk.decide(reply_id, verdict, user, cast(Reason | None, reason))
         except UnknownReply:
             await ack()
             await self._tell(body, user, f"Reply {reply_id} is no longer in the store.")

@@ -32,7 +32,13 @@ from feedback_store.report.model import (
     learning_curve,
     model_summary,
 )
-from feedback_store.report.periods import BUCKET_WIDTHS, MAX_BUCKETS, bucket_width, parse_when, timeline
+from feedback_store.report.periods import (
+    BUCKET_WIDTHS,
+    MAX_BUCKETS,
+    bucket_width,
+    parse_when,
+    timeline,
+)
 from feedback_store.report.rows import (
     EventRow,
     ExchangeRow,
@@ -57,8 +63,8 @@ __all__ = [
     "ReviewerVote",
     "VoteRow",
     "agreement_pairs",
-    "build_report",
     "bucket_width",
+    "build_report",
     "by_reviewer",
     "calibration",
     "cohen_kappa",

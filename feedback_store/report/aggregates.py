@@ -10,8 +10,12 @@ import numpy as np
 
 from feedback_store.report.metrics import cohen_kappa, quantile, rate, rounded
 from feedback_store.report.rows import ExchangeRow, ReportRows, ReviewerVote, ReviewRow, VoteRow
-from feedback_store.vocabulary import AWAITING_STATES, DECIDED_STATES, DECISION_KINDS, REVIEWED_DECISIONS
-
+from feedback_store.vocabulary import (
+    AWAITING_STATES,
+    DECIDED_STATES,
+    DECISION_KINDS,
+    REVIEWED_DECISIONS,
+)
 
 # -- feedback and decisions ----------------------------------------------------------
 
@@ -36,7 +40,7 @@ def feedback_summary(votes: Iterable[VoteRow]) -> dict[str, Any]:
 
 
 def decision_counts(exchanges: Iterable[ExchangeRow]) -> dict[str, int]:
-    counts = dict.fromkeys(DECISION_KINDS, 0)
+    counts: dict[str, int] = dict.fromkeys(DECISION_KINDS, 0)
     for e in exchanges:
         counts[e.decision] = counts.get(e.decision, 0) + 1
     return counts

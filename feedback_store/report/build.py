@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from feedback_store.report.aggregates import decision_counts, feedback_summary, review_summary, segments, user_votes
+from feedback_store.report.aggregates import (
+    decision_counts,
+    feedback_summary,
+    review_summary,
+    segments,
+    user_votes,
+)
 from feedback_store.report.metrics import iso, quantile, rounded
 from feedback_store.report.model import model_summary
 from feedback_store.report.periods import timeline

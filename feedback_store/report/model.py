@@ -104,9 +104,7 @@ def model_summary(
         "by_source": dict(Counter(label.source for label in ordered)),
         "roc_auc": roc_auc(y, p),
         "log_loss": log_loss(y, p),
-        "accuracy": rate(
-            sum((pi >= 0.5) == bool(yi) for yi, pi in zip(y, p, strict=True)), len(y)
-        ),
+        "accuracy": rate(sum((pi >= 0.5) == bool(yi) for yi, pi in zip(y, p, strict=True)), len(y)),
         "brier": rounded(float(np.mean((np.asarray(p) - np.asarray(y)) ** 2))) if y else None,
         "rolling_window": window,
         "rolling_roc_auc": roc_auc(y[recent], p[recent]),

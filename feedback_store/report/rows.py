@@ -12,15 +12,21 @@ events (drift) are selected by their own time.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, select
 
 from feedback_store.tables import escalation_t, event_t, exchange_t, feedback_t, label_t
 
-if TYPE_CHECKING:
-    from feedback_store.engine import Store
+T = TypeVar("T")
+
+
+class Reader(Protocol):
+    """What the report reads through: ``Store.read``."""
+
+    async def read(self, fn: Callable[[Connection], T]) -> T: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +248,7 @@ def _read_rows(conn: Connection, queries: list[Any]) -> ReportRows:
 
 
 async def load_rows(
-    store: Store, *, since: float | None = None, until: float | None = None
+    store: Reader, *, since: float | None = None, until: float | None = None
 ) -> ReportRows:
     """Read what the report needs for exchanges created in ``[since, until)``."""
     queries = _queries(since, until)

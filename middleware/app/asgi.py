@@ -57,6 +57,7 @@ def routes(parts: Parts) -> list[BaseRoute]:
         forward_client_auth=settings.upstream.forward_client_auth,
         max_body_bytes=settings.server.max_body_bytes,
         stream_hitl_chunk=settings.server.stream_hitl_chunk,
+        request_logprobs=settings.upstream.logprobs,
     )
     feedback = FeedbackEndpoint(
         votes=parts.votes,
@@ -89,8 +90,8 @@ def routes(parts: Parts) -> list[BaseRoute]:
             try:
                 counts = await store.review_counts()
                 body["review"] = {
-                    "failed": counts.get("failed", 0),
-                    "pending": counts.get("pending", 0),
+                    "failed": counts.failed,
+                    "pending": counts.pending,
                 }
             except StoreError:
                 body["review"] = {"failed": None, "pending": None}
@@ -107,7 +108,7 @@ def routes(parts: Parts) -> list[BaseRoute]:
     ]
     if parts.review.events is not None:
         events = ChannelEventsEndpoint(events=parts.review.events)
-        table.append(Route("/slack/events", events, methods=["POST"]))
+        table.append(Route("/slack/events", events.post, methods=["POST"]))
     return [
         *table,
         *report_routes(reports),

@@ -18,7 +18,7 @@ from middleware.settings import Settings
 def cmd_replay(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
     from tqdm import tqdm
 
-    from middleware.learning.replay import read_stream, replay
+    from middleware.app.replay import read_stream, replay
 
     path = Path(args.file)
     if not path.exists():

@@ -104,16 +104,14 @@ def _require_database(settings: Settings) -> None:
 
 async def _open_store(settings: Settings) -> Any:
     from feedback_store import SchemaError, Store, StoreError
-    from feedback_store.schema import redact_url
 
-    url = settings.store.url
-    store = Store(url)
+    store = Store(settings.store.url)
     try:
         await store.start()
     except SchemaError as exc:
         raise SchemaOutdated(str(exc)) from exc
-    except StoreError as exc:
-        raise StoreUnavailable(f"cannot open the database {redact_url(url)}: {exc}") from exc
+    except StoreError as exc:  # it names the database (without its password) and what to do
+        raise StoreUnavailable(str(exc)) from exc
     return store
 
 

@@ -81,8 +81,10 @@ class ChatEndpoint:
         forward_client_auth: bool,
         max_body_bytes: int,
         stream_hitl_chunk: bool,
+        request_logprobs: bool = False,
     ) -> None:
         self.upstream = upstream
+        self.request_logprobs = request_logprobs
         self.replies = replies
         self.signer = signer
         self.api_key = api_key
@@ -147,6 +149,10 @@ class ChatEndpoint:
                 "invalid_request",
                 param="messages",
             )
+        if self.request_logprobs and "logprobs" not in payload:
+            # Token log-probabilities are a feature; the body is re-encoded only then.
+            payload["logprobs"] = True
+            body = orjson.dumps(payload)
         upstream_request = UpstreamRequest(
             "POST", "/chat/completions", "", self._headers(request), body, payload
         )

@@ -30,7 +30,7 @@ class ChannelEventsEndpoint:
         self.max_body_bytes = max_body_bytes
         self.clock = clock
 
-    async def __call__(self, request: Request) -> Response:
+    async def post(self, request: Request) -> Response:
         problem = self.events.refuse(request.headers, self.clock())
         if problem is not None:
             return error_response(401, problem, "invalid_signature")

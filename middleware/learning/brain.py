@@ -59,7 +59,7 @@ class _Unpickler(pickle.Unpickler):
 
 
 class Brain:
-    """The model, the outlier detector, the drift detector and per-user rates."""
+    """The model, the outlier and drift detectors, per-user rates and rolling progress."""
 
     def __init__(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -37,21 +38,23 @@ def build_item(
         parts = [p for p in (feedback.reason, feedback.comment) if p]
         complaint = ": ".join(str(p) for p in parts) or "thumbs down"
         reasons.append("the user gave it a thumbs-down")
-    common = {
-        "reply_id": exchange.id,
-        "question": exchange.question or "",
-        "answer": exchange.reply_text or "",
-        "confidence": float(exchange.confidence or 0.0),
-        "threshold": threshold,
-        "history": history,
-        "reasons": tuple(reasons),
-        "model": exchange.model or "",
-        "complaint": complaint,
-    }
+    bare = ReviewItem(
+        reply_id=exchange.id,
+        question=exchange.question or "",
+        answer=exchange.reply_text or "",
+        confidence=float(exchange.confidence or 0.0),
+        threshold=threshold,
+        history=history,
+        reasons=tuple(reasons),
+        model=exchange.model or "",
+        complaint=complaint,
+        created_at=exchange.created_at or 0.0,
+        state="none",
+    )
     if escalation is None:
-        return ReviewItem(**common, created_at=exchange.created_at or 0.0, state="none")
-    return ReviewItem(
-        **common,
+        return bare
+    return replace(
+        bare,
         trigger=escalation.trigger or "policy",
         hold=bool(escalation.hold),
         created_at=float(escalation.created_at or exchange.created_at or 0.0),

@@ -17,11 +17,10 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
-from feedback_store import Store, StoreError
+from feedback_store import EscalationRow, Store, StoreError
 from middleware.errors import ReviewChannelPermanent, ReviewChannelRetryable
 from middleware.ports import PostedCard, ReviewChannel, ReviewItem
 
@@ -80,7 +79,7 @@ def retry_delay(attempt: int, retry_after: float | None, policy: RetryPolicy, ra
     return backoff_delay(attempt, policy, rand)
 
 
-ItemLoader = Callable[[Mapping[str, Any]], Awaitable[ReviewItem | None]]
+ItemLoader = Callable[[EscalationRow], Awaitable[ReviewItem | None]]
 
 
 class Outbox:
@@ -155,28 +154,26 @@ class Outbox:
             try:
                 await self._deliver(row)
             except ReviewChannelRetryable as exc:
-                attempts = int(row["attempts"]) + 1
+                attempts = row.attempts + 1
                 delay = retry_delay(attempts, exc.retry_after, policy, self.rng.random())
                 at = self.clock() + delay
                 self._paused_until = at
                 log.warning(
                     "review card for %s not delivered (%s); retry %d in %.1fs",
-                    row["reply_id"],
+                    row.reply_id,
                     exc,
                     attempts,
                     delay,
                 )
-                await self.store.retry_escalation(
-                    row["id"], attempts=attempts, at=at, error=str(exc)
-                )
+                await self.store.retry_escalation(row.id, attempts=attempts, at=at, error=str(exc))
                 # The channel is unwell, not the row: everything else waits as long.
-                await self.store.defer_escalations([r["id"] for r in rows[index + 1 :]], at=at)
+                await self.store.defer_escalations([r.id for r in rows[index + 1 :]], at=at)
                 return delay
             except ReviewChannelPermanent as exc:
-                card_only = row["state"] != "pending"
+                card_only = row.state != "pending"
                 log.error(
                     "review card for %s %s: %s (dead letter; fix the channel settings)",
-                    row["reply_id"],
+                    row.reply_id,
                     "could not be updated" if card_only else "could not be posted",
                     exc,
                 )
@@ -188,26 +185,26 @@ class Outbox:
         due = await self.store.next_escalation_due()
         return None if due is None else due - self.clock()
 
-    async def _deliver(self, row: Mapping[str, Any]) -> None:
+    async def _deliver(self, row: EscalationRow) -> None:
         item = await self.load_item(row)
         if item is None:
-            raise ReviewChannelPermanent(f"the exchange of reply {row['reply_id']} is gone")
-        if row["state"] == "pending":
-            card = self._unrecorded.pop(row["id"], None) or await self.channel.post(item)
+            raise ReviewChannelPermanent(f"the exchange of reply {row.reply_id} is gone")
+        if row.state == "pending":
+            card = self._unrecorded.pop(row.id, None) or await self.channel.post(item)
             if card is None:
-                await self.store.defer_escalations([row["id"]], at=PARKED_AT)
+                await self.store.defer_escalations([row.id], at=PARKED_AT)
                 return
             try:
                 await self.store.mark_posted(
-                    row["id"], channel=card.channel, ts=card.ts, now=self.clock()
+                    row.id, channel=card.channel, ts=card.ts, now=self.clock()
                 )
             except StoreError:
-                self._unrecorded[row["id"]] = card
+                self._unrecorded[row.id] = card
                 raise
-            log.info("review card for %s posted", row["reply_id"])
+            log.info("review card for %s posted", row.reply_id)
             return
-        await self.channel.update(PostedCard(str(row["channel"]), str(row["message_ts"])), item)
-        await self.store.mark_card_current(row["id"])
+        await self.channel.update(PostedCard(str(row.channel), str(row.message_ts)), item)
+        await self.store.mark_card_current(row.id)
 
     async def unpark(self) -> int:
         """Rows parked by a log-only channel become due (a real channel is here now)."""

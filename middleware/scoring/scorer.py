@@ -28,7 +28,7 @@ from middleware.scoring.policy import (
 
 
 class Brain(Protocol):
-    """What the scorer reads from the learning side (``middleware.learning.learner.Brain``)."""
+    """What the scorer reads from the learning side (``middleware.learning.brain.Brain``)."""
 
     def predict(self, x: dict[str, Any]) -> float | None:
         """P(helpful), or None while the model has learned nothing."""
