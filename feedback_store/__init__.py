@@ -17,6 +17,7 @@ from feedback_store.rows import (
     NewExchange,
     ReviewCounts,
     ReviewResult,
+    ReviewVoteRow,
     SnapshotRow,
     StoreGauges,
     VoteResult,
@@ -30,6 +31,7 @@ from feedback_store.tables import (
     KeyValue,
     Label,
     ModelSnapshot,
+    ReviewVote,
 )
 
 __all__ = [
@@ -49,6 +51,8 @@ __all__ = [
     "NewExchange",
     "ReviewCounts",
     "ReviewResult",
+    "ReviewVote",
+    "ReviewVoteRow",
     "SchemaError",
     "SnapshotRow",
     "Store",

@@ -72,7 +72,6 @@ class Store:
         self._engine: Engine | None = None
         self._writer: Writer | None = None
         self._read_threads: ThreadPoolExecutor | None = None
-        self._listeners: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         return f"Store({redact_url(self.url)!r})"
@@ -153,14 +152,6 @@ class Store:
             raise StoreError(NOT_STARTED)
         return self._engine
 
-    def on_label(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` (no arguments, must not block) after a label is committed."""
-        self._listeners.append(listener)
-
-    def notify_label(self) -> None:
-        for listener in self._listeners:
-            listener()
-
     # -- reading and writing -----------------------------------------------------
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
@@ -233,10 +224,7 @@ class Store:
             weight=weight,
             at=time.time() if now is None else now,
         )
-        result = await self.write(lambda conn: exchanges.vote(conn, vote, voter))
-        if result.label_id is not None:
-            self.notify_label()
-        return result
+        return await self.write(lambda conn: exchanges.vote(conn, vote, voter))
 
     async def feedback_for(self, reply_id: str) -> FeedbackRow | None:
         """The newest vote on a reply, or None."""

@@ -95,6 +95,10 @@ class _EscalationColumns(Columns):
     decision_reason: str | None = None
     correction: str | None = None
     card_stale: bool = False
+    #: a hold's release (the first on record): original | correction | fallback
+    released: str | None = None
+    released_at: float | None = None
+    timed_out: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,11 +169,31 @@ class VoteResult:
     found: bool = True  # False: no exchange with that reply id; nothing was stored
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReviewVoteRow(Columns):
+    """One reviewer's vote on one escalation (``review_vote``)."""
+
+    id: int
+    escalation_id: int
+    reply_id: str
+    reviewer: str
+    verdict: str  # approve | reject | correct
+    created_at: float
+    reason: str | None = None
+    correction: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ReviewResult:
-    applied: bool  # this verdict was committed (False: another reviewer decided first)
+    #: this vote was committed (False: the item was decided already, or this reviewer
+    #: voted on it already; nothing was stored)
+    applied: bool
     label_id: int | None  # the Label appended for the learner, when applied
     escalation: EscalationRow  # the escalation row after the call
+    #: this vote decided the item (its side reached the votes required)
+    decided: bool = False
+    #: every vote on the escalation after the call, oldest first
+    votes: tuple[ReviewVoteRow, ...] = ()
 
 
 # -- snapshots, events, gauges -------------------------------------------------------
@@ -191,6 +215,8 @@ class EventRow(Columns):
     created_at: float
     kind: str
     data_json: str = "{}"
+    #: when it was announced in the review channel (None: not yet)
+    announced_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,7 +5,9 @@ Times are UNIX seconds (float, UTC) so SQLite and PostgreSQL compare them the sa
 
 from __future__ import annotations
 
-from sqlalchemy import Column, LargeBinary, Table, Text, UniqueConstraint
+from typing import ClassVar
+
+from sqlalchemy import Column, LargeBinary, Table, Text, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 
@@ -92,8 +94,36 @@ class Escalation(SQLModel, table=True):
     decided_at: float | None = None
     decision_reason: str | None = Field(default=None, max_length=20)
     correction: str | None = Field(default=None, sa_column=Column(Text))
-    #: the card needs updating in the channel (after a decision)
+    #: the card needs updating in the channel (after a decision, or a vote's tally)
     card_stale: bool = False
+    #: a hold's release, the first one on record: original | correction | fallback
+    released: str | None = Field(default=None, max_length=12)
+    released_at: float | None = None
+    #: the hold was released with the fallback because nobody decided in time
+    timed_out: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+
+
+class ReviewVote(SQLModel, table=True):
+    """One reviewer's vote on one escalation (several may be needed to decide it).
+
+    Every vote is kept (and learned, as a label); the escalation holds the decision the
+    votes reached. An audit record of its own: it names no message text but the
+    reviewer's correction.
+    """
+
+    __tablename__: ClassVar[str] = "review_vote"  # type: ignore[misc]
+    __table_args__ = (
+        UniqueConstraint("escalation_id", "reviewer", name="uq_review_vote_escalation_reviewer"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    escalation_id: int = Field(foreign_key="escalation.id", index=True)
+    reply_id: str = Field(index=True, max_length=40)
+    reviewer: str = Field(max_length=200)
+    verdict: str = Field(max_length=12)  # approve | reject | correct
+    reason: str | None = Field(default=None, max_length=20)
+    correction: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: float
 
 
 class ModelSnapshot(SQLModel, table=True):
@@ -112,6 +142,8 @@ class Event(SQLModel, table=True):
     created_at: float = Field(index=True)
     kind: str = Field(max_length=40, index=True)
     data_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    #: when the event was announced in the review channel (drift), None: not yet
+    announced_at: float | None = None
 
 
 class KeyValue(SQLModel, table=True):
@@ -126,6 +158,7 @@ exchange_t: Table = Exchange.__table__  # type: ignore[attr-defined]
 feedback_t: Table = Feedback.__table__  # type: ignore[attr-defined]
 label_t: Table = Label.__table__  # type: ignore[attr-defined]
 escalation_t: Table = Escalation.__table__  # type: ignore[attr-defined]
+review_vote_t: Table = ReviewVote.__table__  # type: ignore[attr-defined]
 snapshot_t: Table = ModelSnapshot.__table__  # type: ignore[attr-defined]
 event_t: Table = Event.__table__  # type: ignore[attr-defined]
 kv_t: Table = KeyValue.__table__  # type: ignore[attr-defined]

@@ -39,6 +39,21 @@ FAILED_STATE: ReviewState = "failed"
 #: nothing more will happen to the review: decided, timed out (a hold) or dead-lettered
 FINAL_STATES: tuple[ReviewState, ...] = (*DECIDED_STATES, "expired", FAILED_STATE)
 
+#: a reviewer's vote, as ``review_vote.verdict`` keeps it: approve is one side, reject
+#: and correct the other (a correction counts as a rejection plus its text)
+Verdict = Literal["approve", "reject", "correct"]
+VERDICTS: tuple[Verdict, ...] = ("approve", "reject", "correct")
+#: the vote a decided state stands for
+VERDICT_OF: dict[str, Verdict] = {
+    "approved": "approve",
+    "rejected": "reject",
+    "corrected": "correct",
+}
+
+#: what a hold released to its client (``escalation.released``)
+Released = Literal["original", "correction", "fallback"]
+RELEASES: tuple[Released, ...] = ("original", "correction", "fallback")
+
 Trigger = Literal["policy", "outlier", "downvote", "api"]
 TRIGGERS: tuple[Trigger, ...] = ("policy", "outlier", "downvote", "api")
 

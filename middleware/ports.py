@@ -83,6 +83,16 @@ class Upstream(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class ReviewVote:
+    """One reviewer's vote on an item (several may be required to decide it)."""
+
+    reviewer: str
+    verdict: str
+    reason: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class ReviewItem:
     """What a reviewer needs to judge one reply: the values a review card is drawn from."""
 
@@ -106,6 +116,9 @@ class ReviewItem:
     decided_at: float | None = None
     decision_reason: str | None = None
     correction: str | None = None
+    #: the votes so far, and how many agreeing ones decide the item
+    votes: tuple[ReviewVote, ...] = ()
+    votes_required: int = 1
 
     @property
     def decided(self) -> bool:
@@ -129,12 +142,20 @@ class ReviewOutcome:
     message_ts: str | None = None
     #: when the escalation was opened (time to decision = decided_at - created_at)
     created_at: float | None = None
+    #: this vote decided the item (False: more agreeing votes are needed, or not applied)
+    decided: bool = True
+    votes: tuple[ReviewVote, ...] = ()
+    votes_required: int = 1
 
     @property
     def message(self) -> str:
-        if self.applied:
+        if self.applied and self.decided:
             return f"{self.state} by {self.decided_by}"
-        return f"already decided by {self.decided_by} ({self.state})"
+        if self.applied:
+            return f"vote recorded ({len(self.votes)} of {self.votes_required} needed)"
+        if self.state in DECIDED_STATES:
+            return f"already decided by {self.decided_by} ({self.state})"
+        return "this reviewer already voted on it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +174,10 @@ class ReviewChannel(Protocol):
         ...
 
     async def update(self, card: PostedCard, item: ReviewItem) -> None: ...
+
+    async def announce(self, text: str) -> None:
+        """Say something to the reviewers (a drift in the model's error rate)."""
+        ...
 
 
 class ReviewDesk(Protocol):

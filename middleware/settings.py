@@ -91,8 +91,11 @@ class PolicySettings(_Section):
     ask_per_user_per_hour: int = Field(10, ge=0)
     risky_models: list[str] = []
     review_downvotes: bool = True
-    # Read by nothing yet: holds that wait for a reviewer are issue 9's work.
     hold_timeout_s: float = Field(120.0, gt=0)
+    #: a held stream sends an SSE comment this often while it waits
+    hold_heartbeat_s: float = Field(10.0, gt=0)
+    #: how often a held client's process reads the decision (one taken elsewhere)
+    hold_poll_s: float = Field(1.0, gt=0)
     hold_fallback: str = (
         "A person is checking this answer and could not confirm it in time. "
         "Please try again or contact support."
@@ -132,6 +135,12 @@ class PrivacySettings(_Section):
         return value
 
 
+class ReviewSettings(_Section):
+    #: distinct reviewers who must agree (approve, or reject/correct) before an item is
+    #: decided, whichever tool they use (Slack, the review API)
+    votes_required: int = Field(1, ge=1, le=10)
+
+
 class ReportSettings(_Section):
     admin_token_env: str = "HITL_ADMIN_TOKEN"
     protect_metrics: bool = False
@@ -144,6 +153,7 @@ class Settings(_Section):
     learner: LearnerSettings = LearnerSettings()
     policy: PolicySettings = PolicySettings()
     slack: SlackSettings = SlackSettings()
+    review: ReviewSettings = ReviewSettings()
     privacy: PrivacySettings = PrivacySettings()
     report: ReportSettings = ReportSettings()
     #: where the values came from, for messages; not a setting

@@ -16,6 +16,7 @@ from middleware.scoring.policy import (
     complaint_wanted,
     decide,
     is_candidate,
+    is_risky,
 )
 
 T = Thresholds(escalate_below=0.3, hold_below=0.2, ask_margin=0.15)
@@ -249,3 +250,19 @@ def test_a_complaint_is_a_thumbs_down_that_says_something(
 )
 def test_what_a_complaint_does(under_review: bool, within_budget: bool, action: str) -> None:
     assert complaint_action(under_review=under_review, within_budget=within_budget) == action
+
+
+@pytest.mark.parametrize(
+    ("header", "model", "risky"),
+    [
+        ("high", "any", True),
+        (" HIGH ", "any", True),
+        ("low", "refunds", True),
+        (None, "refunds", True),
+        (None, "chat", False),
+        ("", "chat", False),
+        ("medium", "chat", False),
+    ],
+)
+def test_a_route_is_risky_by_header_or_model(header: str | None, model: str, risky: bool) -> None:
+    assert is_risky(header, model, frozenset({"refunds"})) is risky

@@ -429,7 +429,10 @@ def test_a_reply_nobody_reviews_has_review_state_none(gateway_factory: Any) -> N
         "at": None,
         "reason": None,
         "correction": None,
+        "votes": [],
     }
+    assert body["held"] is False
+    assert body["answer"] is None and body["released"] is None
 
 
 def test_slack_without_a_channel_stops_start_up(tmp_path: Path) -> None:

@@ -270,15 +270,6 @@ async def test_a_vote_on_an_unknown_reply_stores_nothing(store: Store) -> None:
     assert await store.count_rows(Label) == 0
 
 
-async def test_a_label_notifies_listeners_after_commit(store: Store) -> None:
-    seen: list[int] = []
-    store.on_label(lambda: seen.append(len(seen)))
-    await store.record_exchange(exchange("r1"))
-    await vote(store, "r1", "up")
-    await vote(store, "r1", "down")  # a change: no new label
-    assert seen == [0]
-
-
 async def test_labels_after_is_in_commit_order_with_the_stored_prediction(store: Store) -> None:
     for i in range(5):
         await store.record_exchange(

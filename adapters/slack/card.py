@@ -108,6 +108,23 @@ def verdict_line(item: ReviewItem) -> str:
     return line.strip()
 
 
+_SIDE = {"approve": "approve", "reject": "reject", "correct": "reject"}
+
+
+def tally_line(item: ReviewItem) -> str | None:
+    """ "2 of 3 needed: approve 1 (<@U1>), reject 1 (<@U2>)": only when several decide."""
+    if item.votes_required <= 1 and len(item.votes) <= 1:
+        return None
+    sides: dict[str, list[str]] = {"approve": [], "reject": []}
+    for vote in item.votes:
+        sides[_SIDE.get(vote.verdict, "reject")].append(mention(vote.reviewer))
+    parts = [
+        f"{side} {len(who)} ({', '.join(who)})" if who else f"{side} 0"
+        for side, who in sides.items()
+    ]
+    return f"Votes: {', '.join(parts)} · {item.votes_required} agreeing decide"
+
+
 def render_review_message(item: ReviewItem, *, redact: Redact = _same) -> Blocks:
     """The card for ``item``: with buttons while undecided, with the verdict after."""
     title = "Held reply: review needed" if item.hold else "Reply to review"
@@ -128,6 +145,9 @@ def render_review_message(item: ReviewItem, *, redact: Redact = _same) -> Blocks
         meta += f" · model `{escape(clip(item.model, 80))}`"
     meta += f" · trigger: {escape(item.trigger)}"
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": meta}]})
+    tally = tally_line(item)
+    if tally is not None:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": tally}]})
     if item.decided:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": verdict_line(item)}})
         if item.correction:

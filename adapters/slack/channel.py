@@ -20,7 +20,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.slack.card import correction_modal, fallback_text, render_review_message
+from adapters.slack.card import correction_modal, escape, fallback_text, render_review_message
 from middleware.errors import ReviewChannelError, ReviewChannelPermanent, ReviewChannelRetryable
 from middleware.ports import PostedCard, ReviewItem
 
@@ -164,6 +164,14 @@ class SlackReviewChannel:
         if not data.get("ts"):
             raise ReviewChannelPermanent("Slack chat.postMessage answered without a message ts")
         return PostedCard(str(data.get("channel") or self.channel), str(data["ts"]))
+
+    async def announce(self, text: str) -> None:
+        await self._call(
+            "chat.postMessage",
+            self.client.chat_postMessage(
+                channel=self.channel, text=escape(text), unfurl_links=False, unfurl_media=False
+            ),
+        )
 
     async def update(self, card: PostedCard, item: ReviewItem) -> None:
         await self._call(

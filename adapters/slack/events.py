@@ -41,7 +41,7 @@ from middleware.errors import (
     StoreUnavailable,
     UnknownReply,
 )
-from middleware.ports import PostedCard, ReviewDesk
+from middleware.ports import PostedCard, ReviewDesk, ReviewOutcome
 from middleware.vocabulary import Reason, Verdict
 
 log = logging.getLogger("hitl.slack.events")
@@ -148,6 +148,18 @@ class _Decisions:
     def _already(decided_by: str | None, state: str) -> str:
         return f"Already decided by {mention(decided_by)}: {state}."
 
+    def _not_applied(self, outcome: ReviewOutcome) -> str:
+        if outcome.decided_by is not None:
+            return self._already(outcome.decided_by, outcome.state)
+        return "You already voted on this reply; another reviewer's vote is needed."
+
+    @staticmethod
+    def _counted(outcome: ReviewOutcome) -> str:
+        return (
+            f"Your vote is in ({len(outcome.votes)} so far); {outcome.votes_required} "
+            "agreeing reviewers decide this reply."
+        )
+
     async def _admit(
         self, ack: Ack, body: dict[str, Any], action: dict[str, Any]
     ) -> tuple[str, str, str | None] | None:
@@ -189,7 +201,9 @@ class _Decisions:
         # Committed: now Slack may hear that the click arrived.
         await ack()
         if not outcome.applied:
-            await self._tell(body, user, self._already(outcome.decided_by, outcome.state))
+            await self._tell(body, user, self._not_applied(outcome))
+        elif not outcome.decided:
+            await self._tell(body, user, self._counted(outcome))
 
     async def approve(self, ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
         await self.click("approve", ack, body, action)
@@ -261,9 +275,11 @@ class _Decisions:
             await refuse("The correction could not be saved; please try again.")
             return
         if not outcome.applied:
-            await refuse(f"Already decided by {outcome.decided_by}: {outcome.state}.")
+            await refuse(self._not_applied(outcome))
         else:
             await ack()
+            if not outcome.decided:
+                await self._tell(body, user, self._counted(outcome))
 
 
 def build_slack_events(

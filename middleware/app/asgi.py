@@ -26,6 +26,7 @@ from middleware.http.auth import ClientKeyMiddleware
 from middleware.http.chat import ChatEndpoint
 from middleware.http.events import ChannelEventsEndpoint
 from middleware.http.feedback import FeedbackEndpoint
+from middleware.http.passthrough import Passthrough
 from middleware.http.ratelimit import RateLimiter
 from middleware.http.reports import ReportEndpoints, chat_page_routes, report_routes
 from middleware.http.responses import error_response, json_response
@@ -57,7 +58,16 @@ def routes(parts: Parts) -> list[BaseRoute]:
         forward_client_auth=settings.upstream.forward_client_auth,
         max_body_bytes=settings.server.max_body_bytes,
         stream_hitl_chunk=settings.server.stream_hitl_chunk,
+        holds=parts.holds,
+        risky_models=frozenset(settings.policy.risky_models),
+        heartbeat_s=settings.policy.hold_heartbeat_s,
         request_logprobs=settings.upstream.logprobs,
+    )
+    passthrough = Passthrough(
+        upstream=parts.upstream,
+        api_key=secrets.upstream_api_key,
+        forward_client_auth=settings.upstream.forward_client_auth,
+        max_body_bytes=settings.server.max_body_bytes,
     )
     feedback = FeedbackEndpoint(
         votes=parts.votes,
@@ -113,7 +123,7 @@ def routes(parts: Parts) -> list[BaseRoute]:
         *table,
         *report_routes(reports),
         *chat_page_routes(),
-        Route("/v1/{path:path}", chat.passthrough, methods=["GET", "POST", "DELETE"]),
+        Route("/v1/{path:path}", passthrough.post, methods=["GET", "POST", "DELETE"]),
     ]
 
 

@@ -22,6 +22,7 @@ from feedback_store import SchemaError, Store, StoreError
 from middleware.app.review import ReviewSide, build_channel
 from middleware.errors import ConfigError, SchemaOutdated, StoreUnavailable
 from middleware.flows import ComplaintFlow, DecisionFlow, Hooks, ReplyFlow, VoteFlow
+from middleware.flows.hold import Holds
 from middleware.learning.brain import Brain
 from middleware.learning.learner import Learner
 from middleware.metrics import Metrics
@@ -58,6 +59,8 @@ class Parts:
     votes: VoteFlow
     decisions: DecisionFlow
     complaints: ComplaintFlow
+    #: clients waiting for a reviewer on a held reply
+    holds: Holds
 
     async def start(self, *, serve: bool = True) -> None:
         """Open the store, learn what it holds, then (``serve``) open the rest."""
@@ -165,12 +168,6 @@ def build_parts(
     upstream = upstream or build_upstream(settings)
     signer = TokenSigner()
     brain = Brain(rolling_window=learning.rolling_window)
-    learner = Learner(
-        store,
-        brain,
-        snapshot_every_labels=learning.snapshot_every_labels,
-        snapshot_interval_s=learning.snapshot_interval_s,
-    )
     budget = ReviewBudget(
         share=policy.review_budget,
         per_hour=policy.max_reviews_per_hour,
@@ -187,12 +184,15 @@ def build_parts(
         budget=budget,
         asker=AskLimiter(policy.ask_per_user_per_hour),
         ask_sample_rate=policy.ask_sample_rate,
-        risky_models=frozenset(policy.risky_models),
         rng=rng,
         clock=clock,
     )
     metrics = Metrics(auc_window=learning.rolling_window, learned=lambda: brain.last_label_id)
-    items = ReviewItems(store=store, threshold=policy.escalate_below)
+    items = ReviewItems(
+        store=store,
+        threshold=policy.escalate_below,
+        votes_required=settings.review.votes_required,
+    )
     review = build_channel(settings, secrets)
     outbox = Outbox(
         store=store,
@@ -202,6 +202,22 @@ def build_parts(
         clock=clock,
         rng=rng,
     )
+    holds = Holds(
+        store=store,
+        timeout_s=policy.hold_timeout_s,
+        fallback=policy.hold_fallback,
+        poll_s=policy.hold_poll_s,
+        clock=clock,
+    )
+
+    learner = Learner(
+        store,
+        brain,
+        snapshot_every_labels=learning.snapshot_every_labels,
+        snapshot_interval_s=learning.snapshot_interval_s,
+        # A drift is announced to the reviewers by the outbox.
+        on_drift=lambda event: outbox.wake(),
+    )
 
     def review_decided(outcome: ReviewOutcome) -> None:
         waited = (
@@ -210,6 +226,7 @@ def build_parts(
             else outcome.decided_at - outcome.created_at
         )
         metrics.review_decided(outcome.state, waited)
+        holds.decided(outcome)
 
     # After X, do Y: the whole list.
     hooks = Hooks(
@@ -226,6 +243,7 @@ def build_parts(
         items=items,
         reviewer_weight=learning.reviewer_weight,
         hooks=hooks,
+        votes_required=settings.review.votes_required,
         clock=clock,
     )
     return Parts(
@@ -259,4 +277,5 @@ def build_parts(
         ),
         decisions=decisions,
         complaints=complaints,
+        holds=holds,
     )

@@ -17,7 +17,7 @@ from feedback_store import Store
 from middleware.errors import InvalidVerdict, UnknownReply, store_errors
 from middleware.flows.hooks import Hooks
 from middleware.ports import ReviewItem, ReviewOutcome
-from middleware.review.items import ReviewItems
+from middleware.review.items import ReviewItems, votes_of
 from middleware.vocabulary import LABEL_OF, REASONS, STATE_OF, VERDICTS, Reason, Verdict
 
 log = logging.getLogger("hitl.review")
@@ -64,11 +64,13 @@ class DecisionFlow:
         items: ReviewItems,
         reviewer_weight: float,
         hooks: Hooks,
+        votes_required: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.items = items
         self.reviewer_weight = reviewer_weight
+        self.votes_required = votes_required
         self.hooks = hooks
         self.clock = clock
 
@@ -96,6 +98,7 @@ class DecisionFlow:
                 value=LABEL_OF[verdict],
                 weight=self.reviewer_weight,
                 now=self.clock(),
+                votes_required=self.votes_required,
             )
         if result is None:
             raise UnknownReply(reply_id)
@@ -112,11 +115,16 @@ class DecisionFlow:
             channel=row.channel,
             message_ts=row.message_ts,
             created_at=row.created_at,
+            decided=result.decided,
+            votes=votes_of(result.votes),
+            votes_required=self.votes_required,
         )
         if result.applied:
-            log.info("review %s: %s by %s", reply_id, outcome.state, reviewer)
+            # Every vote is a label, and redraws the card with the tally.
+            log.info("review %s: %s by %s (%s)", reply_id, verdict, reviewer, outcome.message)
             self.hooks.label_committed()
             self.hooks.review_queued()
+        if result.decided:
             self.hooks.decided(outcome)
         return outcome
 

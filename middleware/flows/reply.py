@@ -159,7 +159,9 @@ class ReplyFlow:
         }
         if self.log_bodies:  # off by default: questions and answers may hold personal data
             fields["question"] = question
-            fields["reply"] = exchange.summary.text
+            # A held reply's text goes only to reviewers until one decides.
+            if decision != "hold":
+                fields["reply"] = exchange.summary.text
         log.info(
             "reply %s %s confidence=%.3f upstream_ms=%.1f total_ms=%.1f",
             exchange.reply_id,

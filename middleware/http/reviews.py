@@ -8,6 +8,7 @@ as a Slack click, so the loop works without a Slack workspace.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from feedback_store import EscalationRow, ExchangeRow, FeedbackRow, Store
+from feedback_store import EscalationRow, ExchangeRow, FeedbackRow, ReviewVoteRow, Store
 from middleware.errors import InvalidToken, UnknownReply, store_errors
 from middleware.flows.decision import DecisionFlow
 from middleware.http.auth import bearer, matches_any
@@ -44,15 +45,52 @@ def iso(at: float | None) -> str | None:
     return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
 
 
-def review_view(escalation: EscalationRow | None) -> dict[str, Any]:
+def review_view(
+    escalation: EscalationRow | None, votes: Sequence[ReviewVoteRow] = ()
+) -> dict[str, Any]:
     if escalation is None:
-        return {"state": "none", "by": None, "at": None, "reason": None, "correction": None}
+        return {
+            "state": "none",
+            "by": None,
+            "at": None,
+            "reason": None,
+            "correction": None,
+            "votes": [],
+        }
     return {
         "state": escalation.state,
         "by": escalation.decided_by,
         "at": iso(escalation.decided_at),
         "reason": escalation.decision_reason,
         "correction": escalation.correction,
+        # The audit trail: every reviewer's vote, when and why.
+        "votes": [
+            {"by": v.reviewer, "decision": v.verdict, "reason": v.reason, "at": iso(v.created_at)}
+            for v in votes
+        ],
+    }
+
+
+def answer_view(exchange: ExchangeRow, escalation: EscalationRow | None) -> dict[str, Any] | None:
+    """A person's answer once one decided: the approved reply or the correction. Never
+    before a decision, so a held reply's text is not readable here until then."""
+    if escalation is None:
+        return None
+    if escalation.state == "approved":
+        return {"text": exchange.reply_text, "source": "approved"}
+    if escalation.state == "corrected" and escalation.correction:
+        return {"text": escalation.correction, "source": "corrected"}
+    return None
+
+
+def released_view(escalation: EscalationRow | None) -> dict[str, Any] | None:
+    """What a held client was sent, and when (None: not held, or still waiting)."""
+    if escalation is None or escalation.released is None:
+        return None
+    return {
+        "as": escalation.released,
+        "at": iso(escalation.released_at),
+        "timed_out": bool(escalation.timed_out),
     }
 
 
@@ -60,13 +98,17 @@ def reply_view(
     exchange: ExchangeRow,
     escalation: EscalationRow | None,
     feedback: FeedbackRow | None,
+    votes: Sequence[ReviewVoteRow] = (),
 ) -> dict[str, Any]:
     """The body of ``GET /v1/replies/{reply_id}`` (pure)."""
     return {
         "reply_id": exchange.id,
         "decision": exchange.decision,
         "confidence": round(float(exchange.confidence), 4),
-        "review": review_view(escalation),
+        "held": bool(escalation is not None and escalation.hold),
+        "review": review_view(escalation, votes),
+        "answer": answer_view(exchange, escalation),
+        "released": released_view(escalation),
         "feedback": None
         if feedback is None
         else {
@@ -108,7 +150,8 @@ class ReviewAPI:
                 raise UnknownReply(reply_id)
             escalation = await self.store.escalation_for(reply_id)
             feedback = await self.store.feedback_for(reply_id)
-        return json_response(reply_view(exchange, escalation, feedback))
+            votes = await self.store.review_votes(reply_id) if escalation is not None else []
+        return json_response(reply_view(exchange, escalation, feedback, votes))
 
     async def post_review(self, request: Request) -> Response:
         if self.admin_token is None:
@@ -133,11 +176,7 @@ class ReviewAPI:
             reply_id, verdict.decision, verdict.reviewer, verdict.reason, verdict.correction
         )
         if not outcome.applied:
-            return error_response(
-                409,
-                f"already decided by {outcome.decided_by} ({outcome.state})",
-                "already_decided",
-            )
+            return error_response(409, outcome.message, "already_decided")
         return json_response(
             {
                 "reply_id": reply_id,
@@ -147,6 +186,8 @@ class ReviewAPI:
                     "at": iso(outcome.decided_at),
                     "reason": outcome.reason,
                     "correction": outcome.correction,
+                    "votes": len(outcome.votes),
+                    "votes_required": outcome.votes_required,
                 },
             }
         )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import orjson
 
-from feedback_store import EscalationRow, ExchangeRow, FeedbackRow, Store
-from middleware.ports import ReviewItem
+from feedback_store import EscalationRow, ExchangeRow, FeedbackRow, ReviewVoteRow, Store
+from middleware.ports import ReviewItem, ReviewVote
 from middleware.scoring.completion import read_conversation
 
 
@@ -66,12 +67,17 @@ def build_item(
     )
 
 
+def votes_of(rows: Sequence[ReviewVoteRow]) -> tuple[ReviewVote, ...]:
+    return tuple(ReviewVote(r.reviewer, r.verdict, r.reason, r.created_at) for r in rows)
+
+
 class ReviewItems:
     """Loads review items from the store (the outbox and the channels draw cards from them)."""
 
-    def __init__(self, *, store: Store, threshold: float) -> None:
+    def __init__(self, *, store: Store, threshold: float, votes_required: int = 1) -> None:
         self.store = store
         self.threshold = threshold
+        self.votes_required = votes_required
 
     async def for_escalation(self, escalation: EscalationRow) -> ReviewItem | None:
         """The item for an escalation row, or None if its exchange is gone."""
@@ -87,4 +93,12 @@ class ReviewItems:
         if exchange is None:
             return None
         feedback = await self.store.feedback_for(reply_id)
-        return build_item(escalation, exchange, feedback, threshold=self.threshold)
+        item = build_item(escalation, exchange, feedback, threshold=self.threshold)
+        if escalation is None:
+            return item
+        votes = await self.store.review_votes(reply_id)
+        return replace(
+            item,
+            votes=votes_of(votes),
+            votes_required=self.votes_required,
+        )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -29,6 +30,20 @@ log = logging.getLogger("hitl.outbox")
 #: ``next_attempt_at`` of rows waiting for a channel that only logs; far in the future,
 #: and brought back to "now" when a real channel starts
 PARKED_AT = 1e15
+
+
+def drift_text(data_json: str) -> str:
+    """The channel's drift announcement, from the event's figures (pure)."""
+    try:
+        data = json.loads(data_json)
+        before, after = float(data["error_before"]), float(data["error_after"])
+        labels = int(data.get("labels", 0))
+    except (ValueError, KeyError, TypeError):
+        return "The model's error rate has drifted; its recent scores may be less reliable."
+    return (
+        f"Drift: after {labels} labels the model's error rate moved from {before:.1%} to "
+        f"{after:.1%}. Its recent scores may be less reliable; your reviews now teach it most."
+    )
 
 
 class LogChannel:
@@ -47,6 +62,9 @@ class LogChannel:
 
     async def update(self, card: PostedCard, item: ReviewItem) -> None:
         return None
+
+    async def announce(self, text: str) -> None:
+        log.warning("%s", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +165,7 @@ class Outbox:
         now = self.clock()
         if now < self._paused_until:
             return self._paused_until - now
+        await self._announce(now)
         rows = await self.store.claim_escalations(
             now=now, lease_s=policy.lease_s, limit=policy.batch
         )
@@ -205,6 +224,19 @@ class Outbox:
             return
         await self.channel.update(PostedCard(str(row.channel), str(row.message_ts)), item)
         await self.store.mark_card_current(row.id)
+
+    async def _announce(self, now: float) -> None:
+        """Say in the channel, once, that the model drifted. An event is claimed before it
+        is posted, so several dispatchers never announce it twice."""
+        for drift in await self.store.claim_announcements("drift", now=now):
+            try:
+                await self.channel.announce(drift_text(drift.data_json))
+            except ReviewChannelRetryable as exc:
+                log.warning("drift announcement not posted (%s); retrying later", exc)
+                await self.store.unclaim_announcement(drift.id)
+                return
+            except ReviewChannelPermanent as exc:
+                log.error("drift announcement not posted: %s", exc)
 
     async def unpark(self) -> int:
         """Rows parked by a log-only channel become due (a real channel is here now)."""

@@ -60,6 +60,13 @@ class Decision:
         return self.kind in REVIEWED_DECISIONS
 
 
+def is_risky(risk_header: str | None, model: str, risky_models: frozenset[str]) -> bool:
+    """A risky route: the client said ``X-HITL-Risk: high``, or the model it asked for is
+    one of ``[policy] risky_models``. Known before the upstream answers, so a risky reply
+    is never relayed before it is judged."""
+    return (risk_header or "").strip().lower() == "high" or model in risky_models
+
+
 def is_candidate(confidence: float, outlier: bool, thresholds: Thresholds) -> bool:
     """Whether a reply should go to people if the budget allows."""
     return confidence < thresholds.escalate_below or outlier

@@ -63,7 +63,6 @@ class Scorer:
         budget: ReviewBudget,
         asker: AskLimiter,
         ask_sample_rate: float,
-        risky_models: frozenset[str] = frozenset(),
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -73,7 +72,6 @@ class Scorer:
         self.budget = budget
         self.asker = asker
         self.ask_sample_rate = ask_sample_rate
-        self.risky_models = risky_models
         self.rng = rng or random.Random()
         self.clock = clock
 
@@ -114,7 +112,7 @@ class Scorer:
         allows = candidate and self.budget.allows(confidence, now)
         context = DecisionContext(
             outlier=outlier,
-            risky=risky or model in self.risky_models,
+            risky=risky,
             sampled=self.rng.random() < self.ask_sample_rate * (3.0 if drifting else 1.0),
             may_ask=self.asker.may_ask(end_user, now),
             drifting=drifting,

@@ -1,7 +1,12 @@
 // The chat page: a reference client of the public API, no build step, no dependencies.
 //   POST /v1/chat/completions (stream: true)  the answer, streamed as server-sent events
 //   POST /v1/feedback                         a thumbs up or down, with a reason
-//   GET  /v1/replies/{id}                     the review state of a held reply
+//   GET  /v1/replies/{id}                     a held reply's review, and a person's late answer
+//
+// A held reply (header X-HITL-Decision: hold) sends no text while a person decides, only
+// SSE comments as heartbeats; then the released text (the approved original, the
+// correction, or the fallback) and a final hitl chunk saying which ("released"). The page
+// shows nothing of a held reply until that chunk says it was released.
 "use strict";
 
 (() => {
@@ -58,7 +63,9 @@
         history.pop();
         return;
       }
-      history.push({ role: "assistant", content: reply.text });
+      // Only what the user was shown goes back as the conversation so far.
+      if (reply.text) history.push({ role: "assistant", content: reply.text });
+      else history.pop();
       finish(turn, reply);
     } finally {
       setBusy(false);
@@ -93,10 +100,23 @@
       token: response.headers.get("x-hitl-feedback-token"),
       text: "",
       hitl: null,
+      held: response.headers.get("x-hitl-decision") === "hold",
     };
     const textBox = turn.querySelector(".text");
+    // A held reply's text is kept here, unseen, until the final chunk says it was released.
+    let kept = "";
+    if (reply.held) waiting(turn);
     try {
-      for await (const data of serverSentData(response.body)) {
+      for await (const { data, comment } of serverSentEvents(response.body)) {
+        if (data === null) {
+          // A heartbeat: the reply waits for a person. Nothing sent before it was released.
+          if (comment && !reply.text) {
+            if (!reply.held) waiting(turn);
+            reply.held = true;
+            kept = "";
+          }
+          continue;
+        }
         if (data === "[DONE]") break;
         let chunk;
         try {
@@ -111,8 +131,12 @@
         if (chunk.hitl) reply.hitl = chunk.hitl;
         const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
         if (delta && typeof delta.content === "string" && delta.content) {
-          reply.text += delta.content;
-          render(textBox, reply.text);
+          if (reply.held) {
+            kept += delta.content;
+          } else {
+            reply.text += delta.content;
+            render(textBox, reply.text);
+          }
         }
       }
     } catch {
@@ -122,12 +146,23 @@
     if (reply.hitl) {
       reply.id = reply.hitl.reply_id || reply.id;
       reply.token = reply.hitl.feedback_token || reply.token;
+      if (reply.hitl.decision === "hold" && !reply.held) {
+        // Held after all (no header, no heartbeat): what streamed is unconfirmed.
+        reply.held = true;
+        kept = reply.text;
+        waiting(turn);
+      }
+    }
+    if (reply.held) {
+      reply.released = (reply.hitl && reply.hitl.released) || null;
+      reply.text = reply.released ? kept : "";
     }
     return reply;
   }
 
-  // Server-sent events from a fetch body: yields each event's data field.
-  async function* serverSentData(body) {
+  // Server-sent events from a fetch body: yields each event's data field (null when it
+  // has none) and whether it carried a comment line (a heartbeat).
+  async function* serverSentEvents(body) {
     const reader = body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -136,14 +171,11 @@
       buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
       let boundary;
       while ((boundary = buffer.search(/\r?\n\r?\n/)) >= 0) {
-        const event = buffer.slice(0, boundary);
+        const lines = buffer.slice(0, boundary).split(/\r?\n/);
         buffer = buffer.slice(boundary).replace(/^\r?\n\r?\n/, "");
-        const data = event
-          .split(/\r?\n/)
-          .filter((line) => line.startsWith("data:"))
-          .map((line) => line.slice(5).replace(/^ /, ""))
-          .join("\n");
-        if (data) yield data;
+        const data = lines.filter((line) => line.startsWith("data:")).map((line) => line.slice(5).replace(/^ /, ""));
+        const comment = lines.some((line) => line.startsWith(":"));
+        if (data.length || comment) yield { data: data.length ? data.join("\n") : null, comment };
       }
       if (done) return;
     }
@@ -154,69 +186,133 @@
   function finish(turn, reply) {
     const textBox = turn.querySelector(".text");
     const decision = reply.hitl ? reply.hitl.decision : null;
+    if (reply.held || decision === "hold") {
+      released(turn, reply);
+      return;
+    }
     if (!reply.text) render(textBox, "(The model sent an empty answer.)");
-    if (decision === "hold") {
-      hold(turn, reply);
+    textBox.setAttribute("aria-busy", "false");
+    if (decision === "escalate") {
+      notice(turn, "review", "This answer was sent to a person for review.");
+      announce("Answer received. It was also sent to a person for review.");
     } else {
-      textBox.setAttribute("aria-busy", "false");
-      if (decision === "escalate") {
-        notice(turn, "review", "This answer was sent to a person for review.");
-        announce("Answer received. It was also sent to a person for review.");
-      } else {
-        announce("Answer received.");
-      }
+      announce("Answer received.");
     }
     if (reply.id && reply.token) enableVotes(turn, reply);
   }
 
-  async function hold(turn, reply) {
+  // While a held reply waits: a notice, no text, no thumbs (nobody has seen an answer yet).
+  function waiting(turn) {
     const textBox = turn.querySelector(".text");
-    // Nothing unconfirmed is shown: the answer waits until a person has decided.
     textBox.hidden = true;
-    notice(turn, "hold", "A person is checking this answer before you see it…");
+    textBox.replaceChildren();
+    notice(turn, "hold waiting", "A person is checking this answer before you see it…");
     announce("A person is checking this answer before you see it.");
-    const started = Date.now();
-    while (Date.now() - started < POLL_LIMIT_MS) {
-      const review = await reviewOf(reply);
-      if (review && DECIDED.includes(review.state)) {
-        release(turn, reply, review);
-        return;
-      }
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-    }
-    notice(turn, "hold", "Nobody could check this answer in time. Please ask again later.");
-    announce("Nobody could check this answer in time.");
   }
 
-  async function reviewOf(reply) {
+  function released(turn, reply) {
+    const how = reply.released;
+    if (how === "original" || how === "correction") {
+      const message =
+        how === "original"
+          ? "A person checked and approved this answer."
+          : "A person checked this answer and corrected it.";
+      show(turn, reply.text || "(The model sent an empty answer.)");
+      notice(turn, "done", message);
+      announce(message);
+      if (reply.id && reply.token) enableVotes(turn, reply);
+    } else if (how === "fallback") {
+      const timedOut = Boolean(reply.hitl && reply.hitl.timed_out);
+      const message = timedOut ? "Nobody could check this answer in time." : "A person could not confirm this answer.";
+      show(turn, reply.text || "Please try again or contact support.");
+      notice(turn, "hold", message);
+      announce(message);
+      // No thumbs on the fallback: it is not an answer. A person may still answer later.
+      if (reply.id && reply.token) awaitLateAnswer(turn, reply, timedOut);
+    } else if (reply.id && reply.token) {
+      // The stream ended without a release (an older gateway): keep waiting, by polling.
+      awaitDecision(turn, reply);
+    } else {
+      notice(turn, "hold", "A person could not confirm this answer. Please ask again later.");
+      announce("A person could not confirm this answer.");
+    }
+  }
+
+  // After the fallback: a person's answer that came later is shown below it, with thumbs.
+  async function awaitLateAnswer(turn, reply, hint) {
+    const late = turn.querySelector(".late");
+    const title = late.querySelector(".late-title");
+    const box = late.querySelector(".late-text");
+    if (hint) {
+      title.textContent = "If a specialist answers later, the answer appears here.";
+      late.classList.add("pending");
+      late.hidden = false;
+    }
+    const { answer } = await decisionOf(reply);
+    if (!answer) {
+      late.hidden = true;
+      return;
+    }
+    title.textContent = "A specialist answered later:";
+    render(box, answer.text);
+    box.hidden = false;
+    late.classList.remove("pending");
+    late.hidden = false;
+    announce(`A specialist answered later: ${answer.text}`);
+    enableVotes(turn, reply);
+  }
+
+  // No release was streamed: the answer is shown only once the server says a person decided.
+  async function awaitDecision(turn, reply) {
+    const { answer, review } = await decisionOf(reply);
+    if (answer) {
+      const message =
+        answer.source === "corrected"
+          ? "A person checked this answer and corrected it."
+          : "A person checked and approved this answer.";
+      show(turn, answer.text);
+      notice(turn, "done", message);
+      announce(message);
+      enableVotes(turn, reply);
+    } else if (review && review.state !== "expired") {
+      notice(turn, "hold", "A person could not confirm this answer. Please try again or contact support.");
+      announce("A person could not confirm this answer.");
+    } else {
+      notice(turn, "hold", "Nobody could check this answer in time. Please ask again later.");
+      announce("Nobody could check this answer in time.");
+    }
+  }
+
+  // Polls GET /v1/replies/{id} (bounded) until a person's answer is there, or the review
+  // ended without one. Resolves to {answer, review}; answer is null if none came.
+  async function decisionOf(reply) {
+    const started = Date.now();
+    for (;;) {
+      const view = await replyOf(reply);
+      if (view && view.answer && typeof view.answer.text === "string") return view;
+      if (view && view.review && DECIDED.includes(view.review.state)) return { answer: null, review: view.review };
+      if (Date.now() - started >= POLL_LIMIT_MS) return { answer: null, review: null };
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    }
+  }
+
+  async function replyOf(reply) {
     try {
       const response = await fetch(`/v1/replies/${encodeURIComponent(reply.id)}`, {
         headers: { "x-hitl-feedback-token": reply.token, accept: "application/json" },
       });
       if (!response.ok) return null;
-      const body = await response.json();
-      return body.review || null;
+      return await response.json();
     } catch {
       return null;
     }
   }
 
-  function release(turn, reply, review) {
+  function show(turn, text) {
     const textBox = turn.querySelector(".text");
-    let text = reply.text;
-    let message = "A person checked and approved this answer.";
-    if (review.state === "corrected" && review.correction) {
-      text = review.correction;
-      message = "A person checked this answer and corrected it.";
-    } else if (review.state !== "approved") {
-      message = "A person could not confirm this answer.";
-      text = reply.text || "Please try again or contact support.";
-    }
     render(textBox, text);
     textBox.hidden = false;
     textBox.setAttribute("aria-busy", "false");
-    notice(turn, review.state === "approved" || review.state === "corrected" ? "done" : "hold", message);
-    announce(message);
   }
 
   // -- voting --------------------------------------------------------------------------
@@ -227,11 +323,11 @@
     const down = box.querySelector(".vote.down");
     const reasons = box.querySelector(".reasons");
     const thanks = box.querySelector(".thanks");
-    const formId = `reasons-${answers}`;
+    const formId = `reasons-${turn.dataset.turn}`;
     reasons.id = formId;
     down.setAttribute("aria-controls", formId);
     for (const radio of reasons.querySelectorAll('input[type="radio"]')) {
-      radio.name = `reason-${answers}`;
+      radio.name = `reason-${turn.dataset.turn}`;
     }
     if (reply.hitl && reply.hitl.ask_feedback) {
       box.querySelector(".prompt").textContent = "Did this answer help? Your vote teaches the gateway.";
@@ -317,6 +413,7 @@
   function addAnswerTurn() {
     answers += 1;
     const item = $("answer-turn").content.firstElementChild.cloneNode(true);
+    item.dataset.turn = String(answers);
     messages.append(item);
     item.scrollIntoView({ block: "end", behavior: "smooth" });
     return item;
