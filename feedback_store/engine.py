@@ -2,7 +2,7 @@
 
 ``Store`` owns the engine, the reader threads and the writer (``writer.py``: every
 write goes through one writer, grouped into few commits). Its query methods are thin:
-the SQL lives in ``exchanges.py`` and ``escalations.py`` as plain functions of a
+the SQL lives in ``exchanges.py``, ``escalations.py`` and ``reviews.py`` as plain functions of a
 connection, and what comes back is a frozen row from ``rows.py``.
 
 Reads run on a small thread pool. Database work crosses to a thread once per batch
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from feedback_store import escalations, exchanges
+from feedback_store import escalations, exchanges, reviews
 from feedback_store.errors import StoreError
 from feedback_store.rows import (
     EscalationRow,
@@ -38,6 +38,7 @@ from feedback_store.rows import (
     NewExchange,
     ReviewCounts,
     ReviewResult,
+    ReviewVoteRow,
     SnapshotRow,
     StoreGauges,
     VoteResult,
@@ -252,6 +253,17 @@ class Store:
     async def events(self, kind: str | None = None) -> list[EventRow]:
         return await self.read(lambda conn: exchanges.events(conn, kind))
 
+    async def claim_announcements(
+        self, kind: str, *, now: float, limit: int = 20
+    ) -> list[EventRow]:
+        """Events of ``kind`` not yet announced in the review channel, marked announced
+        at ``now`` (claimed: no other dispatcher gets them); oldest first."""
+        return await self.write(lambda conn: exchanges.claim_announcements(conn, kind, now, limit))
+
+    async def unclaim_announcement(self, event_id: int) -> None:
+        """The announcement failed: the event is due again."""
+        await self.write(lambda conn: exchanges.unclaim_announcement(conn, event_id))
+
     async def get_or_create_value(self, key: str, factory: Callable[[], str]) -> str:
         """The stored value for ``key``; the first caller's ``factory()`` wins."""
         return await self.write(lambda conn: exchanges.get_or_create_value(conn, key, factory))
@@ -259,7 +271,7 @@ class Store:
     async def count_rows(self, model: type[Any]) -> int:
         return await self.read(lambda conn: exchanges.count_rows(conn, model.__table__))
 
-    # -- escalations, the outbox, reviews (escalations.py) -----------------------
+    # -- escalations, the outbox (escalations.py), reviews (reviews.py) ----------
 
     async def escalation_for(self, reply_id: str) -> EscalationRow | None:
         """The newest escalation of a reply, or None."""
@@ -279,21 +291,43 @@ class Store:
         value: int,
         weight: float,
         now: float,
+        votes_required: int = 1,
     ) -> ReviewResult | None:
-        """Commit a reviewer's verdict and its label together; the first verdict wins.
+        """Commit one reviewer's vote on the reply's newest escalation and its label
+        together; the vote decides the item when its side (approve, or reject and correct)
+        reaches ``votes_required`` votes. ``state`` is the verdict as the state it leaves
+        (approved, rejected, corrected).
 
-        None when the reply is unknown. A reply that was never escalated gets an
-        escalation row here (trigger "api"), so every verdict lives in one place.
+        Nothing is stored (``applied`` False) when the item is decided already or this
+        reviewer voted on it. None when the reply is unknown. A reply that was never
+        escalated gets an escalation row here (trigger "api"), so every verdict lives in
+        one place.
         """
-        verdict = escalations.Verdict(
-            state=state,
-            decided_by=reviewer,
-            decided_at=now,
-            decision_reason=reason,
+        ballot = reviews.Ballot.of_state(
+            state,
+            reviewer=reviewer,
+            reason=reason,
             correction=correction,
+            value=value,
+            weight=weight,
+            at=now,
+            votes_required=votes_required,
         )
-        return await self.write(
-            lambda conn: escalations.record_review(conn, reply_id, verdict, value, weight)
+        return await self.write(lambda conn: reviews.record_review(conn, reply_id, ballot))
+
+    async def review_votes(self, reply_id: str) -> list[ReviewVoteRow]:
+        """The votes on the reply's newest escalation, oldest first."""
+        return await self.read(lambda conn: reviews.votes(conn, reply_id))
+
+    async def record_release(
+        self, reply_id: str, *, released: str, at: float, timed_out: bool
+    ) -> None:
+        """What a hold released (original, correction or fallback), on the reply's newest
+        escalation; the first release is the one on record."""
+        await self.write(
+            lambda conn: reviews.record_release(
+                conn, reply_id, released=released, at=at, timed_out=timed_out
+            )
         )
 
     async def open_review(self, reply_id: str, *, trigger: str, now: float) -> int | None:

@@ -1,9 +1,9 @@
-"""Escalations: the review outbox, reviewers' verdicts, and the gauges read from them.
+"""Escalations: the review outbox, and the gauges read from it.
 
 Plain functions of a connection, run by ``Store.read`` or as ``Store.write`` jobs. The
 outbox's state is all here, in the database: a row is leased by a conditional update
-before it is posted, and a verdict is applied by one, so two processes racing on one
-item still get one winner.
+before it is posted, so two dispatchers never take the same row. Reviewers' votes and
+the decisions they reach are in ``reviews.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
@@ -21,11 +20,9 @@ from feedback_store.rows import (
     EscalationRow,
     NewEscalation,
     ReviewCounts,
-    ReviewResult,
     StoreGauges,
 )
 from feedback_store.tables import escalation_t, event_t, exchange_t, label_t
-from feedback_store.vocabulary import DECIDED_STATES
 
 esc = escalation_t.c
 
@@ -45,17 +42,6 @@ _RECENT_LABELS = (
 )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Verdict:
-    """A reviewer's decision, as the escalation's columns hold it."""
-
-    state: str
-    decided_by: str
-    decided_at: float
-    decision_reason: str | None
-    correction: str | None
-
-
 def newest(conn: Connection, reply_id: str) -> EscalationRow | None:
     query = _NEWEST.order_by(esc.id.desc()).limit(1)
     row = conn.execute(query, {"reply_id": reply_id}).first()
@@ -67,60 +53,14 @@ def add(conn: Connection, escalation: NewEscalation) -> int:
     return int(conn.execute(query).scalar_one())
 
 
-def _newest_state(conn: Connection, reply_id: str) -> Any:
+def newest_state(conn: Connection, reply_id: str) -> Any:
+    """(id, state, message_ts) of a reply's newest escalation, or None."""
     query = select(esc.id, esc.state, esc.message_ts).where(esc.reply_id == reply_id)
     return conn.execute(query.order_by(esc.id.desc()).limit(1)).first()
 
 
-def record_review(
-    conn: Connection, reply_id: str, verdict: Verdict, value: int, weight: float
-) -> ReviewResult | None:
-    """Apply a verdict unless one was applied first; its label goes in with it."""
-    if conn.execute(select(exchange_t.c.id).where(exchange_t.c.id == reply_id)).first() is None:
-        return None
-    now = verdict.decided_at
-    decided: dict[str, Any] = {
-        "state": verdict.state,
-        "decided_by": verdict.decided_by,
-        "decided_at": now,
-        "decision_reason": verdict.decision_reason,
-        "correction": verdict.correction,
-    }
-    row = _newest_state(conn, reply_id)
-    if row is None:
-        opened = NewEscalation(
-            reply_id=reply_id, trigger="api", created_at=now, next_attempt_at=now, **decided
-        )
-        esc_id = add(conn, opened)
-        applied = True
-    else:
-        esc_id = row.id
-        # Conditional, so two processes racing on one item still get one winner.
-        applied = (
-            conn.execute(
-                update(escalation_t)
-                .where(esc.id == esc_id, esc.state.not_in(DECIDED_STATES))
-                .values(card_stale=esc.message_ts.is_not(None), next_attempt_at=now, **decided)
-            ).rowcount
-            == 1
-        )
-    label_id = None
-    if applied:
-        label = {
-            "reply_id": reply_id,
-            "source": "reviewer",
-            "value": value,
-            "weight": weight,
-            "created_at": now,
-        }
-        query = insert(label_t).values(**label).returning(label_t.c.id)
-        label_id = int(conn.execute(query).scalar_one())
-    current = conn.execute(select(escalation_t).where(esc.id == esc_id)).one()
-    return ReviewResult(applied, label_id, EscalationRow.from_row(current))
-
-
 def open_review(conn: Connection, reply_id: str, trigger: str, now: float) -> int | None:
-    row = _newest_state(conn, reply_id)
+    row = newest_state(conn, reply_id)
     if row is None:
         opened = NewEscalation(
             reply_id=reply_id, trigger=trigger, created_at=now, next_attempt_at=now

@@ -211,6 +211,31 @@ def events(conn: Connection, kind: str | None) -> list[EventRow]:
     return [EventRow.from_row(row) for row in conn.execute(query).all()]
 
 
+def claim_announcements(conn: Connection, kind: str, now: float, limit: int) -> list[EventRow]:
+    """Events of ``kind`` not yet announced, each marked announced by a conditional
+    update, so two dispatchers never announce one event twice."""
+    query = (
+        select(event_t)
+        .where(event_t.c.kind == kind, event_t.c.announced_at.is_(None))
+        .order_by(event_t.c.id)
+        .limit(limit)
+    )
+    claimed = []
+    for row in conn.execute(query).all():
+        taken = conn.execute(
+            update(event_t)
+            .where(event_t.c.id == row.id, event_t.c.announced_at.is_(None))
+            .values(announced_at=now)
+        ).rowcount
+        if taken == 1:
+            claimed.append(EventRow.from_row({**row._mapping, "announced_at": now}))
+    return claimed
+
+
+def unclaim_announcement(conn: Connection, event_id: int) -> None:
+    conn.execute(update(event_t).where(event_t.c.id == event_id).values(announced_at=None))
+
+
 def get_or_create_value(conn: Connection, key: str, factory: Callable[[], str]) -> str:
     row = conn.execute(select(kv_t.c.value).where(kv_t.c.key == key)).first()
     if row is not None:

@@ -1,4 +1,5 @@
-"""Exports for machines: labelled exchanges, and corrected answers for fine-tuning.
+"""Exports for machines: labelled exchanges, corrected answers for fine-tuning, and the
+review audit (who voted what on which reply, and what a hold released).
 
 The queries page through the store (keyset on creation time and id) so an export of
 a large store never holds it all in memory; turning rows into records is pure.
@@ -6,6 +7,7 @@ a large store never holds it all in memory; turning rows into records is pure.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
@@ -16,8 +18,15 @@ from sqlalchemy import Connection, and_, or_, select
 
 from feedback_store.engine import Store
 from feedback_store.report.metrics import iso
-from feedback_store.rows import Columns, EscalationRow, ExchangeRow, FeedbackRow, LabelRow
-from feedback_store.tables import escalation_t, exchange_t, feedback_t, label_t
+from feedback_store.rows import (
+    Columns,
+    EscalationRow,
+    ExchangeRow,
+    FeedbackRow,
+    LabelRow,
+    ReviewVoteRow,
+)
+from feedback_store.tables import escalation_t, exchange_t, feedback_t, label_t, review_vote_t
 
 PAGE = 500
 R = TypeVar("R", bound=Columns)
@@ -230,3 +239,77 @@ def _chosen_correction(
     if mine:
         return str(max(mine, key=lambda v: v.updated_at).correction)
     return None
+
+
+# -- the review audit ------------------------------------------------------------------
+
+
+def text_sha256(text: str) -> str | None:
+    """The SHA-256 (hex) of a stored text, or None when there is none (purged)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest() if text else None
+
+
+def audit_record(
+    exchange: ExchangeRow, review: EscalationRow, votes: Sequence[ReviewVoteRow]
+) -> dict[str, Any]:
+    """One reviewed reply's audit: its review item, every vote, and what a hold released.
+
+    It names no message text: the reply is known by its hash, a correction only as given,
+    so the record stays whole (and shareable) after the exchange's text is purged.
+    """
+    return {
+        "reply_id": exchange.id,
+        "created_at": iso(exchange.created_at),
+        "model": exchange.model,
+        "hold": review.hold,
+        "trigger": review.trigger,
+        "opened_at": iso(review.created_at),
+        "state": review.state,
+        "decided_by": review.decided_by,
+        "decided_at": iso(review.decided_at),
+        "votes": [
+            {
+                "reviewer": v.reviewer,
+                "verdict": v.verdict,
+                "reason": v.reason,
+                "correction_given": v.correction is not None,
+                "at": iso(v.created_at),
+            }
+            for v in votes
+        ],
+        "released": review.released,
+        "released_at": iso(review.released_at),
+        "timed_out": review.timed_out,
+        "original_sha256": text_sha256(exchange.reply_text),
+    }
+
+
+async def audit_records(
+    store: Store, *, since: float | None = None, until: float | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Every reviewed reply (one with an escalation), oldest first, as its audit record:
+    the reply's newest escalation and the votes on it, oldest first."""
+    es, rv = escalation_t.c, review_vote_t.c
+
+    def read(
+        conn: Connection, ids: list[str]
+    ) -> tuple[dict[str, EscalationRow], dict[int, list[ReviewVoteRow]]]:
+        newest: dict[str, EscalationRow] = {}
+        for row in _all(conn, select(escalation_t).where(es.reply_id.in_(ids)), EscalationRow):
+            if row.reply_id not in newest or row.id > newest[row.reply_id].id:
+                newest[row.reply_id] = row
+        voted = [row.id for row in newest.values()]
+        query = select(review_vote_t).where(rv.escalation_id.in_(voted))
+        votes: dict[int, list[ReviewVoteRow]] = defaultdict(list)
+        for vote in _all(conn, query.order_by(rv.created_at, rv.id), ReviewVoteRow):
+            votes[vote.escalation_id].append(vote)
+        return newest, votes
+
+    reviewed = exchange_t.c.id.in_(select(es.reply_id))
+    async for page in _pages(store, [reviewed], since, until):
+        ids = [row.id for row in page]
+        newest, votes = await store.read(partial(read, ids=ids))
+        for row in page:
+            review = newest.get(row.id)
+            if review is not None:
+                yield audit_record(row, review, votes.get(review.id, []))

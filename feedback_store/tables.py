@@ -111,7 +111,7 @@ class ReviewVote(SQLModel, table=True):
     reviewer's correction.
     """
 
-    __tablename__: ClassVar[str] = "review_vote"  # type: ignore[misc]
+    __tablename__: ClassVar[str] = "review_vote"
     __table_args__ = (
         UniqueConstraint("escalation_id", "reviewer", name="uq_review_vote_escalation_reviewer"),
     )

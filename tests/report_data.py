@@ -159,3 +159,69 @@ async def fill_known_store(store: Store) -> None:
     await reviewer_vote(store, "e3", "U2", "down", T0 + 900)
     await reviewer_vote(store, "e4", "U1", "up", T0 + 950)
     await store.add_event("drift", {"error_before": 0.3, "error_after": 0.6}, at=T0 + 200)
+
+
+# -- several reviewers, holds ----------------------------------------------------------------
+
+#: a reviewer whose name must be escaped wherever it is shown
+ANN = "<i>Ann</i>"
+HOLD_CORRECTION = "Refunds take five working days; write to billing."
+
+
+async def review_vote(
+    store: Store,
+    reply_id: str,
+    reviewer: str,
+    state: str,
+    at: float,
+    reason: str | None = None,
+    correction: str | None = None,
+) -> None:
+    await store.record_review(
+        reply_id=reply_id,
+        state=state,
+        reviewer=reviewer,
+        reason=reason,
+        correction=correction,
+        value=1 if state == "approved" else 0,
+        weight=3.0,
+        now=at,
+        votes_required=2,
+    )
+
+
+async def fill_voted_store(store: Store) -> None:
+    """Two votes decide (votes_required = 2). Expected figures:
+
+    h1 (hold): U1 approve, Ann approve -> approved by Ann, released the original
+    h2 (hold): U1 reject (incorrect), Ann correct -> corrected by Ann, released the
+      correction
+    e3 (escalate): U1 approve, Ann reject (tone) -> split, still waiting
+    h4 (hold): nobody voted; released the fallback when the hold timed out
+    e5: delivered, never reviewed: not in the audit
+
+    U1 and Ann share h1 (1,1), h2 (0,0), e3 (1,0): observed 2/3, chance 4/9, kappa 0.4;
+    one disagreement (e3). Each agreed with both decisions they voted on: 1.0.
+    """
+    rows = [("h1", "hold"), ("h2", "hold"), ("e3", "escalate"), ("h4", "hold"), ("e5", "deliver")]
+    for index, (reply_id, decision) in enumerate(rows):
+        offset = 60.0 * index
+        row = exchange_row(reply_id, offset, "a", decision, 0.1, f"question {reply_id}", {}, index)
+        escalation = None
+        if decision != "deliver":
+            escalation = NewEscalation(
+                reply_id=reply_id,
+                hold=decision == "hold",
+                created_at=T0 + offset,
+                next_attempt_at=T0 + offset,
+            )
+        await store.record_exchange(row, escalation)
+    await review_vote(store, "h1", "U1", "approved", T0 + 10)
+    await review_vote(store, "h1", ANN, "approved", T0 + 20)
+    await store.record_release("h1", released="original", at=T0 + 21, timed_out=False)
+    await review_vote(store, "h2", "U1", "rejected", T0 + 70, reason="incorrect")
+    await review_vote(store, "h2", ANN, "corrected", T0 + 80, correction=HOLD_CORRECTION)
+    await store.record_release("h2", released="correction", at=T0 + 81, timed_out=False)
+    await review_vote(store, "e3", "U1", "approved", T0 + 130)
+    await review_vote(store, "e3", ANN, "rejected", T0 + 140, reason="tone")
+    await store.record_release("h4", released="fallback", at=T0 + 300, timed_out=True)

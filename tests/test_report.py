@@ -12,6 +12,7 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from feedback_store import Store
 from feedback_store.report import (
+    BallotRow,
     EventRow,
     ExchangeRow,
     LabelPoint,
@@ -30,8 +31,10 @@ from feedback_store.report import (
     feedback_summary,
     learning_curve,
     load_rows,
+    panel_summary,
     parse_when,
     review_summary,
+    reviewer_pairs,
     reviewer_votes,
     roc_auc,
     segment_keys_of,
@@ -179,6 +182,8 @@ def test_review_summary_counts_states_and_times_decisions() -> None:
         "rejected": 1,
         "corrected": 0,
         "median_seconds_to_decision": 90.0,
+        "votes": 0,  # no review_vote rows in this set
+        "agrees_with_decision": None,
     }
     assert [r["reviewer"] for r in summary["by_reviewer"]] == ["U1", "U2", "U3"]
 
@@ -209,6 +214,88 @@ def test_agreement_pairs_every_two_reviewers_of_an_item() -> None:
         for at, (name, value) in enumerate([("A", 1), ("B", 1), ("C", 0)])
     ]
     assert agreement_pairs(votes) == [(1, 1), (1, 0), (1, 0)]
+
+
+# Four escalations, each decided when a side had two votes (votes_required = 2):
+#   1: A approve, C reject, B approve -> approved (by B)
+#   2: A reject, B reject             -> rejected (by B)
+#   3: A approve, B reject, C reject  -> rejected (by C)
+#   4: B approve, C approve           -> approved (by C)
+PANEL = [
+    (1, "A", "approve"),
+    (1, "C", "reject"),
+    (1, "B", "approve"),
+    (2, "A", "reject"),
+    (2, "B", "correct"),
+    (3, "A", "approve"),
+    (3, "B", "reject"),
+    (3, "C", "correct"),
+    (4, "B", "approve"),
+    (4, "C", "approve"),
+]
+PANEL_DECIDED = {
+    1: ("approved", "B"),
+    2: ("corrected", "B"),
+    3: ("corrected", "C"),
+    4: ("approved", "C"),
+}
+
+
+def panel_rows() -> tuple[list[BallotRow], list[ReviewRow]]:
+    ballots = [
+        BallotRow(item, f"r{item}", reviewer, verdict, at=100.0 * item + n)
+        for n, (item, reviewer, verdict) in enumerate(PANEL)
+    ]
+    reviews = [
+        ReviewRow(
+            item, f"r{item}", state, 100.0 * item, decided_by=by, decided_at=100.0 * item + 50
+        )
+        for item, (state, by) in PANEL_DECIDED.items()
+    ]
+    return ballots, reviews
+
+
+def test_reviewer_kappa_and_disagreements_from_votes() -> None:
+    ballots, _ = panel_rows()
+    summary = panel_summary(ballots)
+    # (earlier, later) pairs per item: 1: (1,0) (1,1) (0,1); 2: (0,0); 3: (1,0) (1,0) (0,0);
+    # 4: (1,1). Observed 4/8 = 0.5; earlier raters 5 ones, 3 zeros; later 3 ones, 5 zeros:
+    # chance (5*3 + 3*5) / 64 = 0.46875; kappa 0.03125 / 0.53125 = 0.0588.
+    assert summary["reviewer_kappa"] == 0.0588
+    assert summary["votes"] == 10
+    assert summary["disagreements"] == 2  # items 1 and 3 split; 2 and 4 were unanimous
+    # A and B share 1, 2, 3: (1,1) (0,0) (1,0): observed 2/3, chance 4/9, kappa 0.4.
+    # A and C share 1, 3: (1,0) (1,0): never agree, chance 0: kappa 0.0.
+    # B and C share 1, 3, 4: (1,0) (0,0) (1,1): kappa 0.4.
+    assert summary["reviewer_pairs"] == [
+        {"reviewers": ["A", "B"], "items": 3, "kappa": 0.4},
+        {"reviewers": ["B", "C"], "items": 3, "kappa": 0.4},
+        {"reviewers": ["A", "C"], "items": 2, "kappa": 0.0},
+    ]
+    first, second = zip(*[(1, 1), (0, 0), (1, 0)], strict=True)
+    assert cohen_kappa_score(first, second) == pytest.approx(0.4)
+    assert reviewer_pairs([]) == [] and panel_summary([])["reviewer_kappa"] is None
+
+
+def test_each_reviewer_s_agreement_with_the_decision() -> None:
+    ballots, reviews = panel_rows()
+    # One item still open: its votes count as cast, not against any decision.
+    ballots.append(BallotRow(5, "r5", "A", "reject", at=600.0))
+    reviews.append(ReviewRow(5, "r5", "posted", 600.0))
+    summary = review_summary(reviews, [], ballots)
+    rows = {r["reviewer"]: r for r in summary["by_reviewer"]}
+    # A: 1 approve (approved) yes, 2 reject (corrected) yes, 3 approve (corrected) no: 2/3.
+    # B: 1, 2, 3, 4 all with the decision: 1.0. C: 1 reject (approved) no, 3, 4 yes: 2/3.
+    assert {name: (r["votes"], r["agrees_with_decision"]) for name, r in rows.items()} == {
+        "A": (4, 0.6667),
+        "B": (4, 1.0),
+        "C": (3, 0.6667),
+    }
+    assert (rows["A"]["decided"], rows["B"]["decided"], rows["C"]["decided"]) == (0, 2, 2)
+    assert [r["reviewer"] for r in summary["by_reviewer"]] == ["B", "C", "A"]
+    assert summary["disagreements"] == 2 and summary["reviewer_kappa"] == 0.0588
+    # Every vote is a verdict for the older agreement figure too: items with 2+ reviewers.
+    assert summary["items_with_several_reviewers"] == 4
 
 
 # -- the model -------------------------------------------------------------------------------

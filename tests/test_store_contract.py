@@ -28,6 +28,7 @@ from feedback_store import (
     NewEscalation,
     NewExchange,
     ReviewCounts,
+    ReviewVote,
     SchemaError,
     Store,
     StoreError,
@@ -149,7 +150,8 @@ async def test_start_creates_the_schema_at_the_newest_revision(fresh_url: str) -
     await store.start()
     try:
         assert await asyncio.to_thread(current_revision, fresh_url) == head_revision()
-        for model in (Exchange, Feedback, Label, Escalation, ModelSnapshot, Event, KeyValue):
+        tables = (Exchange, Feedback, Label, Escalation, ReviewVote, ModelSnapshot, Event, KeyValue)
+        for model in tables:
             assert await store.count_rows(model) == 0
         assert await store.ping()
     finally:
@@ -443,3 +445,346 @@ async def test_an_unreachable_database_is_a_store_error_without_the_password() -
     assert message.startswith("the database at postgresql+psycopg://hitl:***@127.0.0.1:1/nothing")
     assert "could not be opened" in message and "[store] url" in message
     assert "s3cret-pw" not in message
+
+
+# -- several reviewers (votes), holds' releases, announcements ----------------------------
+
+STATE_OF_VERDICT = {"approve": "approved", "reject": "rejected", "correct": "corrected"}
+
+
+async def review(
+    store: Store,
+    reply_id: str,
+    reviewer: str,
+    verdict: str,
+    *,
+    required: int = 1,
+    reason: str | None = None,
+    correction: str | None = None,
+    at: float | None = None,
+) -> Any:
+    """One reviewer's vote, as the decision flow sends it."""
+    return await store.record_review(
+        reply_id=reply_id,
+        state=STATE_OF_VERDICT[verdict],
+        reviewer=reviewer,
+        reason=reason,
+        correction=correction,
+        value=1 if verdict == "approve" else 0,
+        weight=3.0,
+        now=time.time() if at is None else at,
+        votes_required=required,
+    )
+
+
+async def posted_item(store: Store, reply_id: str) -> int:
+    """An escalated reply whose card is in the channel; its escalation id."""
+    await store.record_exchange(exchange(reply_id, decision="escalate"), escalation(reply_id))
+    row = await store.escalation_for(reply_id)
+    assert row is not None
+    await store.mark_posted(row.id, channel="C1", ts=f"ts-{reply_id}", now=time.time())
+    await store.mark_card_current(row.id)
+    return row.id
+
+
+async def test_one_vote_decides_when_one_is_required(store: Store) -> None:
+    await store.record_exchange(exchange("r1"))
+    result = await review(store, "r1", "U1", "correct", reason="incorrect", correction="Fixed.")
+    assert result.applied and result.decided and result.label_id is not None
+    row = result.escalation
+    assert (row.state, row.trigger, row.decided_by, row.correction) == (
+        "corrected",
+        "api",
+        "U1",
+        "Fixed.",
+    )
+    assert row.decision_reason == "incorrect" and not row.card_stale
+    assert [(v.reviewer, v.verdict, v.correction) for v in result.votes] == [
+        ("U1", "correct", "Fixed.")
+    ]
+    assert await store.review_votes("r1") == list(result.votes)
+    late = await review(store, "r1", "U2", "approve")
+    assert not late.applied and not late.decided and late.label_id is None
+    assert late.escalation.state == "corrected" and len(late.votes) == 1
+
+
+async def test_two_agreeing_reviewers_decide_on_the_second_vote(store: Store) -> None:
+    await posted_item(store, "r1")
+    first = await review(store, "r1", "U1", "approve", required=2, at=100.0)
+    assert first.applied and not first.decided and first.label_id is not None
+    assert first.escalation.state == "posted" and first.escalation.decided_by is None
+    # The card in the channel is redrawn with the tally.
+    assert first.escalation.card_stale and first.escalation.next_attempt_at == 100.0
+    second = await review(store, "r1", "U2", "approve", required=2, at=110.0)
+    assert second.applied and second.decided
+    row = second.escalation
+    assert (row.state, row.decided_by, row.decided_at, row.card_stale) == (
+        "approved",
+        "U2",
+        110.0,
+        True,
+    )
+    assert [v.reviewer for v in second.votes] == ["U1", "U2"]
+    labels = await store.labels_after(0)
+    assert [(lb.source, lb.value, lb.weight) for lb in labels] == [("reviewer", 1, 3.0)] * 2
+
+
+async def test_disagreeing_reviewers_wait_for_a_third(store: Store) -> None:
+    await store.record_exchange(exchange("r1", decision="escalate"), escalation("r1"))
+    approve = await review(store, "r1", "U1", "approve", required=2, at=100.0)
+    reject = await review(store, "r1", "U2", "reject", required=2, reason="tone", at=101.0)
+    assert approve.applied and reject.applied and not approve.decided and not reject.decided
+    assert reject.escalation.state == "pending" and not reject.escalation.card_stale
+    third = await review(store, "r1", "U3", "reject", required=2, reason="incorrect", at=102.0)
+    assert third.decided
+    row = third.escalation
+    assert (row.state, row.decided_by, row.decision_reason) == ("rejected", "U3", "incorrect")
+    assert row.correction is None
+    assert [(v.reviewer, v.verdict) for v in third.votes] == [
+        ("U1", "approve"),
+        ("U2", "reject"),
+        ("U3", "reject"),
+    ]
+    assert [lb.value for lb in await store.labels_after(0)] == [1, 0, 0]
+
+
+async def test_a_correction_on_the_reject_side_corrects_with_the_first_correction(
+    store: Store,
+) -> None:
+    await store.record_exchange(exchange("r1", decision="escalate"), escalation("r1"))
+    votes = [
+        ("U1", "correct", "incomplete", "First fix.", 100.0),
+        ("U2", "approve", None, None, 101.0),
+        ("U3", "correct", None, "Second fix.", 102.0),
+    ]
+    for reviewer, verdict, reason, correction, at in votes:
+        result = await review(
+            store, "r1", reviewer, verdict, required=3, reason=reason, correction=correction, at=at
+        )
+        assert result.applied and not result.decided
+    last = await review(store, "r1", "U4", "reject", required=3, reason="incorrect", at=103.0)
+    assert last.decided
+    row = last.escalation
+    assert (row.state, row.decided_by, row.correction) == ("corrected", "U4", "First fix.")
+    # The reason of the vote whose correction is used.
+    assert row.decision_reason == "incomplete"
+    assert await store.count_rows(Label) == 4
+
+
+async def test_the_same_reviewer_votes_once(store: Store) -> None:
+    await store.record_exchange(exchange("r1", decision="escalate"), escalation("r1"))
+    first = await review(store, "r1", "U1", "approve", required=2)
+    again = await review(store, "r1", "U1", "reject", required=2, reason="tone")
+    assert first.applied and not again.applied and again.label_id is None
+    assert not again.decided and again.escalation.state == "pending"
+    assert [(v.reviewer, v.verdict) for v in again.votes] == [("U1", "approve")]
+    assert await store.count_rows(Label) == 1
+    assert await store.count_rows(ReviewVote) == 1
+
+
+async def test_a_duplicate_vote_is_refused_without_spoiling_the_transaction(store: Store) -> None:
+    """The unique constraint, the backstop behind the lock: refused in a savepoint, so the
+    rest of the job (and of the jobs grouped with it) still commits, PostgreSQL too."""
+    from feedback_store.reviews import Ballot, insert_vote
+
+    await store.record_exchange(exchange("r1"), escalation("r1"))
+    row = await store.escalation_for("r1")
+    assert row is not None
+    ballot = Ballot(
+        reviewer="U1", verdict="approve", reason=None, correction=None, value=1, weight=1.0, at=1.0
+    )
+
+    def job(conn: Connection) -> tuple[bool, bool]:
+        first = insert_vote(conn, row.id, "r1", ballot)
+        second = insert_vote(conn, row.id, "r1", ballot)
+        conn.execute(text("UPDATE escalation SET attempts = 7"))
+        return first, second
+
+    assert await store.write(job) == (True, False)
+    assert await store.count_rows(ReviewVote) == 1
+    after = await store.escalation_for("r1")
+    assert after is not None and after.attempts == 7
+
+
+async def test_concurrent_votes_from_two_processes_never_decide_twice(store_url: str) -> None:
+    """Two stores (two engines, two writers: two gateways) on one database."""
+    stores = [Store(store_url), Store(store_url)]
+    for s in stores:
+        await s.start()
+    try:
+        rounds = 6
+        for i in range(rounds):
+            await stores[0].record_exchange(exchange(f"r{i}"), escalation(f"r{i}"))
+        results = await asyncio.gather(
+            *(
+                review(stores[n % 2], f"r{i}", f"U{n}", "approve", required=2)
+                for i in range(rounds)
+                for n in range(4)
+            )
+        )
+        for i in range(rounds):
+            mine = results[4 * i : 4 * i + 4]
+            assert sum(r.decided for r in mine) == 1
+            assert sum(r.applied for r in mine) == 2  # the two after the decision: refused
+            votes = await stores[0].review_votes(f"r{i}")
+            assert len(votes) == 2
+            row = await stores[0].escalation_for(f"r{i}")
+            assert row is not None and row.state == "approved"
+            assert row.decided_by == votes[-1].reviewer
+        assert await stores[0].count_rows(Label) == 2 * rounds
+        # One reviewer clicking twice, in both processes at once: one vote.
+        await stores[0].record_exchange(exchange("twice"), escalation("twice"))
+        twice = await asyncio.gather(
+            *(review(stores[n % 2], "twice", "U1", "approve", required=2) for n in range(6))
+        )
+        assert sum(r.applied for r in twice) == 1
+        assert len(await stores[1].review_votes("twice")) == 1
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_record_release_keeps_the_first_release(store: Store) -> None:
+    await store.record_release("nothing-here", released="fallback", at=1.0, timed_out=True)
+    await store.record_exchange(exchange("r1", decision="hold"), escalation("r1", hold=True))
+    row = await store.escalation_for("r1")
+    assert row is not None and (row.released, row.released_at, row.timed_out) == (
+        None,
+        None,
+        False,
+    )
+    await store.record_release("r1", released="fallback", at=50.0, timed_out=True)
+    await store.record_release("r1", released="original", at=60.0, timed_out=False)
+    row = await store.escalation_for("r1")
+    assert row is not None
+    assert (row.released, row.released_at, row.timed_out) == ("fallback", 50.0, True)
+    with pytest.raises(ValueError):
+        await store.record_release("r1", released="everything", at=1.0, timed_out=False)
+
+
+async def test_announcements_are_claimed_once(store: Store) -> None:
+    await store.add_event("drift", {"n": 1}, at=10.0)
+    await store.add_event("startup", {}, at=11.0)
+    claimed, again = await asyncio.gather(
+        store.claim_announcements("drift", now=20.0), store.claim_announcements("drift", now=21.0)
+    )
+    assert [json.loads(e.data_json) for e in claimed + again] == [{"n": 1}]
+    assert (claimed + again)[0].announced_at in (20.0, 21.0)
+    await store.unclaim_announcement((claimed + again)[0].id)
+    assert len(await store.claim_announcements("drift", now=30.0)) == 1
+    assert await store.claim_announcements("drift", now=31.0) == []
+    assert [e.announced_at for e in await store.events("drift")] == [30.0]
+
+
+# -- schema revision 0002 ---------------------------------------------------------------
+
+
+def _schema_drift(url: str) -> list[Any]:
+    """What the migrations' schema lacks or has beyond the tables (autogenerate's diff)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as conn:
+            return list(compare_metadata(MigrationContext.configure(conn), SQLModel.metadata))
+    finally:
+        engine.dispose()
+
+
+async def test_the_migrations_make_exactly_the_tables(fresh_url: str) -> None:
+    from feedback_store import upgrade
+
+    assert await asyncio.to_thread(upgrade, fresh_url) == head_revision() == "0002"
+    assert await asyncio.to_thread(_schema_drift, fresh_url) == []
+
+
+def _fill_at_0001(url: str) -> None:
+    from alembic import command
+
+    from feedback_store.schema import alembic_config
+
+    command.upgrade(alembic_config(url), "0001")
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.begin() as conn:
+            for row in ("a", "b"):
+                conn.execute(
+                    text(
+                        "INSERT INTO exchange (id, created_at, model, route, stream, request_json,"
+                        " question, reply_text, status, upstream_status, upstream_ms, total_ms,"
+                        " confidence, decision, ask_feedback, outlier, features_json,"
+                        " reasons_json, meta_json) VALUES (:id, 1.0, 'm', 'chat', false, '{}',"
+                        " 'q?', 'an answer', 'complete', 200, 1.0, 2.0, 0.3, 'escalate', false,"
+                        " false, '{}', '[]', '{}')"
+                    ),
+                    {"id": row},
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO escalation (reply_id, state, hold, trigger, created_at, attempts,"
+                    " next_attempt_at, decided_by, decided_at, decision_reason, correction,"
+                    " card_stale) VALUES"
+                    " ('a', 'corrected', true, 'policy', 5.0, 1, 5.0, 'U1', 9.0, 'incorrect',"
+                    " 'Better.', false),"
+                    " ('b', 'posted', false, 'policy', 6.0, 1, 6.0, null, null, null, null, false)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO label (reply_id, source, value, weight, created_at)"
+                    " VALUES ('a', 'reviewer', 0, 3.0, 9.0)"
+                )
+            )
+            conn.execute(
+                text("INSERT INTO event (created_at, kind, data_json) VALUES (7.0, 'drift', '{}')")
+            )
+    finally:
+        engine.dispose()
+
+
+async def test_upgrading_a_0001_database_keeps_its_rows(fresh_url: str) -> None:
+    from feedback_store import upgrade
+
+    await asyncio.to_thread(_fill_at_0001, fresh_url)
+    assert await asyncio.to_thread(current_revision, fresh_url) == "0001"
+    refused = Store(fresh_url, config_hint="test.toml")
+    with pytest.raises(SchemaError):
+        await refused.start()
+    assert await asyncio.to_thread(upgrade, fresh_url) == "0002"
+    assert await asyncio.to_thread(_schema_drift, fresh_url) == []
+    store = Store(fresh_url)
+    await store.start()
+    try:
+        assert (await store.count_rows(Exchange), await store.count_rows(Label)) == (2, 1)
+        old = await store.escalation_for("a")
+        assert old is not None
+        assert (old.state, old.hold, old.decided_by, old.correction) == (
+            "corrected",
+            True,
+            "U1",
+            "Better.",
+        )
+        assert (old.released, old.released_at, old.timed_out) == (None, None, False)
+        # The decision taken before votes existed is the vote that took it.
+        (vote_row,) = await store.review_votes("a")
+        assert (vote_row.reviewer, vote_row.verdict, vote_row.reason, vote_row.created_at) == (
+            "U1",
+            "correct",
+            "incorrect",
+            9.0,
+        )
+        assert vote_row.correction == "Better." and vote_row.escalation_id == old.id
+        assert await store.review_votes("b") == []
+        # Old drift is history: not announced again.
+        assert [e.announced_at for e in await store.events("drift")] == [7.0]
+        assert await store.claim_announcements("drift", now=10.0) == []
+        # The upgraded database takes votes and releases.
+        result = await review(store, "b", "U2", "approve", required=2)
+        assert result.applied and not result.decided
+        await store.record_release("a", released="correction", at=12.0, timed_out=False)
+        row = await store.escalation_for("a")
+        assert row is not None and row.released == "correction"
+    finally:
+        await store.close()

@@ -6,6 +6,7 @@ share one computation and a test can hand in a few rows it wrote itself:
 
 - ``metrics``: quantiles, ROC AUC, log loss, Cohen's kappa (numpy only)
 - ``aggregates``: feedback, decisions, reviews, segments
+- ``panel``: several reviewers on one item (kappa between them, agreement with decisions)
 - ``model``: is the model learning (progressive AUC, calibration, drift)
 - ``topics``: what users complain about, clustered
 - ``periods``: time buckets, the timeline, and parsing the points in time users write
@@ -32,6 +33,13 @@ from feedback_store.report.model import (
     learning_curve,
     model_summary,
 )
+from feedback_store.report.panel import (
+    disagreements,
+    panel_summary,
+    reviewer_pairs,
+    vote_pairs,
+    with_decision,
+)
 from feedback_store.report.periods import (
     BUCKET_WIDTHS,
     MAX_BUCKETS,
@@ -40,6 +48,7 @@ from feedback_store.report.periods import (
     timeline,
 )
 from feedback_store.report.rows import (
+    BallotRow,
     EventRow,
     ExchangeRow,
     LabelPoint,
@@ -55,6 +64,7 @@ __all__ = [
     "BUCKET_WIDTHS",
     "CSV_COLUMNS",
     "MAX_BUCKETS",
+    "BallotRow",
     "EventRow",
     "ExchangeRow",
     "LabelPoint",
@@ -71,6 +81,7 @@ __all__ = [
     "complaints",
     "confidence_by_outcome",
     "decision_counts",
+    "disagreements",
     "exchange_table",
     "feedback_summary",
     "iso",
@@ -78,9 +89,11 @@ __all__ = [
     "load_rows",
     "log_loss",
     "model_summary",
+    "panel_summary",
     "parse_when",
     "quantile",
     "review_summary",
+    "reviewer_pairs",
     "reviewer_votes",
     "roc_auc",
     "segment_keys_of",
@@ -88,5 +101,7 @@ __all__ = [
     "timeline",
     "topics",
     "user_votes",
+    "vote_pairs",
     "waiting_times",
+    "with_decision",
 ]

@@ -9,7 +9,16 @@ from typing import Any
 import numpy as np
 
 from feedback_store.report.metrics import cohen_kappa, quantile, rate, rounded
-from feedback_store.report.rows import ExchangeRow, ReportRows, ReviewerVote, ReviewRow, VoteRow
+from feedback_store.report.panel import agrees_with_decision, panel_summary, with_decision
+from feedback_store.report.panel import votes_by_reviewer as count_votes
+from feedback_store.report.rows import (
+    BallotRow,
+    ExchangeRow,
+    ReportRows,
+    ReviewerVote,
+    ReviewRow,
+    VoteRow,
+)
 from feedback_store.vocabulary import (
     AWAITING_STATES,
     DECIDED_STATES,
@@ -49,8 +58,11 @@ def decision_counts(exchanges: Iterable[ExchangeRow]) -> dict[str, int]:
 # -- reviews -----------------------------------------------------------------------
 
 
-def reviewer_votes(reviews: Iterable[ReviewRow], votes: Iterable[VoteRow]) -> list[ReviewerVote]:
-    """Every reviewer's verdict per item: decided escalations, plus reviewer-sourced votes.
+def reviewer_votes(
+    reviews: Iterable[ReviewRow], votes: Iterable[VoteRow], ballots: Iterable[BallotRow] = ()
+) -> list[ReviewerVote]:
+    """Every reviewer's verdict per item: decided escalations, the reviewers' votes on
+    them (``review_vote``), plus reviewer-sourced votes.
 
     One verdict per (item, reviewer): a reviewer who decided an escalation and also
     voted counts once, by the escalation.
@@ -61,6 +73,9 @@ def reviewer_votes(reviews: Iterable[ReviewRow], votes: Iterable[VoteRow]) -> li
             at = r.decided_at if r.decided_at is not None else r.created_at
             value = 1 if r.state == "approved" else 0
             found[(r.reply_id, r.decided_by)] = ReviewerVote(r.reply_id, r.decided_by, value, at)
+    for b in ballots:
+        vote = ReviewerVote(b.reply_id, b.reviewer, b.value, b.at)
+        found.setdefault((b.reply_id, b.reviewer), vote)
     for v in votes:
         if v.by_reviewer:
             who = v.voter.partition(":")[2] or v.voter
@@ -93,11 +108,13 @@ def waiting_times(decided: Iterable[ReviewRow]) -> list[float]:
     ]
 
 
-def review_summary(reviews: Sequence[ReviewRow], votes: Sequence[VoteRow]) -> dict[str, Any]:
+def review_summary(
+    reviews: Sequence[ReviewRow], votes: Sequence[VoteRow], ballots: Sequence[BallotRow] = ()
+) -> dict[str, Any]:
     states = Counter(r.state for r in reviews)
     decided = [r for r in reviews if r.state in DECIDED_STATES]
     waits = waiting_times(decided)
-    verdicts = reviewer_votes(reviews, votes)
+    verdicts = reviewer_votes(reviews, votes, ballots)
     per_item = Counter(v.reply_id for v in verdicts)
     return {
         "escalated": len(reviews),
@@ -113,14 +130,24 @@ def review_summary(reviews: Sequence[ReviewRow], votes: Sequence[VoteRow]) -> di
         "p90_seconds_to_decision": quantile(waits, 0.9),
         "agreement": cohen_kappa(agreement_pairs(verdicts)),
         "items_with_several_reviewers": sum(n >= 2 for n in per_item.values()),
-        "by_reviewer": by_reviewer(decided),
+        # several reviewers' votes on one item: kappa between them, split votes
+        **panel_summary(ballots),
+        "by_reviewer": by_reviewer(decided, ballots),
     }
 
 
-def by_reviewer(decided: Iterable[ReviewRow]) -> list[dict[str, Any]]:
+def by_reviewer(
+    decided: Sequence[ReviewRow], ballots: Sequence[BallotRow] = ()
+) -> list[dict[str, Any]]:
+    """Per reviewer: the decisions they took, the votes they cast, and the share of
+    those votes (on decided items) that agreed with the decision."""
     groups: dict[str, list[ReviewRow]] = defaultdict(list)
     for r in decided:
         groups[r.decided_by or "unknown"].append(r)
+    cast = count_votes(ballots)
+    agreed = with_decision(ballots, decided)
+    for reviewer in cast:
+        groups.setdefault(reviewer, [])
     out: list[dict[str, Any]] = []
     for reviewer, rows in groups.items():
         states = Counter(r.state for r in rows)
@@ -133,9 +160,11 @@ def by_reviewer(decided: Iterable[ReviewRow]) -> list[dict[str, Any]]:
                 "rejected": states["rejected"],
                 "corrected": states["corrected"],
                 "median_seconds_to_decision": quantile(waits, 0.5),
+                "votes": cast.get(reviewer, 0),
+                "agrees_with_decision": agrees_with_decision(agreed, reviewer),
             }
         )
-    out.sort(key=lambda row: (-row["decided"], row["reviewer"]))
+    out.sort(key=lambda row: (-row["decided"], -row["votes"], row["reviewer"]))
     return out
 
 

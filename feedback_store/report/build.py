@@ -59,7 +59,7 @@ def build_report(
         "exchanges": len(rows.exchanges),
         "feedback": feedback_summary(rows.votes),
         "decisions": decision_counts(rows.exchanges),
-        "reviews": review_summary(rows.reviews, rows.votes),
+        "reviews": review_summary(rows.reviews, rows.votes, rows.ballots),
         "model": model_summary(rows.labels, rows.events, window=window),
         "topics": topics(complaints(rows)),
         "segments": segments(rows, segment_keys),

@@ -18,7 +18,14 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, select
 
-from feedback_store.tables import escalation_t, event_t, exchange_t, feedback_t, label_t
+from feedback_store.tables import (
+    escalation_t,
+    event_t,
+    exchange_t,
+    feedback_t,
+    label_t,
+    review_vote_t,
+)
 
 T = TypeVar("T")
 
@@ -89,6 +96,22 @@ class ReviewRow:
 
 
 @dataclass(frozen=True, slots=True)
+class BallotRow:
+    """One reviewer's vote on one escalation (``review_vote``)."""
+
+    escalation_id: int
+    reply_id: str
+    reviewer: str
+    verdict: str  # approve | reject | correct
+    at: float
+
+    @property
+    def value(self) -> int:
+        """1 helpful (approve), 0 not (reject, correct)."""
+        return 1 if self.verdict == "approve" else 0
+
+
+@dataclass(frozen=True, slots=True)
 class EventRow:
     created_at: float
     kind: str
@@ -102,6 +125,7 @@ class ReportRows:
     labels: list[LabelPoint] = field(default_factory=list)
     reviews: list[ReviewRow] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
+    ballots: list[BallotRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,20 +194,25 @@ def _queries(since: float | None, until: float | None) -> list[Any]:
         es.hold,
         es.trigger,
     ).order_by(es.id)
+    rv = review_vote_t.c
+    ballots = select(
+        rv.escalation_id, rv.reply_id, rv.reviewer, rv.verdict, rv.created_at
+    ).order_by(rv.created_at, rv.id)
     if period:
         votes = votes.where(fb.reply_id.in_(in_period))
         reviews = reviews.where(es.reply_id.in_(in_period))
+        ballots = ballots.where(rv.reply_id.in_(in_period))
     events = select(ev.created_at, ev.kind, ev.data_json).order_by(ev.created_at)
     if since is not None:
         events = events.where(ev.created_at >= since)
     if until is not None:
         events = events.where(ev.created_at < until)
-    return [exchanges, votes, labels, reviews, events]
+    return [exchanges, votes, labels, reviews, events, ballots]
 
 
 def _read_rows(conn: Connection, queries: list[Any]) -> ReportRows:
     # One connection, one transaction: every table seen at the same moment.
-    exchanges, votes, labels, reviews, events = (conn.execute(q).all() for q in queries)
+    exchanges, votes, labels, reviews, events, ballots = (conn.execute(q).all() for q in queries)
     return ReportRows(
         exchanges=[
             ExchangeRow(
@@ -243,6 +272,16 @@ def _read_rows(conn: Connection, queries: list[Any]) -> ReportRows:
         events=[
             EventRow(created_at=float(r.created_at), kind=r.kind, data=_json_object(r.data_json))
             for r in events
+        ],
+        ballots=[
+            BallotRow(
+                escalation_id=int(r.escalation_id),
+                reply_id=r.reply_id,
+                reviewer=r.reviewer,
+                verdict=r.verdict,
+                at=float(r.created_at),
+            )
+            for r in ballots
         ],
     )
 

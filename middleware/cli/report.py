@@ -52,7 +52,8 @@ def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     export = add(
         "export",
         cmd_export,
-        "labelled exchanges as JSONL; with --corrections, corrected answers for fine-tuning",
+        "labelled exchanges as JSONL; with --corrections, corrected answers for fine-tuning; "
+        "with --audit, the review audit",
     )
     export.add_argument(
         "--corrections",
@@ -64,6 +65,11 @@ def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
         action="store_true",
         help="with --corrections: also end users' corrections (unvetted: anyone holding a "
         "reply's token can send one)",
+    )
+    export.add_argument(
+        "--audit",
+        action="store_true",
+        help="one record per reviewed reply: its votes, decision and hold release (no text)",
     )
     export.add_argument("--out", metavar="FILE", help="write here (default: standard output)")
     _period_arguments(export, now)
@@ -162,13 +168,17 @@ def cmd_report(args: argparse.Namespace, settings: Settings, environ: Mapping[st
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
-    from feedback_store.export import corrections, labelled_exchanges
+    from feedback_store.export import audit_records, corrections, labelled_exchanges
 
     if args.user_corrections and not args.corrections:
         raise ConfigError("--user-corrections only makes sense with --corrections")
+    if args.audit and args.corrections:
+        raise ConfigError("--audit and --corrections are two exports: choose one")
     _require_database(settings)
 
     def records(store: Any) -> AsyncIterator[dict[str, Any]]:
+        if args.audit:
+            return audit_records(store, since=args.since, until=args.until)
         if args.corrections:
             return corrections(
                 store, include_users=args.user_corrections, since=args.since, until=args.until
@@ -198,6 +208,12 @@ def cmd_export(args: argparse.Namespace, settings: Settings, environ: Mapping[st
         if owned:
             stream.close()
     if args.out and args.out != "-":
-        what = "corrected answers" if args.corrections else "labelled exchanges"
+        what = (
+            "audit records"
+            if args.audit
+            else "corrected answers"
+            if args.corrections
+            else "labelled exchanges"
+        )
         print(f"hitl export: wrote {written} {what} to {args.out}")
     return 0

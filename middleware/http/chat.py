@@ -18,13 +18,14 @@ from middleware.http.context import (
     STORE_DOWN,
     ChatContext,
     end_user_of,
+    hitl_object,
     relay_headers,
+    released_completion,
     upstream_failure,
 )
 from middleware.http.headers import forward_headers
 from middleware.http.responses import error_response
 from middleware.http.streaming import StreamedReplies
-from middleware.http.streams import hitl_object, released_completion
 from middleware.ports import Upstream, UpstreamRequest
 from middleware.scoring.completion import read_completion
 from middleware.scoring.policy import is_risky

@@ -1,4 +1,5 @@
-"""One chat request as the endpoints see it, and how an upstream failure is answered."""
+"""One chat request as the endpoints see it: its context, the ``hitl`` object its answer
+carries, a held reply's released answer, and how an upstream failure is answered."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from middleware.flows.hold import Release
 from middleware.flows.reply import ChatExchange
 from middleware.http.responses import error_response
 from middleware.ports import UpstreamReply
 from middleware.scoring.completion import ReplySummary
+from middleware.scoring.scorer import Assessment
 
 STORE_DOWN = "the gateway could not record this reply, so it was not delivered; retry shortly"
 
@@ -90,3 +93,37 @@ def end_user_of(payload: dict[str, Any], request: Request) -> str | None:
         return header[:200]
     user = payload.get("user")
     return user[:200] if isinstance(user, str) and user else None
+
+
+def hitl_object(
+    reply_id: str, token: str, assessment: Assessment, release: Release | None = None
+) -> dict[str, Any]:
+    hitl: dict[str, Any] = {
+        "reply_id": reply_id,
+        "feedback_token": token,
+        "confidence": round(assessment.confidence, 4),
+        "decision": assessment.decision.kind,
+        "ask_feedback": assessment.decision.ask_feedback,
+    }
+    if release is not None:
+        hitl["released"] = release.released
+        if release.timed_out:
+            hitl["timed_out"] = True
+    return hitl
+
+
+def released_completion(completion: dict[str, Any], release: Release) -> dict[str, Any]:
+    """The JSON answer a held client receives: the upstream's, or one choice with the
+    correction or the fallback (no tool calls, no other choices: none was approved)."""
+    if release.released == "original":
+        return completion
+    return {
+        **completion,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": release.text},
+                "finish_reason": "stop",
+            }
+        ],
+    }

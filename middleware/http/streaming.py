@@ -15,14 +15,13 @@ from starlette.responses import Response, StreamingResponse
 from middleware.errors import StoreUnavailable, UpstreamError
 from middleware.flows.hold import Holds, Release
 from middleware.flows.reply import ReplyFlow
-from middleware.http.context import STORE_DOWN, ChatContext, upstream_failure
+from middleware.http.context import STORE_DOWN, ChatContext, hitl_object, upstream_failure
 from middleware.http.responses import error_body, error_response
 from middleware.http.streams import (
     DONE,
     HEARTBEAT,
     chunk,
     event,
-    hitl_object,
     released_events,
 )
 from middleware.ports import Upstream, UpstreamReply, UpstreamRequest

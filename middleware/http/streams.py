@@ -9,7 +9,6 @@ from typing import Any
 import orjson
 
 from middleware.flows.hold import Release
-from middleware.scoring.scorer import Assessment
 
 DONE = b"data: [DONE]\n\n"
 #: an SSE comment: keeps proxies and clients from timing out while a hold waits
@@ -18,23 +17,6 @@ HEARTBEAT = b": waiting for a reviewer\n\n"
 
 def event(data: Any) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
-
-
-def hitl_object(
-    reply_id: str, token: str, assessment: Assessment, release: Release | None = None
-) -> dict[str, Any]:
-    hitl: dict[str, Any] = {
-        "reply_id": reply_id,
-        "feedback_token": token,
-        "confidence": round(assessment.confidence, 4),
-        "decision": assessment.decision.kind,
-        "ask_feedback": assessment.decision.ask_feedback,
-    }
-    if release is not None:
-        hitl["released"] = release.released
-        if release.timed_out:
-            hitl["timed_out"] = True
-    return hitl
 
 
 def chunk(chunk_id: str, created: int, model: str, **fields: Any) -> dict[str, Any]:
@@ -69,20 +51,3 @@ def released_events(release: Release, *, chunk_id: str, model: str) -> list[byte
             )
         ),
     ]
-
-
-def released_completion(completion: dict[str, Any], release: Release) -> dict[str, Any]:
-    """The JSON answer a held client receives: the upstream's, or one choice with the
-    correction or the fallback (no tool calls, no other choices: none was approved)."""
-    if release.released == "original":
-        return completion
-    return {
-        **completion,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": release.text},
-                "finish_reason": "stop",
-            }
-        ],
-    }

@@ -240,9 +240,23 @@ def render_html(
             str(r["rejected"]),
             str(r["corrected"]),
             duration(r["median_seconds_to_decision"]),
+            str(r.get("votes", 0)),
+            pct(r.get("agrees_with_decision")),
         )
         for r in reviews["by_reviewer"]
     ]
+    pair_rows = [
+        (_e(" and ".join(p["reviewers"])), str(p["items"]), num(p["kappa"], 2))
+        for p in reviews.get("reviewer_pairs", [])
+    ]
+    panel = (
+        f'<p class="explain">Reviewers voting on the same items agree with Cohen\'s kappa '
+        f"{num(reviews.get('reviewer_kappa'), 2)}; their votes split on "
+        f"{reviews.get('disagreements', 0)} items.</p>"
+        + _table(("reviewers", "items", "kappa"), pair_rows, "Agreement between reviewers")
+        if pair_rows
+        else ""
+    )
     drift_rows = [
         (_e(d["at"]), _e(", ".join(f"{k}={v}" for k, v in d.items() if k not in ("at", "ts"))))
         for d in model["drifts"]
@@ -282,12 +296,22 @@ def render_html(
         escalations,
         review_time,
         _table(
-            ("reviewer", "decided", "approved", "rejected", "corrected", "median time"),
+            (
+                "reviewer",
+                "decided",
+                "approved",
+                "rejected",
+                "corrected",
+                "median time",
+                "votes",
+                "agrees with decision",
+            ),
             reviewer_rows,
             "Decisions by reviewer",
         )
         if reviewer_rows
         else '<p class="explain">No reviewer decisions yet.</p>',
+        panel,
         "</section>",
         '<section aria-labelledby="topics"><h2 id="topics">Where are users unhappy?</h2>',
         topics_chart,

@@ -109,10 +109,11 @@
     try {
       for await (const { data, comment } of serverSentEvents(response.body)) {
         if (data === null) {
-          // A heartbeat: the reply waits for a person. Nothing sent before it was released.
-          if (comment && !reply.text) {
+          // A heartbeat: the reply waits for a person, so nothing sent so far was released.
+          if (comment) {
             if (!reply.held) waiting(turn);
             reply.held = true;
+            reply.text = "";
             kept = "";
           }
           continue;

@@ -6,7 +6,8 @@ Revises: 0001
 Create Date: 2026-12-02 09:00:00.000000
 
 Every decision taken before this revision becomes the one vote that took it, so the
-audit export and the report's reviewer figures cover old decisions too.
+audit export and the report's reviewer figures cover old decisions too; the events
+before it count as announced (old drift is not news to the review channel).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_review_vote_reply_id"), ["reply_id"], unique=False)
 
     op.execute(sa.text(_BACKFILL))
+    # Events before this revision are history, not news: none is announced now.
+    op.execute(sa.text("UPDATE event SET announced_at = created_at"))
 
 
 def downgrade() -> None:
