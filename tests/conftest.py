@@ -17,6 +17,7 @@ from middleware.settings import Settings, settings_from_mapping
 
 from .fake_openai import make_app
 from .servers import ServerThread
+from .slack_standin import SlackStandin
 
 
 @pytest.fixture(scope="session")
@@ -155,3 +156,10 @@ async def known_store(tmp_path: Path) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture
+def standin() -> Iterator[SlackStandin]:
+    """The stand-in Slack Web API on 127.0.0.1 (tests/slack_standin.py)."""
+    with SlackStandin() as server:
+        yield server

@@ -10,7 +10,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -102,12 +102,6 @@ async def test_slack_errors_map_to_retryable_or_permanent(standin: SlackStandin)
 
 
 # -- the dispatcher ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def standin() -> Iterator[SlackStandin]:
-    with SlackStandin() as server:
-        yield server
 
 
 OutboxFactory = Callable[..., Awaitable[Outbox]]

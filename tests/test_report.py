@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import html
+import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
+from sqlalchemy import create_engine, text
 
 from feedback_store import Store
 from feedback_store.report import (
@@ -42,8 +48,11 @@ from feedback_store.report import (
     timeline,
     topics,
 )
+from feedback_store.urls import sync_url
+from middleware.cli.main import main
+from middleware.reporting import render_html
 
-from .report_data import CORRECTION, T0
+from .report_data import ANN, CORRECTION, HOLD_CORRECTION, T0, fill_voted_store
 
 # -- numbers ---------------------------------------------------------------------------
 
@@ -585,3 +594,128 @@ async def test_report_period_selects_exchanges_and_what_follows_them(known_store
     assert empty["model"]["roc_auc"] is None
     assert empty["topics"] == []
     assert empty["timeline"]["buckets"] == []
+
+
+# -- several reviewers and holds, through the store and the command line --------------------
+
+
+@pytest.fixture
+def voted_db(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'voted.db'}"
+
+    async def fill() -> None:
+        store = Store(url, config_hint="test.toml")
+        await store.start()
+        try:
+            await fill_voted_store(store)
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    return url
+
+
+async def test_report_reads_the_votes_from_the_store(voted_db: str) -> None:
+    store = Store(voted_db)
+    await store.start()
+    try:
+        rows = await load_rows(store)
+    finally:
+        await store.close()
+    assert [(b.reply_id, b.reviewer, b.verdict) for b in rows.ballots] == [
+        ("h1", "U1", "approve"),
+        ("h1", ANN, "approve"),
+        ("h2", "U1", "reject"),
+        ("h2", ANN, "correct"),
+        ("e3", "U1", "approve"),
+        ("e3", ANN, "reject"),
+    ]
+    reviews = build_report(rows)["reviews"]
+    assert (reviews["reviewer_kappa"], reviews["disagreements"], reviews["votes"]) == (0.4, 1, 6)
+    assert reviews["reviewer_pairs"] == [{"reviewers": [ANN, "U1"], "items": 3, "kappa": 0.4}]
+    assert {
+        r["reviewer"]: (r["decided"], r["votes"], r["agrees_with_decision"])
+        for r in reviews["by_reviewer"]
+    } == {
+        ANN: (2, 3, 1.0),
+        "U1": (0, 3, 1.0),
+    }
+    page = render_html(build_report(rows))
+    assert "agrees with decision" in page and "Agreement between reviewers" in page
+    assert "<i>Ann</i>" not in page and html.escape(ANN) in page
+    assert f"{html.escape(ANN)} and U1" in page
+
+
+def _purge_texts(url: str) -> None:
+    """What a retention purge leaves: the exchanges without their text."""
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE exchange SET reply_text = '', question = '', request_json = '{}'")
+            )
+    finally:
+        engine.dispose()
+
+
+def test_cli_export_audit(
+    voted_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "audit.jsonl"
+    assert main(["export", "--audit", "--store", voted_db, "--out", str(out)], environ={}) == 0
+    assert "wrote 4 audit records" in capsys.readouterr().out
+    written = out.read_text()
+    records = [json.loads(line) for line in written.splitlines()]
+    by_id = {r["reply_id"]: r for r in records}
+    assert list(by_id) == ["h1", "h2", "e3", "h4"]  # oldest first; e5 was never reviewed
+    h2 = by_id["h2"]
+    assert {k: h2[k] for k in ("model", "hold", "trigger", "state", "decided_by")} == {
+        "model": "a",
+        "hold": True,
+        "trigger": "policy",
+        "state": "corrected",
+        "decided_by": ANN,
+    }
+    assert (h2["created_at"], h2["opened_at"]) == ("2023-11-14T22:14:20Z", "2023-11-14T22:14:20Z")
+    assert h2["votes"] == [
+        {
+            "reviewer": "U1",
+            "verdict": "reject",
+            "reason": "incorrect",
+            "correction_given": False,
+            "at": "2023-11-14T22:14:30Z",
+        },
+        {
+            "reviewer": ANN,
+            "verdict": "correct",
+            "reason": None,
+            "correction_given": True,
+            "at": "2023-11-14T22:14:40Z",
+        },
+    ]
+    assert (h2["released"], h2["released_at"], h2["timed_out"]) == (
+        "correction",
+        "2023-11-14T22:14:41Z",
+        False,
+    )
+    assert h2["original_sha256"] == hashlib.sha256(b"answer to question h2").hexdigest()
+    assert (by_id["h1"]["state"], by_id["h1"]["released"]) == ("approved", "original")
+    assert by_id["e3"]["state"] == "pending" and len(by_id["e3"]["votes"]) == 2
+    assert by_id["e3"]["released"] is None and by_id["e3"]["hold"] is False
+    h4 = by_id["h4"]
+    assert (h4["votes"], h4["released"], h4["timed_out"], h4["decided_by"]) == (
+        [],
+        "fallback",
+        True,
+        None,
+    )
+    # The audit names no message text: not the question, the reply or the correction.
+    for secret in ("question h2", "answer to", HOLD_CORRECTION):
+        assert secret not in written
+    # A purge of the exchanges' text leaves the audit whole, but for the reply's hash.
+    _purge_texts(voted_db)
+    assert main(["export", "--audit", "--store", voted_db, "--out", str(out)], environ={}) == 0
+    purged = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["original_sha256"] for r in purged] == [None] * 4
+    assert [{**r, "original_sha256": None} for r in records] == purged
+    assert main(["export", "--audit", "--corrections", "--store", voted_db], environ={}) == 2

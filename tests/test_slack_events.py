@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -26,12 +26,6 @@ from .slack_standin import CHANNEL, TOKEN, SlackStandin
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 ADMIN = "admin-token-for-tests-0123456789"
 ESCALATE_ALL = {"escalate_below": 1.0, "review_budget": 1.0, "max_reviews_per_hour": 1000}
-
-
-@pytest.fixture
-def standin() -> Iterator[SlackStandin]:
-    with SlackStandin() as server:
-        yield server
 
 
 SlackGateway = Callable[..., ServerThread]
