@@ -234,7 +234,17 @@ def test_reply_state_through_the_review_api(gw: ServerThread, tmp_path: Path) ->
         "reply_id": rid,
         "decision": "escalate",
         "confidence": hitl["confidence"],
-        "review": {"state": "pending", "by": None, "at": None, "reason": None, "correction": None},
+        "held": False,
+        "review": {
+            "state": "pending",
+            "by": None,
+            "at": None,
+            "reason": None,
+            "correction": None,
+            "votes": [],
+        },
+        "answer": None,
+        "released": None,
         "feedback": None,
     }
     # Slack is off: the escalation waits for the API; nothing else depends on Slack.
@@ -247,6 +257,9 @@ def test_reply_state_through_the_review_api(gw: ServerThread, tmp_path: Path) ->
     assert body["review"]["by"] == "ann"
     assert body["review"]["correction"] == "better"
     assert body["review"]["at"].endswith("Z")
+    # The reviewer's answer is readable once decided, and so is who decided what.
+    assert body["answer"] == {"text": "better", "source": "corrected"}
+    assert [(v["by"], v["decision"]) for v in body["review"]["votes"]] == [("ann", "correct")]
     assert rows(tmp_path, "SELECT source, value, weight FROM label WHERE reply_id = ?", rid) == [
         ("reviewer", 0, 3.0)
     ]

@@ -275,7 +275,12 @@ class _Decisions:
             await refuse("The correction could not be saved; please try again.")
             return
         if not outcome.applied:
-            await refuse(self._not_applied(outcome))
+            # Plain text: a form's error message shows no mentions.
+            await refuse(
+                f"Already decided by {outcome.decided_by}: {outcome.state}."
+                if outcome.decided_by is not None
+                else "You already voted on this reply; another reviewer's vote is needed."
+            )
         else:
             await ack()
             if not outcome.decided:
