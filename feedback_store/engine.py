@@ -293,15 +293,10 @@ class Store:
         now: float,
         votes_required: int = 1,
     ) -> ReviewResult | None:
-        """Commit one reviewer's vote on the reply's newest escalation and its label
-        together; the vote decides the item when its side (approve, or reject and correct)
-        reaches ``votes_required`` votes. ``state`` is the verdict as the state it leaves
-        (approved, rejected, corrected).
-
-        Nothing is stored (``applied`` False) when the item is decided already or this
-        reviewer voted on it. None when the reply is unknown. A reply that was never
-        escalated gets an escalation row here (trigger "api"), so every verdict lives in
-        one place.
+        """Commit one reviewer's vote (``state``: the verdict as the state it leaves) on
+        the reply's newest escalation, with its label; it decides the item when its side
+        reaches ``votes_required`` (``reviews.py``). Nothing is stored when the item is
+        decided or this reviewer voted on it already; None when the reply is unknown.
         """
         ballot = reviews.Ballot.of_state(
             state,

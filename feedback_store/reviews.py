@@ -117,8 +117,10 @@ def _result(
 def insert_vote(conn: Connection, escalation_id: int, reply_id: str, ballot: Ballot) -> bool:
     """Insert the vote; False when this reviewer voted on the escalation already.
 
-    In a savepoint, so a refused duplicate leaves the rest of the transaction (and the
-    other jobs grouped into it) usable on PostgreSQL too.
+    A refused duplicate leaves the rest of the transaction (and the other jobs grouped
+    into it) as it was: SQLite undoes just the statement; PostgreSQL would abort the
+    whole transaction, so there the insert runs in a savepoint. (Not on SQLite, where
+    pysqlite's SAVEPOINT before the transaction's first write would commit on release.)
     """
     values = {
         "escalation_id": escalation_id,
@@ -129,9 +131,13 @@ def insert_vote(conn: Connection, escalation_id: int, reply_id: str, ballot: Bal
         "correction": ballot.correction,
         "created_at": ballot.at,
     }
+    statement = insert(review_vote_t).values(**values)
     try:
-        with conn.begin_nested():
-            conn.execute(insert(review_vote_t).values(**values))
+        if conn.dialect.name == "sqlite":
+            conn.execute(statement)
+        else:
+            with conn.begin_nested():
+                conn.execute(statement)
     except IntegrityError:
         return False
     return True

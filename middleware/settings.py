@@ -38,6 +38,8 @@ class ServerSettings(_Section):
     feedback_per_minute: int = Field(60, ge=0)
     log_format: Literal["text", "json"] = "text"
     log_bodies: bool = False
+    #: on SIGTERM, running streams get this long to finish before they are ended cleanly
+    shutdown_grace_s: float = Field(30.0, ge=0)
 
 
 class UpstreamSettings(_Section):

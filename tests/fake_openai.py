@@ -3,7 +3,8 @@
 - ``json`` (default): a normal chat.completion whose content is ``reply: <last user text>``
 - ``stream`` requests (``"stream": true``): the same text in SSE chunks, usage when asked
 - ``fail-500``: HTTP 500; ``fail-400``: HTTP 400 in the OpenAI error shape
-- ``slow``: sleeps ``slow_s`` before answering; ``cut``: a stream that breaks midway
+- ``slow``: sleeps ``slow_s`` before answering; ``cut``: a stream that breaks midway;
+  ``trickle``: a stream that sends one word every 0.3 s
 - ``tools``: a tool call reply (streamed as tool-call deltas too); ``garbage``: a 200
   that is not JSON
 - ``reply:<text>``: answers exactly <text>
@@ -175,7 +176,7 @@ def make_app(*, slow_s: float = 3.0) -> Starlette:
             piece = word if k == 0 else " " + word
             for i in range(n):
                 yield chunk([{"index": i, "delta": {"content": piece}, "finish_reason": None}])
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3 if model == "trickle" else 0.01)
             if model == "cut" and k == 1:
                 raise ConnectionResetError("cut mid-stream on purpose")
         yield chunk([{"index": i, "delta": {}, "finish_reason": "stop"} for i in range(n)])

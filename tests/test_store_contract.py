@@ -8,6 +8,7 @@ emptied before each test, dropped at the end); schema tests get a database each.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -604,6 +605,14 @@ async def test_a_duplicate_vote_is_refused_without_spoiling_the_transaction(stor
     assert await store.count_rows(ReviewVote) == 1
     after = await store.escalation_for("r1")
     assert after is not None and after.attempts == 7
+
+    def failing(conn: Connection) -> None:
+        assert insert_vote(conn, row.id, "r1", dataclasses.replace(ballot, reviewer="U2"))
+        raise ValueError("a bug after the vote")
+
+    with pytest.raises(ValueError):
+        await store.write(failing)
+    assert await store.count_rows(ReviewVote) == 1  # the vote went with its transaction
 
 
 async def test_concurrent_votes_from_two_processes_never_decide_twice(store_url: str) -> None:

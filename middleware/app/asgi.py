@@ -59,6 +59,7 @@ def routes(parts: Parts) -> list[BaseRoute]:
         max_body_bytes=settings.server.max_body_bytes,
         stream_hitl_chunk=settings.server.stream_hitl_chunk,
         holds=parts.holds,
+        draining=parts.draining,
         risky_models=frozenset(settings.policy.risky_models),
         heartbeat_s=settings.policy.hold_heartbeat_s,
         request_logprobs=settings.upstream.logprobs,

@@ -23,6 +23,7 @@ from middleware.app.review import ReviewSide, build_channel
 from middleware.errors import ConfigError, SchemaOutdated, StoreUnavailable
 from middleware.flows import ComplaintFlow, DecisionFlow, Hooks, ReplyFlow, VoteFlow
 from middleware.flows.hold import Holds
+from middleware.http.draining import Draining
 from middleware.learning.brain import Brain
 from middleware.learning.learner import Learner
 from middleware.metrics import Metrics
@@ -61,6 +62,8 @@ class Parts:
     complaints: ComplaintFlow
     #: clients waiting for a reviewer on a held reply
     holds: Holds
+    #: streams' grace period at shutdown
+    draining: Draining
 
     async def start(self, *, serve: bool = True) -> None:
         """Open the store, learn what it holds, then (``serve``) open the rest."""
@@ -78,6 +81,7 @@ class Parts:
         if not serve:
             return
         self.learner.start()
+        self.draining.start()
         await self.upstream.start()
         await self.review.start(self.outbox)
         # Everything built so far lives as long as the app: keep the cyclic garbage
@@ -88,6 +92,7 @@ class Parts:
     async def stop(self, *, serve: bool = True) -> None:
         try:
             if serve:
+                await self.draining.stop()
                 await self.review.stop(self.outbox)
                 await self.upstream.aclose()
                 await self.learner.close()
@@ -278,4 +283,5 @@ def build_parts(
         decisions=decisions,
         complaints=complaints,
         holds=holds,
+        draining=Draining(settings.server.shutdown_grace_s),
     )

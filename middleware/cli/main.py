@@ -55,9 +55,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings, environ: Mapping[str
         log_config=None,
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=10,
+        # Our streams end themselves at the grace period; uvicorn only cuts what is left.
+        timeout_graceful_shutdown=int(settings.server.shutdown_grace_s) + 5,
     )
-    server = uvicorn.Server(config)
+    draining = app.state.parts.draining
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            draining.begin()
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
     server.run()
     # uvicorn exits quietly when the lifespan fails; say why with our exit code.
     return 0 if server.started else 1

@@ -23,6 +23,7 @@ from middleware.http.context import (
     released_completion,
     upstream_failure,
 )
+from middleware.http.draining import Draining
 from middleware.http.headers import forward_headers
 from middleware.http.responses import error_response
 from middleware.http.streaming import StreamedReplies
@@ -50,6 +51,7 @@ class ChatEndpoint:
         stream_hitl_chunk: bool,
         holds: Holds,
         risky_models: frozenset[str] = frozenset(),
+        draining: Draining,
         heartbeat_s: float = 10.0,
         request_logprobs: bool = False,
     ) -> None:
@@ -69,6 +71,7 @@ class ChatEndpoint:
             holds=holds,
             stream_hitl_chunk=stream_hitl_chunk,
             heartbeat_s=heartbeat_s,
+            draining=draining,
         )
 
     def _headers(self, request: Request) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+import anyio
 import orjson
 from starlette.responses import Response, StreamingResponse
 
@@ -16,6 +17,7 @@ from middleware.errors import StoreUnavailable, UpstreamError
 from middleware.flows.hold import Holds, Release
 from middleware.flows.reply import ReplyFlow
 from middleware.http.context import STORE_DOWN, ChatContext, hitl_object, upstream_failure
+from middleware.http.draining import Draining
 from middleware.http.responses import error_body, error_response
 from middleware.http.streams import (
     DONE,
@@ -42,7 +44,9 @@ class StreamedReplies:
         holds: Holds,
         stream_hitl_chunk: bool,
         heartbeat_s: float,
+        draining: Draining,
     ) -> None:
+        self.draining = draining
         self.upstream = upstream
         self.replies = replies
         self.signer = signer
@@ -51,6 +55,12 @@ class StreamedReplies:
         self.heartbeat_s = heartbeat_s
 
     async def relay(self, upstream_request: UpstreamRequest, ctx: ChatContext) -> Response:
+        """Relay the upstream's events as they come, then the ``hitl`` chunk. Whatever ends
+        the stream (its end, a broken upstream, the client leaving, shutdown), the text
+        that was sent is recorded: in full as ``complete``, else as ``incomplete``."""
+        if not await self.replies.store.ping():
+            # Nothing sent yet: the reply could not be recorded, so it is not started.
+            return error_response(503, STORE_DOWN, "store_unavailable")
         upstream_started = time.perf_counter()
         try:
             opened = await self.upstream.open_stream(upstream_request)
@@ -60,36 +70,49 @@ class StreamedReplies:
             return upstream_failure(opened)
         stream = opened
         token = self.signer.sign(ctx.reply_id)
+        draining = self.draining
+
+        async def record(folded: StreamSummary, status: str) -> Assessment:
+            exchange = ctx.exchange(
+                folded.finish(),
+                stream.signals,
+                folded.model,
+                upstream_status=stream.status,
+                upstream_ms=(time.perf_counter() - upstream_started) * 1000,
+                stream=True,
+                status=status,
+            )
+            return await self.replies(exchange)
 
         async def relay() -> AsyncIterator[bytes]:
             folded = StreamSummary()
             buffer = bytearray()
-            status = "complete"
+            status = "incomplete"
             recorded = False
+            key = id(folded)
+            draining.track(key, stream.aclose)
             try:
                 try:
                     async for piece in stream.chunks():
                         buffer += piece
-                        out = fold(buffer, folded)
+                        out = split(buffer)
                         if out:
                             yield b"".join(out)
+                        # Folded once sent: the record holds what the client was given.
+                        fold(out, folded)
+                        if draining.expired:
+                            log.warning("stream %s ended by shutdown", ctx.reply_id)
+                            break
+                    else:
+                        status = "complete"
                 except UpstreamError as exc:
-                    status = "incomplete"
                     log.warning("stream %s broke midway: %s", ctx.reply_id, exc)
                 finally:
-                    await stream.aclose()
-                upstream_ms = (time.perf_counter() - upstream_started) * 1000
-                exchange = ctx.exchange(
-                    folded.finish(),
-                    stream.signals,
-                    folded.model,
-                    upstream_status=stream.status,
-                    upstream_ms=upstream_ms,
-                    stream=True,
-                    status=status,
-                )
+                    draining.untrack(key)
+                    with anyio.CancelScope(shield=True):
+                        await stream.aclose()
                 try:
-                    assessment = await self.replies(exchange)
+                    assessment = await record(folded, status)
                 except StoreUnavailable as exc:
                     # Headers are sent: end with an error event (as OpenAI does), not a reset.
                     log.error("stream %s not recorded: %s", ctx.reply_id, exc)
@@ -101,7 +124,14 @@ class StreamedReplies:
                 yield DONE
             finally:
                 if not recorded:
-                    log.warning("stream %s ended before it was recorded", ctx.reply_id)
+                    # The client left (or the task was cancelled) mid-stream: what it was
+                    # sent is still on record. Shielded: this runs inside a cancelled scope.
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            await record(folded, "incomplete")
+                            log.info("stream %s cut short; recorded as incomplete", ctx.reply_id)
+                        except StoreUnavailable as exc:
+                            log.error("stream %s cut short and not recorded: %s", ctx.reply_id, exc)
 
         headers = {
             "x-hitl-reply-id": ctx.reply_id,
@@ -151,7 +181,9 @@ class StreamedReplies:
         try:
             async for piece in stream.chunks():
                 buffer += piece
-                events += fold(buffer, folded)
+                out = split(buffer)
+                fold(out, folded)
+                events += out
         except UpstreamError as exc:
             status = "incomplete"
             log.warning("stream %s broke midway: %s", ctx.reply_id, exc)
@@ -215,17 +247,17 @@ class StreamedReplies:
         return StreamingResponse(answer(), media_type="text/event-stream", headers=headers)
 
 
-def fold(buffer: bytearray, folded: StreamSummary) -> list[bytes]:
-    """The complete events in ``buffer`` (taken out of it), each folded into ``folded``;
-    the upstream's ``[DONE]`` is held back: the gateway's own chunk goes before it."""
-    out = []
-    for sse in split_events(buffer):
+def split(buffer: bytearray) -> list[bytes]:
+    """The complete events in ``buffer`` (taken out of it); the upstream's ``[DONE]`` is
+    held back: the gateway's own chunk goes before it."""
+    return [sse for sse in split_events(buffer) if event_data(sse) != b"[DONE]"]
+
+
+def fold(events: list[bytes], folded: StreamSummary) -> None:
+    """Fold each event's chunk into ``folded`` (what the reply said so far)."""
+    for sse in events:
         data = event_data(sse)
-        if data == b"[DONE]":
-            continue
         if data is not None:
             # Not JSON, or a malformed chunk: relayed, not folded.
             with contextlib.suppress(ValueError, TypeError):
                 folded.add(orjson.loads(data))
-        out.append(sse)
-    return out

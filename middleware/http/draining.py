@@ -1,0 +1,71 @@
+"""Shutting down without cutting anyone off: on SIGTERM the server stops accepting, running
+streams get ``[server] shutdown_grace_s`` to finish, then end themselves cleanly (a last
+chunk saying ``incomplete``, then ``[DONE]``) and are recorded like any other."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("hitl")
+
+Closer = Callable[[], Awaitable[None]]
+
+
+class Draining:
+    def __init__(self, grace_s: float, *, tick_s: float = 0.25) -> None:
+        self.grace_s = grace_s
+        self.tick_s = tick_s
+        #: when running streams must end (None: not shutting down)
+        self.deadline: float | None = None
+        self._open: dict[int, Closer] = {}
+        self._watch: asyncio.Task[None] | None = None
+
+    def begin(self) -> None:
+        """Called from the server's signal handler: only sets a value, so it is safe there."""
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.grace_s
+
+    @property
+    def expired(self) -> bool:
+        """Past the grace period: a stream stops reading the upstream and ends now."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def track(self, key: int, close: Closer) -> None:
+        """A stream is reading its upstream; ``close()`` ends that read at expiry."""
+        self._open[key] = close
+
+    def untrack(self, key: int) -> None:
+        self._open.pop(key, None)
+
+    def start(self) -> None:
+        if self._watch is None:
+            self._watch = asyncio.create_task(self._run(), name="hitl-draining")
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+
+    async def _run(self) -> None:
+        announced = False
+        while True:
+            await asyncio.sleep(self.tick_s)
+            if self.deadline is not None and not announced:
+                announced = True
+                log.info(
+                    "shutting down: %d running streams have %.0fs to finish",
+                    len(self._open),
+                    self.grace_s,
+                )
+            if self.expired:
+                # A silent upstream would keep its stream waiting: end the read itself.
+                for close in list(self._open.values()):
+                    with contextlib.suppress(Exception):
+                        await close()
+                self._open.clear()
