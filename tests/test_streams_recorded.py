@@ -21,6 +21,24 @@ from .test_learning import _free_port, _serve, wait_for
 WORDS = " ".join(f"word{i}" for i in range(40))
 
 
+def serve(tmp_path: Path, upstream: ServerThread, *, grace_s: float) -> tuple[int, Any]:
+    """A real ``hitl serve`` process over the upstream stand-in and a SQLite file."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[server]
+shutdown_grace_s = {grace_s}
+[upstream]
+kind = "openai"
+base_url = "{upstream.url}/v1"
+[store]
+url = "sqlite:///{tmp_path / "hitl.db"}"
+"""
+    )
+    port = _free_port()
+    return port, _serve(config, port, tmp_path)
+
+
 def exchange_rows(db: Path) -> list[tuple[str, str, int]]:
     with sqlite3.connect(db) as conn:
         return conn.execute("SELECT status, reply_text, stream FROM exchange").fetchall()
@@ -49,20 +67,7 @@ def test_a_stream_the_client_leaves_is_recorded_as_incomplete(
 def test_sigterm_lets_streams_finish_then_ends_the_rest_cleanly(
     tmp_path: Path, upstream_server: ServerThread
 ) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-[server]
-shutdown_grace_s = 1
-[upstream]
-kind = "openai"
-base_url = "{upstream_server.url}/v1"
-[store]
-url = "sqlite:///{tmp_path / "hitl.db"}"
-"""
-    )
-    port = _free_port()
-    proc = _serve(config, port, tmp_path)
+    port, proc = serve(tmp_path, upstream_server, grace_s=1)
     body = {"model": "trickle", "stream": True, "messages": [{"role": "user", "content": WORDS}]}
     received = b""
     signalled = False
@@ -98,20 +103,7 @@ url = "sqlite:///{tmp_path / "hitl.db"}"
 def test_a_new_connection_is_refused_while_shutting_down(
     tmp_path: Path, upstream_server: ServerThread
 ) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-[server]
-shutdown_grace_s = 3
-[upstream]
-kind = "openai"
-base_url = "{upstream_server.url}/v1"
-[store]
-url = "sqlite:///{tmp_path / "hitl.db"}"
-"""
-    )
-    port = _free_port()
-    proc = _serve(config, port, tmp_path)
+    port, proc = serve(tmp_path, upstream_server, grace_s=3)
     body = {"model": "trickle", "stream": True, "messages": [{"role": "user", "content": WORDS}]}
     try:
         with httpx.stream(

@@ -26,7 +26,7 @@ from middleware.http.streams import (
     event,
     released_events,
 )
-from middleware.ports import Upstream, UpstreamReply, UpstreamRequest
+from middleware.ports import Upstream, UpstreamReply, UpstreamRequest, UpstreamStream
 from middleware.scoring.completion import StreamSummary, event_data, split_events
 from middleware.scoring.scorer import Assessment
 from middleware.scoring.tokens import TokenSigner
@@ -62,13 +62,9 @@ class StreamedReplies:
             # Nothing sent yet: the reply could not be recorded, so it is not started.
             return error_response(503, STORE_DOWN, "store_unavailable")
         upstream_started = time.perf_counter()
-        try:
-            opened = await self.upstream.open_stream(upstream_request)
-        except UpstreamError as exc:
-            return error_response(exc.status_code, str(exc), exc.code)
-        if isinstance(opened, UpstreamReply):
-            return upstream_failure(opened)
-        stream = opened
+        stream = await self._open(upstream_request)
+        if isinstance(stream, Response):
+            return stream
         token = self.signer.sign(ctx.reply_id)
         draining = self.draining
 
@@ -141,6 +137,16 @@ class StreamedReplies:
         }
         return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
 
+    async def _open(self, upstream_request: UpstreamRequest) -> UpstreamStream | Response:
+        """The upstream's open stream, or the answer to give when it failed to open."""
+        try:
+            opened = await self.upstream.open_stream(upstream_request)
+        except UpstreamError as exc:
+            return error_response(exc.status_code, str(exc), exc.code)
+        if isinstance(opened, UpstreamReply):
+            return upstream_failure(opened)
+        return opened
+
     def _hitl_chunk(
         self,
         ctx: ChatContext,
@@ -167,13 +173,9 @@ class StreamedReplies:
         """A risky streamed request: read the whole upstream stream, judge it, and only
         then answer: relayed as it came, or held until a person decides."""
         upstream_started = time.perf_counter()
-        try:
-            opened = await self.upstream.open_stream(upstream_request)
-        except UpstreamError as exc:
-            return error_response(exc.status_code, str(exc), exc.code)
-        if isinstance(opened, UpstreamReply):
-            return upstream_failure(opened)
-        stream = opened
+        stream = await self._open(upstream_request)
+        if isinstance(stream, Response):
+            return stream
         folded = StreamSummary()
         buffer = bytearray()
         events: list[bytes] = []
