@@ -334,15 +334,15 @@ class Store:
         return await self.write(lambda conn: escalations.open_review(conn, reply_id, trigger, now))
 
     async def claim_escalations(
-        self, *, now: float, lease_s: float, limit: int
+        self, *, now: float, lease_s: float, limit: int, keep_due: bool = False
     ) -> list[EscalationRow]:
         """Due outbox rows (to post, or cards to redraw), leased to this caller for ``lease_s``.
 
         The lease is a conditional update, so two dispatchers never take the same row.
+        ``keep_due``: rows keep the ``next_attempt_at`` they were due at (not the lease's end).
         """
-        return await self.write(
-            lambda conn: escalations.claim(conn, now=now, until=now + lease_s, limit=limit)
-        )
+        job = escalations.lease if keep_due else escalations.claim
+        return await self.write(lambda conn: job(conn, now=now, until=now + lease_s, limit=limit))
 
     async def mark_posted(self, escalation_id: int, *, channel: str, ts: str, now: float) -> None:
         """The card is in the channel. Decided meanwhile: keep the verdict, redraw the card."""

@@ -79,13 +79,20 @@ def open_review(conn: Connection, reply_id: str, trigger: str, now: float) -> in
 
 
 def claim(conn: Connection, *, now: float, until: float, limit: int) -> list[EscalationRow]:
+    rows = lease(conn, now=now, until=until, limit=limit)
+    return [dataclasses.replace(row, next_attempt_at=until) for row in rows]
+
+
+def lease(conn: Connection, *, now: float, until: float, limit: int) -> list[EscalationRow]:
+    """``claim``, but each row keeps the ``next_attempt_at`` it was due at: a row due at
+    its ``created_at`` with no attempts was never touched since it was queued."""
     query = (
         select(escalation_t)
         .where(_DUE, esc.next_attempt_at <= now)
         .order_by(esc.next_attempt_at, esc.id)
         .limit(limit)
     )
-    claimed = []
+    leased = []
     for row in conn.execute(query).all():
         taken = conn.execute(
             update(escalation_t)
@@ -93,8 +100,8 @@ def claim(conn: Connection, *, now: float, until: float, limit: int) -> list[Esc
             .values(next_attempt_at=until)
         ).rowcount
         if taken == 1:
-            claimed.append(dataclasses.replace(EscalationRow.from_row(row), next_attempt_at=until))
-    return claimed
+            leased.append(EscalationRow.from_row(row))
+    return leased
 
 
 def mark_posted(conn: Connection, escalation_id: int, channel: str, ts: str, now: float) -> None:

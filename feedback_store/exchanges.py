@@ -78,6 +78,8 @@ _LABELS_AFTER = (
         exchange_t.c.confidence,
         exchange_t.c.features_json,
         exchange_t.c.end_user,
+        exchange_t.c.reply_text,
+        exchange_t.c.question,
     )
     .join(exchange_t, exchange_t.c.id == label_t.c.reply_id)
     .where(label_t.c.id > bindparam("after"))

@@ -159,6 +159,9 @@ class LabelRow(Columns):
     confidence: float
     features_json: str
     end_user: str | None
+    #: the texts ``features_json`` leaves out, read only for learning (else "")
+    reply_text: str = ""
+    question: str = ""
 
 
 @dataclass(frozen=True, slots=True)

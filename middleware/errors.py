@@ -13,6 +13,8 @@
     │   └── UpstreamTimeout        no answer in time (504)
     └── ReviewChannelError     the reviewer channel (Slack) failed
         ├── ReviewChannelRetryable  try again later (rate limit, 5xx, network)
+        │   └── ReviewChannelAmbiguous  ... and the call may have taken effect (the
+        │                               answer was lost): look before posting again
         └── ReviewChannelPermanent  will never succeed as configured (dead letter)
 
 Third-party exceptions (aiohttp, slack_sdk) are mapped to these at the adapter where
@@ -108,6 +110,11 @@ class ReviewChannelRetryable(ReviewChannelError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ReviewChannelAmbiguous(ReviewChannelRetryable):
+    """The request may have reached the channel, but its answer never came (a timeout, a
+    connection lost after sending, an error Slack says may follow a partial success)."""
 
 
 class ReviewChannelPermanent(ReviewChannelError):

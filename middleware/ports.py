@@ -14,7 +14,7 @@ module, ``middleware.errors`` and ``middleware.vocabulary`` from the gateway.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -174,6 +174,17 @@ class ReviewChannel(Protocol):
         ...
 
     async def update(self, card: PostedCard, item: ReviewItem) -> None: ...
+
+    async def find(
+        self, reply_ids: Collection[str], *, since: float
+    ) -> dict[str, list[PostedCard]]:
+        """The cards in the channel for these replies posted after ``since``, oldest first
+        (a reply with none is left out): a post whose answer was lost may have landed."""
+        ...
+
+    async def delete(self, card: PostedCard) -> None:
+        """Take a card out of the channel (a copy left by a lost answer); gone already: fine."""
+        ...
 
     async def announce(self, text: str) -> None:
         """Say something to the reviewers (a drift in the model's error rate)."""

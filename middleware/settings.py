@@ -7,6 +7,7 @@ taken as a string).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -36,8 +37,31 @@ class ServerSettings(_Section):
     stream_hitl_chunk: bool = True
     token_secret_env: str = "HITL_TOKEN_SECRET"
     feedback_per_minute: int = Field(60, ge=0)
+    #: peers (IPs or CIDRs) whose X-Forwarded-For / Forwarded headers name the client
+    trusted_proxies: list[str] = []
+    #: a request body must have arrived this long after its headers (else 408)
+    body_timeout_s: float = Field(30.0, gt=0)
+    #: uvicorn: an idle keep-alive connection is closed after this long
+    keep_alive_s: float = Field(5.0, gt=0)
+    #: uvicorn: connections and requests at once before it answers 503 (0: no limit)
+    limit_concurrency: int = Field(0, ge=0)
+    #: uvicorn's HTTP parser; only h11 caps the header size (``max_header_bytes``)
+    http: Literal["auto", "httptools", "h11"] = "auto"
+    max_header_bytes: int = Field(64 * KiB, gt=0)
     log_format: Literal["text", "json"] = "text"
     log_bodies: bool = False
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or CIDR network (e.g. '10.0.0.0/8')"
+                ) from None
+        return [entry.strip() for entry in value]
     #: on SIGTERM, running streams get this long to finish before they are ended cleanly
     shutdown_grace_s: float = Field(30.0, ge=0)
 
@@ -64,6 +88,11 @@ class UpstreamSettings(_Section):
 class StoreSettings(_Section):
     url: str = "sqlite:///hitl.db"
     commit_batch: int = Field(256, gt=0)
+
+    def __repr_args__(self) -> Any:
+        # A PostgreSQL URL may carry a password: never print it with the settings.
+        for name, value in super().__repr_args__():
+            yield name, hide_password(value) if name == "url" else value
 
     @field_validator("url")
     @classmethod
@@ -187,6 +216,12 @@ class Secrets:
         return "Secrets(<hidden>)"
 
 
+def hide_password(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part, if any, as ``***`` (also
+    for a URL too broken to parse: what a config error quotes)."""
+    return re.sub(r"^([\w+.-]+://[^:/@]*:).*@", r"\1***@", url)
+
+
 def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """``HITL_<SECTION>_<KEY>`` values for keys that exist, and which variable set each.
 
@@ -233,6 +268,8 @@ def _describe(error: dict[str, Any], data: Mapping[str, Any]) -> str:
             value = None
             break
     msg = msg.removeprefix("Value error, ")
+    if isinstance(value, str):
+        value = hide_password(value)
     return f"{key} = {value!r}: {msg}"
 
 

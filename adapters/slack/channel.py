@@ -1,9 +1,12 @@
 """The Slack reviewer channel: Web API calls over one client, errors mapped at the edge.
 
 ``SlackApiError`` and network failures become ``ReviewChannelRetryable`` (rate limits
-with their Retry-After, 5xx, timeouts, refused connections) or
-``ReviewChannelPermanent`` (wrong token, unknown channel, invalid blocks...: retrying
-cannot help). The outbox owns retries, so the client's own retry handlers are off.
+with their Retry-After, 5xx, refused connections) or ``ReviewChannelPermanent`` (wrong
+token, unknown channel, invalid blocks...: retrying cannot help). A call whose answer
+was lost (a timeout, a connection dropped after sending, an error Slack says may follow
+a partial success) is ``ReviewChannelAmbiguous``: the card may be in the channel, so the
+outbox looks for it (``find``, by the metadata every card carries) before posting again.
+The outbox owns retries, so the client's own retry handlers are off.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +24,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from adapters.slack.card import correction_modal, escape, fallback_text, render_review_message
-from middleware.errors import ReviewChannelError, ReviewChannelPermanent, ReviewChannelRetryable
+from middleware.errors import (
+    ReviewChannelAmbiguous,
+    ReviewChannelError,
+    ReviewChannelPermanent,
+    ReviewChannelRetryable,
+)
 from middleware.ports import PostedCard, ReviewItem
 
 log = logging.getLogger("hitl.slack")
@@ -38,6 +46,12 @@ RETRYABLE_ERRORS = frozenset(
         "team_added_to_org",
     }
 )
+#: Slack's words for these: "it's possible some aspect of the operation succeeded"
+MAYBE_DONE_ERRORS = frozenset({"internal_error", "fatal_error"})
+#: failures before the request left: nothing can have been posted
+NEVER_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, ConnectionRefusedError)
+#: every card's message metadata: ``{"event_type": CARD_EVENT, "event_payload": {"reply_id": ...}}``
+CARD_EVENT = "hitl_review"
 
 
 def _data(response: AsyncSlackResponse, method: str) -> dict[str, Any]:
@@ -66,6 +80,8 @@ def map_slack_error(exc: BaseException, method: str) -> ReviewChannelError:
         if status == 429 or code in ("ratelimited", "rate_limited"):
             retry_after = _retry_after(getattr(response, "headers", None) or {})
             return ReviewChannelRetryable(what, retry_after=retry_after)
+        if code in MAYBE_DONE_ERRORS or (status >= 500 and not code):
+            return ReviewChannelAmbiguous(what + " (it may have taken effect)")
         if status >= 500 or code in RETRYABLE_ERRORS or (status != 200 and not code):
             return ReviewChannelRetryable(what)
         hint = {
@@ -79,9 +95,37 @@ def map_slack_error(exc: BaseException, method: str) -> ReviewChannelError:
             "invalid_blocks": "a card was refused: please report this with the log",
         }.get(code or "")
         return ReviewChannelPermanent(what + (f" ({hint})" if hint else ""))
-    if isinstance(exc, aiohttp.ClientError | TimeoutError | OSError | SlackClientError):
-        return ReviewChannelRetryable(f"Slack {method} failed: {type(exc).__name__}: {exc}")
-    return ReviewChannelPermanent(f"Slack {method} failed: {type(exc).__name__}: {exc}")
+    what = f"Slack {method} failed: {type(exc).__name__}: {exc}"
+    if isinstance(exc, NEVER_SENT | SlackClientError):
+        return ReviewChannelRetryable(what)
+    if isinstance(exc, aiohttp.ClientError | TimeoutError | OSError):
+        return ReviewChannelAmbiguous(what + " (the answer was lost; it may have taken effect)")
+    return ReviewChannelPermanent(what)
+
+
+def _error_code(exc: BaseException | None) -> str | None:
+    data = getattr(getattr(exc, "response", None), "data", None)
+    code = data.get("error") if isinstance(data, dict) else None
+    return str(code) if code else None
+
+
+def card_reply_id(message: Mapping[str, Any], bot_id: str | None = None) -> str | None:
+    """The reply a message of ``conversations.history`` is the review card of, from its
+    metadata, or None (pure). ``bot_id``: only cards this bot posted."""
+    metadata = message.get("metadata")
+    if not isinstance(metadata, dict) or metadata.get("event_type") != CARD_EVENT:
+        return None
+    if message.get("subtype") == "tombstone" or (bot_id and message.get("bot_id") != bot_id):
+        return None
+    payload = metadata.get("event_payload")
+    reply_id = payload.get("reply_id") if isinstance(payload, dict) else None
+    return str(reply_id) if reply_id else None
+
+
+def ts_key(ts: str) -> tuple[int, int]:
+    """A Slack ts ("1700000000.000123") as a sortable pair, without float rounding."""
+    seconds, _, fraction = ts.partition(".")
+    return int(seconds or 0), int((fraction + "000000")[:6])
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +147,16 @@ class SlackReviewChannel:
         channel: str,
         redact: Callable[[str], str] = lambda text: text,
         timeout_s: float = 10.0,
+        history_pages: int = 10,
+        history_page_size: int = 200,
     ) -> None:
         self.client = client
         self.channel = channel
         self.redact = redact
         self.timeout_s = timeout_s
+        #: a lookup reads at most this many pages of the channel's history
+        self.history_pages = history_pages
+        self.history_page_size = history_page_size
         self.identity: SlackIdentity | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -154,10 +203,7 @@ class SlackReviewChannel:
                 blocks=render_review_message(item, redact=self.redact),
                 unfurl_links=False,
                 unfurl_media=False,
-                metadata={
-                    "event_type": "hitl_review",
-                    "event_payload": {"reply_id": item.reply_id},
-                },
+                metadata={"event_type": CARD_EVENT, "event_payload": {"reply_id": item.reply_id}},
             ),
         )
         data = _data(response, "chat.postMessage")
@@ -183,6 +229,55 @@ class SlackReviewChannel:
                 blocks=render_review_message(item, redact=self.redact),
             ),
         )
+
+    async def find(
+        self, reply_ids: Collection[str], *, since: float
+    ) -> dict[str, list[PostedCard]]:
+        """The cards for ``reply_ids`` posted after ``since``, oldest first: the channel's
+        history read newest first with every message's metadata, at most
+        ``history_pages`` pages (a warning says when that was not back far enough)."""
+        wanted = frozenset(reply_ids)
+        bot_id = self.identity.bot_id if self.identity else None
+        found: dict[str, list[PostedCard]] = {}
+        cursor: str | None = None
+        for _ in range(self.history_pages):
+            response = await self._call(
+                "conversations.history",
+                self.client.conversations_history(
+                    channel=self.channel,
+                    oldest=f"{max(since, 0.0):.6f}",
+                    limit=self.history_page_size,
+                    cursor=cursor,
+                    include_all_metadata=True,
+                ),
+            )
+            data = _data(response, "conversations.history")
+            for message in data.get("messages") or ():
+                reply_id = card_reply_id(message, bot_id) if isinstance(message, dict) else None
+                if reply_id is not None and reply_id in wanted and message.get("ts"):
+                    card = PostedCard(self.channel, str(message["ts"]))
+                    found.setdefault(reply_id, []).append(card)
+            more = data.get("has_more")
+            cursor = (data.get("response_metadata") or {}).get("next_cursor") if more else None
+            if not cursor:
+                break
+        else:
+            log.warning(
+                "looked for review cards through %d pages of the channel's history without "
+                "reaching %.0f; a card posted before the last page read would be missed",
+                self.history_pages,
+                since,
+            )
+        return {rid: sorted(cards, key=lambda c: ts_key(c.ts)) for rid, cards in found.items()}
+
+    async def delete(self, card: PostedCard) -> None:
+        try:
+            await self._call(
+                "chat.delete", self.client.chat_delete(channel=card.channel, ts=card.ts)
+            )
+        except ReviewChannelPermanent as exc:
+            if _error_code(exc.__cause__) != "message_not_found":
+                raise
 
     async def ephemeral(self, channel: str, user: str, text: str) -> None:
         """A message only ``user`` sees (refusals, "already decided")."""

@@ -116,7 +116,7 @@ def parse_when(text: str, *, now: float) -> float:
     value = text.strip()
     unit = value[-1:].lower()
     if unit in _RELATIVE and value[:-1].replace(".", "", 1).isdigit():
-        return now - float(value[:-1]) * _RELATIVE[unit]
+        return _in_range(text, now - float(value[:-1]) * _RELATIVE[unit])
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -125,4 +125,15 @@ def parse_when(text: str, *, now: float) -> float:
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    return _in_range(text, parsed.timestamp())
+
+
+#: the instants a report can name (``datetime``'s range, in UTC)
+_EARLIEST = datetime.min.replace(tzinfo=UTC).timestamp()
+_LATEST = datetime.max.replace(tzinfo=UTC).timestamp()
+
+
+def _in_range(text: str, when: float) -> float:
+    if not _EARLIEST <= when < _LATEST:  # also NaN
+        raise ValueError(f"{text!r} is out of range: give a time between the years 1 and 9999")
+    return when

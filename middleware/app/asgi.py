@@ -24,10 +24,11 @@ from middleware.app.parts import Parts, build_parts
 from middleware.errors import Refused, StoreUnavailable
 from middleware.http.auth import ClientKeyMiddleware
 from middleware.http.chat import ChatEndpoint
+from middleware.http.clients import ClientAddressMiddleware, TrustedProxies
+from middleware.http.deadline import BodyDeadline
 from middleware.http.events import ChannelEventsEndpoint
 from middleware.http.feedback import FeedbackEndpoint
 from middleware.http.passthrough import Passthrough
-from middleware.http.ratelimit import RateLimiter
 from middleware.http.reports import ReportEndpoints, chat_page_routes, report_routes
 from middleware.http.responses import error_response, json_response
 from middleware.http.reviews import ReviewAPI
@@ -73,7 +74,7 @@ def routes(parts: Parts) -> list[BaseRoute]:
     feedback = FeedbackEndpoint(
         votes=parts.votes,
         max_body_bytes=settings.server.max_feedback_bytes,
-        limiter=RateLimiter(settings.server.feedback_per_minute),
+        limit=parts.feedback_limit,
     )
     reviews = ReviewAPI(
         store=store,
@@ -131,6 +132,11 @@ def routes(parts: Parts) -> list[BaseRoute]:
 def middleware(parts: Parts) -> list[Middleware]:
     settings, secrets = parts.settings, parts.secrets
     stack = []
+    trusted = TrustedProxies(settings.server.trusted_proxies)
+    if trusted:
+        # First: everything after it (rate limits, logs) sees the real client.
+        stack.append(Middleware(ClientAddressMiddleware, trusted=trusted))
+    stack.append(Middleware(BodyDeadline, timeout_s=settings.server.body_timeout_s))
     if settings.server.cors_origins:
         stack.append(
             Middleware(

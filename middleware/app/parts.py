@@ -24,6 +24,7 @@ from middleware.errors import ConfigError, SchemaOutdated, StoreUnavailable
 from middleware.flows import ComplaintFlow, DecisionFlow, Hooks, ReplyFlow, VoteFlow
 from middleware.flows.hold import Holds
 from middleware.http.draining import Draining
+from middleware.http.ratelimit import RateLimit, per_minute
 from middleware.learning.brain import Brain
 from middleware.learning.learner import Learner
 from middleware.metrics import Metrics
@@ -62,6 +63,8 @@ class Parts:
     complaints: ComplaintFlow
     #: clients waiting for a reviewer on a held reply
     holds: Holds
+    #: votes per client address per minute (in memory; limits' Redis storage for a fleet)
+    feedback_limit: RateLimit
     #: streams' grace period at shutdown
     draining: Draining
 
@@ -283,5 +286,6 @@ def build_parts(
         decisions=decisions,
         complaints=complaints,
         holds=holds,
+        feedback_limit=per_minute(settings.server.feedback_per_minute, name="feedback"),
         draining=Draining(settings.server.shutdown_grace_s),
     )

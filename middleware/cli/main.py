@@ -50,13 +50,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings, environ: Mapping[str
         host=settings.server.host,
         port=settings.server.port,
         loop="auto",
-        http="auto",
         lifespan="on",
         log_config=None,
         access_log=False,
         server_header=False,
         # Our streams end themselves at the grace period; uvicorn only cuts what is left.
         timeout_graceful_shutdown=int(settings.server.shutdown_grace_s) + 5,
+        **server_options(settings),
     )
     draining = app.state.parts.draining
 
@@ -69,6 +69,25 @@ def cmd_serve(args: argparse.Namespace, settings: Settings, environ: Mapping[str
     server.run()
     # uvicorn exits quietly when the lifespan fails; say why with our exit code.
     return 0 if server.started else 1
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """What uvicorn is told of ``[server]``: whom to believe about the client, and its
+    connection limits. uvicorn has no header-read timeout (a client may take forever to
+    finish its headers); ``keep_alive_s`` closes idle connections between requests, and
+    only its h11 parser caps the header size."""
+    server = settings.server
+    return {
+        "http": server.http,
+        # Off unless proxies are listed: uvicorn would otherwise believe X-Forwarded-For
+        # from 127.0.0.1 (or $FORWARDED_ALLOW_IPS), so any local client could pick its
+        # own address.
+        "proxy_headers": bool(server.trusted_proxies),
+        "forwarded_allow_ips": list(server.trusted_proxies),
+        "timeout_keep_alive": server.keep_alive_s,
+        "limit_concurrency": server.limit_concurrency or None,
+        "h11_max_incomplete_event_size": server.max_header_bytes,
+    }
 
 
 def _check_schema(settings: Settings) -> None:

@@ -21,6 +21,7 @@ from middleware.errors import StoreUnavailable
 from middleware.flows.hooks import Hooks
 from middleware.metrics import ExchangeObserver, NoMetrics
 from middleware.scoring.completion import ReplySummary, read_conversation
+from middleware.scoring.features import QUESTION_CHARS, without_text
 from middleware.scoring.scorer import Assessment, Scorer
 
 log = logging.getLogger("hitl.chat")
@@ -45,6 +46,23 @@ class ChatExchange:
     status: str = "complete"
     upstream_status: int = 200
     upstream_ms: float = 0.0
+
+
+def metadata(meta: Any) -> dict[str, str | int | float | bool]:
+    """The request's ``metadata`` as the report segments by it, within OpenAI's own bounds
+    (16 keys of up to 64 characters, values up to 512): the whole of it is already in
+    ``request_json``."""
+    if not isinstance(meta, dict):
+        return {}
+    kept: dict[str, str | int | float | bool] = {}
+    for key, value in meta.items():
+        if len(kept) == 16:
+            break
+        if isinstance(value, str):
+            kept[str(key)[:64]] = value[:512]
+        elif isinstance(value, bool | int | float):
+            kept[str(key)[:64]] = value
+    return kept
 
 
 class ReplyFlow:
@@ -106,7 +124,7 @@ class ReplyFlow:
             end_user=exchange.end_user,
             stream=exchange.stream,
             request_json=orjson.dumps(payload).decode(),
-            question=question,
+            question=question[:QUESTION_CHARS],
             reply_text=summary.text,
             finish_reason=(summary.finish_reason or None) and str(summary.finish_reason)[:40],
             status=exchange.status,
@@ -117,9 +135,9 @@ class ReplyFlow:
             decision=decision.kind,
             ask_feedback=decision.ask_feedback,
             outlier=assessment.outlier,
-            features_json=orjson.dumps(assessment.features).decode(),
+            features_json=orjson.dumps(without_text(assessment.features)).decode(),
             reasons_json=orjson.dumps(assessment.reasons).decode(),
-            meta_json=orjson.dumps(meta if isinstance(meta, dict) else {}).decode(),
+            meta_json=orjson.dumps(metadata(meta)).decode(),
         )
         escalation = None
         if decision.reviewed:

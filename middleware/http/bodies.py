@@ -1,8 +1,15 @@
-"""Reading request bodies under a limit, also when the client sends them chunked."""
+"""Reading request bodies: under a limit (also when the client sends them chunked), as
+strict JSON, as a validated model, as a chat request the gateway can score and record.
+
+Strict JSON is what every endpoint parses, so that what the gateway reads is what it
+records and what the upstream reads: UTF-8, no ``NaN``/``Infinity``, numbers a double
+can hold, no key twice in one object, at most ``MAX_JSON_DEPTH`` levels deep.
+"""
 
 from __future__ import annotations
 
-from typing import TypeVar
+import json
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -14,6 +21,11 @@ from middleware.vocabulary import REASONS
 
 M = TypeVar("M", bound=BaseModel)
 
+#: How deeply a request's JSON may nest (the body itself is level 1). Real OpenAI
+#: payloads, nested tool schemas included, stay far below it; orjson, which records
+#: each exchange, cannot write past 254 levels.
+MAX_JSON_DEPTH = 64
+
 
 class BodyTooLarge(Exception):
     def __init__(self, limit: int) -> None:
@@ -21,11 +33,20 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
+class InvalidJSON(ValueError):
+    """The body is not strict JSON; ``param`` names the field to blame, when one is."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, or ``BodyTooLarge`` as soon as it passes ``limit`` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(limit)
+    if declared is not None and declared.isascii() and declared.isdigit():
+        if int(declared) > limit:
+            raise BodyTooLarge(limit)
     parts: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -34,6 +55,85 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge(limit)
         parts.append(chunk)
     return b"".join(parts)
+
+
+def parse_json(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``body`` as strict JSON (see the module's docstring), or ``InvalidJSON``."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(_not_json(body, exc, max_depth)) from None
+    colons = _walk(data, max_depth)
+    # orjson keeps the last of two equal keys. Outside strings, each ':' of the body ends
+    # one key, so without a key twice the body holds exactly ``colons`` of them (keys
+    # plus the colons inside strings); only a \u003a escape spells a colon without one.
+    if body.count(b":") != colons or b"\\u003" in body:
+        try:
+            json.loads(body, object_pairs_hook=_unique)
+        except InvalidJSON:
+            raise
+        except ValueError as exc:  # orjson read it; the stdlib should, but never a 500
+            raise InvalidJSON(f"the request body is not valid JSON ({exc})") from None
+    return data
+
+
+def _not_json(body: bytes, exc: orjson.JSONDecodeError, max_depth: int) -> str:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return (
+            f"the request body is not UTF-8 (byte {body[bad.start]:#04x} at offset "
+            f"{bad.start}): send JSON encoded as UTF-8"
+        )
+    if "depth limit" in str(exc):
+        return _too_deep(max_depth)
+    if not body.strip():
+        return "the request body is empty: send a JSON object"
+    return f"the request body is not valid JSON ({exc})"
+
+
+def _too_deep(max_depth: int) -> str:
+    return f"the request body nests JSON more than {max_depth} levels deep"
+
+
+_CONTAINERS = (dict, list)
+_NESTED = (str, dict, list)  # tuples: isinstance is several times faster than with X | Y
+
+
+def _walk(data: Any, max_depth: int) -> int:
+    """The number of keys plus the colons inside strings; ``InvalidJSON`` naming the
+    top-level field where the JSON nests deeper than ``max_depth``."""
+    colons = 0
+    stack: list[tuple[Any, int, str | None]] = [(data, 1, None)]
+    while stack:
+        value, depth, field = stack.pop()
+        if isinstance(value, str):
+            colons += value.count(":")
+            continue
+        if not isinstance(value, _CONTAINERS):
+            continue
+        if depth > max_depth:
+            raise InvalidJSON(_too_deep(max_depth), param=field)
+        if isinstance(value, dict):
+            colons += len(value)
+            for key, item in value.items():
+                colons += key.count(":")
+                if isinstance(item, _NESTED):
+                    stack.append((item, depth + 1, key if field is None else field))
+        else:
+            for item in value:
+                if isinstance(item, _NESTED):
+                    stack.append((item, depth + 1, field))
+    return colons
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise InvalidJSON(f"the key '{key}' appears twice in one object", param=key)
+        seen[key] = value
+    return seen
 
 
 def validation_message(exc: ValidationError) -> tuple[str, str]:
@@ -46,6 +146,8 @@ def validation_message(exc: ValidationError) -> tuple[str, str]:
         return name, f"'{name}' is not a field of this request"
     if first["type"] == "literal_error" and name == "reason":
         return name, "'reason' must be one of " + ", ".join(REASONS)
+    if name == "body" and first["type"] in ("model_type", "dict_type"):
+        return name, "the request body must be a JSON object"
     return name, f"'{name}': {first['msg']}"
 
 
@@ -56,11 +158,61 @@ async def read_model(request: Request, model: type[M], limit: int) -> M | Respon
     except BodyTooLarge as exc:
         return error_response(413, str(exc), "body_too_large")
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        return error_response(400, f"the request body is not valid JSON ({exc})", "invalid_json")
+        data = parse_json(body)
+    except InvalidJSON as exc:
+        return error_response(400, str(exc), "invalid_json", param=exc.param)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         field, message = validation_message(exc)
         return error_response(422, message, "invalid_field", param=field)
+
+
+#: Top-level chat fields the gateway reads itself, and the JSON types each may have.
+_CHAT_FIELDS: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    ("model", str, "a string"),
+    ("stream", (bool, type(None)), "true, false or null"),
+    ("user", (str, type(None)), "a string or null"),
+    ("metadata", (dict, type(None)), "an object or null"),
+    ("stream_options", (dict, type(None)), "an object or null"),
+)
+
+
+def chat_problem(payload: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, why) of the first field of a chat request the gateway cannot score or
+    record as sent, or None (pure)."""
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages", "'messages' must be a non-empty array of messages"
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            return where, f"'{where}' must be an object with a 'role'"
+        if not isinstance(message.get("role"), str):
+            return f"{where}.role", f"'{where}.role' must be a string"
+        content = message.get("content")
+        parts_ok = isinstance(content, list) and all(isinstance(p, dict) for p in content)
+        if not (content is None or isinstance(content, str) or parts_ok):
+            return (
+                f"{where}.content",
+                f"'{where}.content' must be a string, an array of content parts, or null",
+            )
+    for name, types, kind in _CHAT_FIELDS:
+        if name in payload and not isinstance(payload[name], types):
+            return name, f"'{name}' must be {kind}"
+    return None
+
+
+def chat_payload(body: bytes) -> dict[str, Any] | Response:
+    """A chat request's body, checked before anything goes upstream, or the 400 to answer."""
+    try:
+        payload = parse_json(body)
+    except InvalidJSON as exc:
+        return error_response(400, str(exc), "invalid_json", param=exc.param)
+    if not isinstance(payload, dict):
+        return error_response(400, "the request body must be a JSON object", "invalid_request")
+    problem = chat_problem(payload)
+    if problem is not None:
+        field, message = problem
+        return error_response(400, message, "invalid_request", param=field)
+    return payload

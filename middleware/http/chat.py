@@ -13,7 +13,7 @@ from starlette.responses import Response
 from middleware.errors import StoreUnavailable, UpstreamError
 from middleware.flows.hold import Holds
 from middleware.flows.reply import ReplyFlow
-from middleware.http.bodies import BodyTooLarge, read_body
+from middleware.http.bodies import BodyTooLarge, chat_payload, read_body
 from middleware.http.context import (
     STORE_DOWN,
     ChatContext,
@@ -87,22 +87,9 @@ class ChatEndpoint:
             body = await read_body(request, self.max_body_bytes)
         except BodyTooLarge as exc:
             return error_response(413, str(exc), "body_too_large")
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return error_response(
-                400, f"the request body is not valid JSON ({exc})", "invalid_json"
-            )
-        if not isinstance(payload, dict):
-            return error_response(400, "the request body must be a JSON object", "invalid_request")
-        messages = payload.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return error_response(
-                400,
-                "'messages' must be a non-empty array of messages",
-                "invalid_request",
-                param="messages",
-            )
+        payload = chat_payload(body)  # strict JSON and the fields the gateway reads
+        if isinstance(payload, Response):
+            return payload
         if self.request_logprobs and "logprobs" not in payload:
             # Token log-probabilities are a feature; the body is re-encoded only then.
             payload["logprobs"] = True

@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from middleware.flows.vote import Vote, VoteFlow
 from middleware.http.bodies import read_model
-from middleware.http.ratelimit import RateLimiter
+from middleware.http.ratelimit import RateLimit
 from middleware.http.responses import error_response, json_response
 from middleware.vocabulary import Rating, Reason
 
@@ -25,19 +25,22 @@ class FeedbackIn(BaseModel):
 
 
 class FeedbackEndpoint:
-    def __init__(self, *, votes: VoteFlow, max_body_bytes: int, limiter: RateLimiter) -> None:
+    def __init__(self, *, votes: VoteFlow, max_body_bytes: int, limit: RateLimit) -> None:
         self.votes = votes
         self.max_body_bytes = max_body_bytes
-        self.limiter = limiter
+        self.limit = limit
 
     async def post(self, request: Request) -> Response:
+        # The client as ClientAddressMiddleware resolved it: the peer, or whom a trusted
+        # proxy forwarded for.
         client = request.client.host if request.client else "unknown"
-        if not self.limiter.allow(client):
+        wait = await self.limit.hit(client)
+        if wait is not None:
             return error_response(
                 429,
-                "too many feedback requests from this address; wait a minute and retry",
+                f"too many feedback requests from this address; retry in {wait} s",
                 "rate_limited",
-                headers={"retry-after": str(self.limiter.retry_after(client))},
+                headers={"retry-after": str(wait)},
             )
         body = await read_model(request, FeedbackIn, self.max_body_bytes)
         if isinstance(body, Response):

@@ -1,50 +1,51 @@
-"""A per-key sliding-window limit (requests per minute), bounded in memory."""
+"""Per-client request limits behind one small interface.
+
+``RateLimit.hit(key)`` counts one request and says whether it may go on. The one
+implementation is ``limits``' moving window (a true sliding minute: no burst at a window
+edge) over a storage the composition root picks: in memory for one process; ``limits``
+also has a Redis storage (``limits.aio.storage.RedisStorage``), for a fleet that must
+share its counts. Keys are never evicted to make room: a flood of new addresses costs
+memory for a minute (each key expires with its last hit) but resets no one's window.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from typing import Protocol
+
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
 
 
-class RateLimiter:
-    def __init__(
-        self,
-        per_minute: int,
-        *,
-        max_keys: int = 50_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.per_minute = per_minute
-        self.max_keys = max_keys
-        self.clock = clock
-        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+class RateLimit(Protocol):
+    async def hit(self, key: str) -> int | None:
+        """Count one request for ``key``: None when it may go on, else the whole seconds
+        to wait before the next one would (for ``Retry-After``)."""
+        ...
 
-    def _window(self, key: str) -> deque[float]:
-        now = self.clock()
-        hits = self._hits.get(key)
-        if hits is None:
-            hits = deque()
-            self._hits[key] = hits
-            if len(self._hits) > self.max_keys:
-                self._hits.popitem(last=False)
-        while hits and hits[0] <= now - 60.0:
-            hits.popleft()
-        return hits
 
-    def allow(self, key: str) -> bool:
-        """Count one request for ``key``; False when it is over the limit (0: no limit)."""
-        if self.per_minute <= 0:
-            return True
-        hits = self._window(key)
-        if len(hits) >= self.per_minute:
-            return False
-        hits.append(self.clock())
-        return True
+class Unlimited:
+    async def hit(self, key: str) -> int | None:
+        return None
 
-    def retry_after(self, key: str) -> int:
-        hits = self._window(key)
-        if not hits:
-            return 0
-        return max(1, math.ceil(hits[0] + 60.0 - self.clock()))
+
+class MovingWindow:
+    """At most ``per_minute`` requests per key in any 60 seconds."""
+
+    def __init__(self, per_minute: int, *, name: str, storage: Storage | None = None) -> None:
+        self.item = RateLimitItemPerMinute(per_minute, namespace="hitl")
+        self.name = name
+        self.limiter = MovingWindowRateLimiter(storage or MemoryStorage())
+
+    async def hit(self, key: str) -> int | None:
+        if await self.limiter.hit(self.item, self.name, key):
+            return None
+        stats = await self.limiter.get_window_stats(self.item, self.name, key)
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
+
+def per_minute(limit: int, *, name: str, storage: Storage | None = None) -> RateLimit:
+    """``limit`` requests per key per minute (0: no limit), counted under ``name``."""
+    return Unlimited() if limit <= 0 else MovingWindow(limit, name=name, storage=storage)

@@ -112,7 +112,7 @@ class ReportEndpoints:
             try:
                 bounds.append(parse_when(raw, now=now))
             except ValueError as exc:
-                return error_response(422, f"'{name}': {exc}", "invalid_field", param=name)
+                return error_response(400, f"'{name}': {exc}", "invalid_parameter", param=name)
         return bounds[0], bounds[1]
 
     async def _compute(

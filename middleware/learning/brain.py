@@ -152,6 +152,9 @@ class Brain:
         """Score the label against the stored prediction, then learn it."""
         now = time.time() if now is None else now
         x = orjson.loads(row.features_json)
+        # The texts are stored once, in the exchange's columns (older rows kept them here).
+        x.setdefault("reply", row.reply_text)
+        x.setdefault("question", row.question)
         y = int(row.value)
         self.progress.add(y, float(row.confidence))
         event = None

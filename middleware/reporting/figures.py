@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import re
+import unicodedata
+import warnings
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -43,12 +45,28 @@ def axes(fig: Any) -> Any:
     return ax
 
 
+def printable(text: str) -> str:
+    """``text`` with control and format characters (newlines, tabs, bidi overrides) as
+    spaces: what a chart label may show of text someone else wrote."""
+    return "".join(" " if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
+
+
 def to_svg(fig: Any, prefix: str) -> str:
     """The figure as an inline ``<svg>``: no prolog, no metadata, ids made unique per chart."""
     import matplotlib
+    from matplotlib.text import Text
 
+    # Labels may be text a client wrote (model names, metadata): never mathtext, and no
+    # control characters (a tab or a direction override has no glyph and moves text).
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
+        text.set_text(printable(text.get_text()))
     buffer = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
+    with matplotlib.rc_context({"svg.fonttype": "none"}), warnings.catch_warnings():
+        # A glyph the font lacks (an emoji) is drawn as a box, not worth a warning.
+        warnings.filterwarnings(
+            "ignore", message="Glyph .* missing from font", category=UserWarning
+        )
         fig.savefig(buffer, format="svg", metadata={"Date": None})
     svg = buffer.getvalue()
     svg = svg[svg.index("<svg") :]

@@ -2,7 +2,8 @@
 
 ``features()`` is pure and cheap (it runs on every chat request). The texts stay as
 strings under ``"reply"`` and ``"question"``; the model's pipeline turns them into
-word features, so the stored dict is small and the vocabulary is the model's business.
+word features, so the vocabulary is the model's business. The store keeps the dict
+``without_text``: the texts are in the exchange's own columns, once.
 Every numeric key in ``NUMERIC_KEYS`` is always present (0.0 plus a ``has_*`` flag when
 a signal is missing), so the anomaly detector sees a fixed-width vector.
 """
@@ -13,7 +14,22 @@ import math
 import re
 from dataclasses import dataclass
 
-__all__ = ["NUMERIC_KEYS", "ExchangeView", "features", "words"]
+__all__ = [
+    "NUMERIC_KEYS",
+    "QUESTION_CHARS",
+    "TEXT_KEYS",
+    "ExchangeView",
+    "features",
+    "without_text",
+    "words",
+]
+
+#: The features that are raw text: stored once, in the exchange's own columns, never
+#: again inside ``features_json`` (the learner puts them back from those columns).
+TEXT_KEYS = ("reply", "question")
+#: How much of the question (and of each earlier turn) the features read, and the
+#: ``question`` column keeps: the whole request is already in ``request_json``.
+QUESTION_CHARS = 4000
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,14 +147,15 @@ def _overlap(tokens: list[str], other: set[str]) -> float:
 
 def features(ex: ExchangeView) -> dict[str, float | str]:
     reply = ex.reply.translate(_APOSTROPHES).lower()
-    question = ex.question.translate(_APOSTROPHES).lower()
+    question_text = ex.question[:QUESTION_CHARS]
+    question = question_text.translate(_APOSTROPHES).lower()
     # Already lower-cased and straightened: tokenise directly rather than through words().
     reply_words = _WORD_RE.findall(reply)
     question_words = _WORD_RE.findall(question)
     earlier_bot: set[str] = set()
     for role, text in ex.history:
         if role in _BOT_ROLES:
-            earlier_bot.update(words(text))
+            earlier_bot.update(words(text[:QUESTION_CHARS]))
 
     logprob = _finite(ex.logprob_mean)
     retrieval = _finite(ex.retrieval_score)
@@ -153,7 +170,7 @@ def features(ex: ExchangeView) -> dict[str, float | str]:
 
     return {
         "reply": ex.reply,
-        "question": ex.question,
+        "question": question_text,
         "route": ex.route or "chat",
         "model": ex.model or "unknown",
         "finish_reason": ex.finish_reason or "none",
@@ -180,3 +197,8 @@ def features(ex: ExchangeView) -> dict[str, float | str]:
         "user_votes": math.log1p(votes),
         "user_known": 1.0 if known else 0.0,
     }
+
+
+def without_text(x: dict[str, float | str]) -> dict[str, float | str]:
+    """``x`` as the store keeps it: without the texts (``TEXT_KEYS``)."""
+    return {k: v for k, v in x.items() if k not in TEXT_KEYS}

@@ -40,8 +40,15 @@ class TokenSigner:
     def sign(self, reply_id: str) -> str:
         if self._key is None:
             raise RuntimeError("TokenSigner has no secret yet (set in the lifespan)")
-        digest = hmac.new(self._key, reply_id.encode(), hashlib.sha256).digest()
+        # Any str signs (a lone surrogate from a decoded path too); none of it is trusted.
+        digest = hmac.new(
+            self._key, reply_id.encode("utf-8", "surrogatepass"), hashlib.sha256
+        ).digest()
         return base64.urlsafe_b64encode(digest[:24]).decode()
 
     def verify(self, reply_id: str, token: str) -> bool:
-        return hmac.compare_digest(self.sign(reply_id), token)
+        """Whether ``token`` is ``reply_id``'s. Any string is safe to pass: a token is
+        URL-safe base64, so one with other characters simply does not match."""
+        if not token.isascii():
+            return False  # compare_digest refuses non-ASCII str
+        return hmac.compare_digest(self.sign(reply_id).encode(), token.encode())
