@@ -62,6 +62,7 @@ class ServerSettings(_Section):
                     f"{entry!r} is not an IP address or CIDR network (e.g. '10.0.0.0/8')"
                 ) from None
         return [entry.strip() for entry in value]
+
     #: on SIGTERM, running streams get this long to finish before they are ended cleanly
     shutdown_grace_s: float = Field(30.0, ge=0)
 

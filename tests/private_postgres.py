@@ -4,6 +4,7 @@ Never the shared server."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -72,8 +73,6 @@ class PrivateCluster:
         self._run(_bin("pg_ctl") or "pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def remove(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             self.stop()
-        except subprocess.CalledProcessError:
-            pass  # already stopped
         shutil.rmtree(self.root, ignore_errors=True)

@@ -292,12 +292,13 @@ def test_healthz_is_503_and_chat_is_503_when_the_store_is_unreachable(
             json={"reply_id": hitl["reply_id"], "token": hitl["feedback_token"], "rating": "up"},
         )
         assert_error(vote, 503)
-        # A stream already under way ends with an error event instead of its hitl chunk.
+        # A stream is not started when its reply could not be recorded: a 503 before any
+        # content, as for JSON.
         with httpx.stream("POST", gw.url + CHAT, json=body("json", stream=True)) as r:
             raw = b"".join(r.iter_bytes())
-        last = json.loads(raw.split(b"\n\n")[-2].removeprefix(b"data: "))
-        assert last["error"]["code"] == "store_unavailable"
-        assert b'"hitl":' not in raw and b"[DONE]" not in raw
+        assert r.status_code == 503
+        assert json.loads(raw)["error"]["code"] == "store_unavailable"
+        assert b"data:" not in raw
         client = openai.OpenAI(base_url=gw.url + "/v1", api_key="sk", max_retries=0)
         with pytest.raises(openai.APIError):
             list(client.chat.completions.create(**body("json"), stream=True))

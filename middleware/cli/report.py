@@ -22,14 +22,16 @@ from middleware.settings import Settings
 FORMATS = ("html", "json", "csv")
 
 
-def _when(now: float) -> Callable[[str], float]:
+def _when(now: float, option: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
         from feedback_store.report import parse_when
 
         try:
             return parse_when(text, now=now)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+            # One line, exit 2, as argparse does for its own errors (without the usage).
+            print(f"hitl: {option}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     return parse
 
@@ -79,11 +81,11 @@ def _period_arguments(parser: argparse.ArgumentParser, now: float) -> None:
     parser.add_argument(
         "--since",
         metavar="DATE",
-        type=_when(now),
+        type=_when(now, "--since"),
         help="from this time on (2024-05-01, 2024-05-01T12:00, or 7d / 12h ago; UTC)",
     )
     parser.add_argument(
-        "--until", metavar="DATE", type=_when(now), help="before this time (same forms)"
+        "--until", metavar="DATE", type=_when(now, "--until"), help="before this time (same forms)"
     )
 
 

@@ -7,7 +7,15 @@ it, redraws cards after a verdict, and retries with exponential backoff and jitt
 last process stopped, and a row is leased before it is posted, so two dispatchers
 never post it twice.
 
-The retry decisions are pure functions (``backoff_delay``, ``retry_delay``).
+A post whose answer was lost (``ReviewChannelAmbiguous``), or a row another process
+leased, retried or deferred (it may have died after Slack accepted the post, before the
+commit), may already have its card in the channel: such a row is looked up first
+(``ReviewChannel.find``) and the card found is adopted, never posted again. Copies left
+by older versions are deleted, the oldest kept: the row records one message, so that is
+the only card a verdict can redraw.
+
+The decisions are pure functions (``backoff_delay``, ``retry_delay``,
+``may_be_in_channel``).
 """
 
 from __future__ import annotations
@@ -18,11 +26,15 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
 
 from feedback_store import EscalationRow, Store, StoreError
-from middleware.errors import ReviewChannelPermanent, ReviewChannelRetryable
+from middleware.errors import (
+    ReviewChannelAmbiguous,
+    ReviewChannelPermanent,
+    ReviewChannelRetryable,
+)
 from middleware.ports import PostedCard, ReviewChannel, ReviewItem
 
 log = logging.getLogger("hitl.outbox")
@@ -30,6 +42,9 @@ log = logging.getLogger("hitl.outbox")
 #: ``next_attempt_at`` of rows waiting for a channel that only logs; far in the future,
 #: and brought back to "now" when a real channel starts
 PARKED_AT = 1e15
+#: a lookup reads the channel back to this long before the escalation was opened
+#: (Slack's clock and ours may disagree a little)
+LOOKUP_MARGIN_S = 300.0
 
 
 def drift_text(data_json: str) -> str:
@@ -61,6 +76,14 @@ class LogChannel:
         return None
 
     async def update(self, card: PostedCard, item: ReviewItem) -> None:
+        return None
+
+    async def find(
+        self, reply_ids: Collection[str], *, since: float
+    ) -> dict[str, list[PostedCard]]:
+        return {}
+
+    async def delete(self, card: PostedCard) -> None:
         return None
 
     async def announce(self, text: str) -> None:
@@ -97,6 +120,36 @@ def retry_delay(attempt: int, retry_after: float | None, policy: RetryPolicy, ra
     return backoff_delay(attempt, policy, rand)
 
 
+def may_be_in_channel(row: EscalationRow, left_clean: tuple[int, float] | None) -> bool:
+    """Whether a pending row's card may be in the channel already, so it is looked up
+    before it is posted (pure).
+
+    ``row`` is as leased, with the ``next_attempt_at`` it was due at; ``left_clean`` is
+    the (attempts, next_attempt_at) this process left it at, knowing no card was posted.
+    Not in the channel: a row due since it was queued and never attempted, or one still
+    as this process left it. Any other may be: an attempt whose answer was lost, a lease
+    left by a process that died after posting, a retry another process scheduled.
+    """
+    if row.attempts == 0 and row.next_attempt_at == row.created_at:
+        return False
+    return left_clean != (row.attempts, row.next_attempt_at)
+
+
+class _LeaseEnding(Exception):
+    """Half the lease is gone: the rest of the pass goes back to the queue."""
+
+
+@dataclass(slots=True)
+class _Pass:
+    """One pass over the leased rows: which are known not to be in the channel, and what
+    the lookups found (one ``find`` for all the rows that need it)."""
+
+    rows: Sequence[EscalationRow]
+    give_back_at: float
+    clean: set[int]
+    found: dict[str, list[PostedCard]] = field(default_factory=dict)
+
+
 ItemLoader = Callable[[EscalationRow], Awaitable[ReviewItem | None]]
 
 
@@ -121,6 +174,8 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         #: cards in the channel whose row could not be updated yet: never post those again
         self._unrecorded: dict[int, PostedCard] = {}
+        #: rows this process put back knowing no card was posted: id -> (attempts, due at)
+        self._clean: dict[int, tuple[int, float]] = {}
         #: after a retryable failure the channel rests until then (rate limits are per app)
         self._paused_until = 0.0
 
@@ -167,11 +222,23 @@ class Outbox:
             return self._paused_until - now
         await self._announce(now)
         rows = await self.store.claim_escalations(
-            now=now, lease_s=policy.lease_s, limit=policy.batch
+            now=now, lease_s=policy.lease_s, limit=policy.batch, keep_due=True
         )
+        clean = {
+            r.id
+            for r in rows
+            if r.state == "pending" and not may_be_in_channel(r, self._clean.pop(r.id, None))
+        }
+        if len(self._clean) > 10_000:  # rows other processes took since: forget them
+            self._clean.clear()
+        run = _Pass(rows=rows, give_back_at=now + policy.lease_s / 2, clean=clean)
         for index, row in enumerate(rows):
             try:
-                await self._deliver(row)
+                self._check_lease(run)
+                await self._deliver(row, run)
+            except _LeaseEnding:
+                await self._put_back(run, rows[index:], at=self.clock())
+                return 0.0
             except ReviewChannelRetryable as exc:
                 attempts = row.attempts + 1
                 delay = retry_delay(attempts, exc.retry_after, policy, self.rng.random())
@@ -185,8 +252,10 @@ class Outbox:
                     delay,
                 )
                 await self.store.retry_escalation(row.id, attempts=attempts, at=at, error=str(exc))
+                if row.id in run.clean:
+                    self._clean[row.id] = (attempts, at)
                 # The channel is unwell, not the row: everything else waits as long.
-                await self.store.defer_escalations([r.id for r in rows[index + 1 :]], at=at)
+                await self._put_back(run, rows[index + 1 :], at=at)
                 return delay
             except ReviewChannelPermanent as exc:
                 card_only = row.state != "pending"
@@ -204,26 +273,96 @@ class Outbox:
         due = await self.store.next_escalation_due()
         return None if due is None else due - self.clock()
 
-    async def _deliver(self, row: EscalationRow) -> None:
+    def _check_lease(self, run: _Pass) -> None:
+        # Past half the lease another dispatcher may take a row soon: post none after that.
+        if self.clock() > run.give_back_at:
+            raise _LeaseEnding
+
+    async def _put_back(self, run: _Pass, rows: Sequence[EscalationRow], *, at: float) -> None:
+        await self.store.defer_escalations([r.id for r in rows], at=at)
+        self._clean.update({r.id: (r.attempts, at) for r in rows if r.id in run.clean})
+
+    async def _deliver(self, row: EscalationRow, run: _Pass) -> None:
         item = await self.load_item(row)
         if item is None:
             raise ReviewChannelPermanent(f"the exchange of reply {row.reply_id} is gone")
-        if row.state == "pending":
-            card = self._unrecorded.pop(row.id, None) or await self.channel.post(item)
+        if row.state != "pending":
+            await self.channel.update(PostedCard(str(row.channel), str(row.message_ts)), item)
+            await self.store.mark_card_current(row.id)
+            return
+        card = self._unrecorded.pop(row.id, None)
+        if card is None and row.id not in run.clean:
+            card = await self._adopt(row, item, await self._lookup(row, run))
+        if card is None:
+            card = await self._post(row, item, run)
             if card is None:
                 await self.store.defer_escalations([row.id], at=PARKED_AT)
                 return
+        try:
+            await self.store.mark_posted(row.id, channel=card.channel, ts=card.ts, now=self.clock())
+        except StoreError:
+            self._unrecorded[row.id] = card
+            raise
+        log.info("review card for %s posted", row.reply_id)
+
+    async def _post(self, row: EscalationRow, item: ReviewItem, run: _Pass) -> PostedCard | None:
+        self._check_lease(run)
+        run.clean.discard(row.id)  # from now until Slack answers, the card may be there
+        try:
+            return await self.channel.post(item)
+        except ReviewChannelAmbiguous:
+            raise
+        except ReviewChannelRetryable:
+            run.clean.add(row.id)  # Slack said no, or never heard us
+            raise
+
+    async def _lookup(self, row: EscalationRow, run: _Pass) -> list[PostedCard]:
+        """The cards of ``row`` in the channel; one ``find`` for every row of the pass that
+        needs it."""
+        if row.reply_id not in run.found:
+            wanted = [
+                r
+                for r in run.rows
+                if r.state == "pending" and r.id not in run.clean and r.reply_id not in run.found
+            ]
+            since = min(r.created_at for r in wanted) - LOOKUP_MARGIN_S
+            found = await self.channel.find([r.reply_id for r in wanted], since=since)
+            for r in wanted:
+                run.found[r.reply_id] = found.get(r.reply_id, [])
+                if not run.found[r.reply_id]:
+                    run.clean.add(r.id)
+        return run.found[row.reply_id]
+
+    async def _adopt(
+        self, row: EscalationRow, item: ReviewItem, cards: list[PostedCard]
+    ) -> PostedCard | None:
+        """The oldest card found becomes the row's, redrawn as the item is now (votes may
+        have come since); the other copies are deleted. None: nothing was found."""
+        if not cards:
+            return None
+        first, *extras = cards
+        for extra in extras:
             try:
-                await self.store.mark_posted(
-                    row.id, channel=card.channel, ts=card.ts, now=self.clock()
+                await self.channel.delete(extra)
+            except ReviewChannelPermanent as exc:
+                log.warning(
+                    "a second review card for %s (%s) could not be deleted (%s); a click on "
+                    "it still decides, but only the first is redrawn",
+                    row.reply_id,
+                    extra.ts,
+                    exc,
                 )
-            except StoreError:
-                self._unrecorded[row.id] = card
-                raise
-            log.info("review card for %s posted", row.reply_id)
-            return
-        await self.channel.update(PostedCard(str(row.channel), str(row.message_ts)), item)
-        await self.store.mark_card_current(row.id)
+        try:
+            await self.channel.update(first, item)
+        except ReviewChannelPermanent as exc:
+            log.warning("review card for %s not redrawn on adoption: %s", row.reply_id, exc)
+        log.info(
+            "review card for %s was in the channel already (%s): adopted, not posted again%s",
+            row.reply_id,
+            first.ts,
+            f"; {len(extras)} later copies deleted" if extras else "",
+        )
+        return first
 
     async def _announce(self, now: float) -> None:
         """Say in the channel, once, that the model drifted. An event is claimed before it
