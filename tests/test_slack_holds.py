@@ -118,3 +118,31 @@ def test_two_reviewers_in_slack_with_the_tally_on_the_card(
     assert click(gw, card, "hitl_approve", uid="UREVIEWER2").status_code == 200
     r = waiting.result(timeout=10)
     assert r.json()["choices"][0]["message"]["content"] == "reply: transfer my pension"
+
+
+def test_a_late_click_after_the_timeout_becomes_the_late_answer(
+    gateway_factory: Any, standin: SlackStandin, tmp_path: Path
+) -> None:
+    gw: ServerThread = gateway_factory(
+        environ={"SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET},
+        policy={**HOLD_ALL, "hold_timeout_s": 1.0},
+        slack={
+            "enabled": True,
+            "channel": CHANNEL,
+            "api_url": standin.url,
+            "reviewers": ["UREVIEWER1"],
+        },
+    )
+    r = chat(gw, "can I get a mortgage")
+    assert r.json()["choices"][0]["message"]["content"] == FALLBACK
+    hitl = r.json()["hitl"]
+    assert hitl["timed_out"] is True
+    card = card_for(standin, hitl["reply_id"])
+    assert click(gw, card, "hitl_approve").status_code == 200
+    body = httpx.get(
+        f"{gw.url}/v1/replies/{hitl['reply_id']}",
+        headers={"x-hitl-feedback-token": hitl["feedback_token"]},
+    ).json()
+    assert body["answer"] == {"text": "reply: can I get a mortgage", "source": "approved"}
+    assert body["released"]["as"] == "fallback" and body["released"]["timed_out"] is True
+    assert [v["by"] for v in body["review"]["votes"]] == ["UREVIEWER1"]
