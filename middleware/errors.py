@@ -5,6 +5,7 @@
     ├── StoreUnavailable       the database cannot be reached or written (503)
     ├── SchemaOutdated         the database is at an older schema revision
     ├── Refused                a client's request cannot be carried out (4xx)
+    │   ├── InvalidSignature       a signed request's signature does not verify (401)
     │   ├── InvalidToken           the feedback token does not match the reply (403)
     │   ├── UnknownReply           no reply with that id (404)
     │   └── InvalidVerdict         a reviewer's decision is incomplete or wrong (422)
@@ -66,6 +67,11 @@ class Refused(HITLError):
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class InvalidSignature(Refused):
+    status_code = 401
+    code = "invalid_signature"
 
 
 class InvalidToken(Refused):

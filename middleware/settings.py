@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -83,6 +84,23 @@ class UpstreamSettings(_Section):
     def _http_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must start with http:// or https:// and name a host")
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (raises on a port that is not a number below 65536)
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
+        if "@" in parts.netloc:
+            raise ValueError(
+                "must not hold credentials (user:password@): put the API key in the "
+                "environment variable that [upstream] api_key_env names"
+            )
+        if "?" in value or "#" in value:
+            raise ValueError(
+                "must not have a query string or fragment: give the URL the API paths "
+                "(/chat/completions...) are appended to, such as https://api.openai.com/v1"
+            )
+        if re.search(r"\s", value) or not parts.hostname:
+            raise ValueError("must name a host, without spaces")
         return value.rstrip("/")
 
 
@@ -268,6 +286,9 @@ def _describe(error: dict[str, Any], data: Mapping[str, Any]) -> str:
         else:
             value = None
             break
+    if isinstance(value, str) and "://" in value:
+        # A URL's user:password or query (an api key?) never reaches a message or a log.
+        value = re.sub(r"\?.*", "?***", re.sub(r"//[^/?#]*@", "//***@", value))
     msg = msg.removeprefix("Value error, ")
     if isinstance(value, str):
         value = hide_password(value)

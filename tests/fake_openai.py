@@ -9,6 +9,7 @@
   that is not JSON
 - ``reply:<text>``: answers exactly <text>
 - ``odd`` (streamed): comments, a non-JSON data line and malformed chunks among good ones
+- ``no-stream``: a streaming request answered with a plain chat.completion (JSON)
 
 Every request is kept in ``app.state.requests`` (headers, raw headers, body, method,
 path and query) for assertions.
@@ -72,7 +73,7 @@ def make_app(*, slow_s: float = 3.0) -> Starlette:
         )
         n = int(payload.get("n", 1))
         created = int(time.time())
-        if payload.get("stream"):
+        if payload.get("stream") and model != "no-stream":
             return StreamingResponse(
                 _stream(model, text, n, created, payload), media_type="text/event-stream"
             )

@@ -96,7 +96,7 @@ def map_slack_error(exc: BaseException, method: str) -> ReviewChannelError:
         }.get(code or "")
         return ReviewChannelPermanent(what + (f" ({hint})" if hint else ""))
     what = f"Slack {method} failed: {type(exc).__name__}: {exc}"
-    if isinstance(exc, NEVER_SENT | SlackClientError):
+    if isinstance(exc, (*NEVER_SENT, SlackClientError)):
         return ReviewChannelRetryable(what)
     if isinstance(exc, aiohttp.ClientError | TimeoutError | OSError):
         return ReviewChannelAmbiguous(what + " (the answer was lost; it may have taken effect)")

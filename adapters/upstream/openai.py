@@ -9,12 +9,24 @@ the gateway's overhead budget is a ratio against that floor.
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 
 import aiohttp
 
 from middleware.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from middleware.ports import UpstreamReply, UpstreamRequest
+
+# Above this, aiohttp warns that writing raw bytes at once may hold the event loop
+# (its own TOO_LARGE_BYTES_BODY); from a BytesIO it writes in slices, still with a length.
+_LARGE_BODY = 1 << 20
+
+
+def _payload(body: bytes) -> bytes | io.BytesIO | None:
+    if not body:
+        return None
+    return io.BytesIO(body) if len(body) > _LARGE_BODY else body
+
 
 # Response headers that describe the transfer, not the content: never relayed.
 _DROP_RESPONSE = frozenset(
@@ -124,10 +136,15 @@ class OpenAIUpstream:
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await self.session.request(
-                    request.method, url, headers=request.headers, data=request.body or None
+                    request.method, url, headers=request.headers, data=_payload(request.body)
                 )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _map_error(exc, self.base_url, self.timeout_s) from exc
+        except ValueError as exc:  # aiohttp refused to build the request (a URL it can't use)
+            raise UpstreamUnavailable(
+                f"the request to the upstream at {self.base_url} could not be sent ({exc}); "
+                "check [upstream] base_url"
+            ) from exc
 
     async def _read(self, response: aiohttp.ClientResponse) -> UpstreamReply:
         try:
@@ -146,4 +163,13 @@ class OpenAIUpstream:
         response = await self._open(request)
         if response.status >= 300:
             return await self._read(response)
+        if response.content_type != "text/event-stream":
+            # A JSON or HTML page where events were asked for: relayed, it would be an
+            # empty reply recorded as complete.
+            response.release()
+            raise UpstreamError(
+                f"the upstream at {self.base_url} answered a streaming request with "
+                f"{response.content_type}, not text/event-stream; check that it supports "
+                '"stream": true and that [upstream] base_url points at the API itself'
+            )
         return _Stream(response, base_url=self.base_url, read_timeout_s=self.timeout_s)
