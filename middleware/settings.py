@@ -236,8 +236,7 @@ class Secrets:
 
 
 def hide_password(url: str) -> str:
-    """``url`` with the password of its ``user:password@`` part, if any, as ``***`` (also
-    for a URL too broken to parse: what a config error quotes)."""
+    """``url`` with the password of its ``user:password@`` part, if any, as ``***``."""
     return re.sub(r"^([\w+.-]+://[^:/@]*:).*@", r"\1***@", url)
 
 
@@ -287,11 +286,9 @@ def _describe(error: dict[str, Any], data: Mapping[str, Any]) -> str:
             value = None
             break
     if isinstance(value, str) and "://" in value:
-        # A URL's user:password or query (an api key?) never reaches a message or a log.
-        value = re.sub(r"\?.*", "?***", re.sub(r"//[^/?#]*@", "//***@", value))
+        # A URL's user:password, query or fragment (a key?) never reaches a message or log.
+        value = re.sub(r"([?#]).*", r"\1***", re.sub(r"//[^/?#]*@", "//***@", value))
     msg = msg.removeprefix("Value error, ")
-    if isinstance(value, str):
-        value = hide_password(value)
     return f"{key} = {value!r}: {msg}"
 
 

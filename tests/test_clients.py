@@ -45,18 +45,35 @@ def test_trusted_proxies_are_addresses_and_networks(host: str | None, trusted: b
     ("headers", "hops"),
     [
         ([(b"x-forwarded-for", b"198.51.100.7")], ["198.51.100.7"]),
-        ([(b"x-forwarded-for", b"6.6.6.6, 198.51.100.7 , 10.0.0.2")], ["6.6.6.6", "198.51.100.7", "10.0.0.2"]),
+        (
+            [(b"x-forwarded-for", b"6.6.6.6, 198.51.100.7 , 10.0.0.2")],
+            ["6.6.6.6", "198.51.100.7", "10.0.0.2"],
+        ),
         # Two header lines are one list, in order.
-        ([(b"x-forwarded-for", b"1.1.1.1"), (b"x-forwarded-for", b"2.2.2.2")], ["1.1.1.1", "2.2.2.2"]),
-        ([(b"x-forwarded-for", b"198.51.100.7:4711, [2001:db8::1]:80")], ["198.51.100.7", "2001:db8::1"]),
-        ([(b"forwarded", b'for=192.0.2.60;proto=http;by=203.0.113.43, for="[2001:db8:cafe::17]:4711"')], ["192.0.2.60", "2001:db8:cafe::17"]),
+        (
+            [(b"x-forwarded-for", b"1.1.1.1"), (b"x-forwarded-for", b"2.2.2.2")],
+            ["1.1.1.1", "2.2.2.2"],
+        ),
+        (
+            [(b"x-forwarded-for", b"198.51.100.7:4711, [2001:db8::1]:80")],
+            ["198.51.100.7", "2001:db8::1"],
+        ),
+        (
+            [
+                (
+                    b"forwarded",
+                    b'for=192.0.2.60;proto=http;by=203.0.113.43, for="[2001:db8:cafe::17]:4711"',
+                )
+            ],
+            ["192.0.2.60", "2001:db8:cafe::17"],
+        ),
         ([(b"forwarded", b"For=192.0.2.61")], ["192.0.2.61"]),
         # Both: X-Forwarded-For is what proxies append to.
         ([(b"forwarded", b"for=9.9.9.9"), (b"x-forwarded-for", b"198.51.100.7")], ["198.51.100.7"]),
         ([(b"forwarded", b"proto=https")], []),
         ([], []),
     ],
-)  # fmt: skip
+)
 def test_forwarded_hops(headers: list[tuple[bytes, bytes]], hops: list[str]) -> None:
     assert forwarded_hops(headers) == hops
 

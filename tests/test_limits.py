@@ -55,7 +55,10 @@ def gw(gateway_factory: Any, standin: SlackStandin) -> ServerThread:
 
 
 def slack_headers() -> dict[str, str]:
-    return {"X-Slack-Request-Timestamp": str(int(time.time())), "X-Slack-Signature": "v0=" + "0" * 64}
+    return {
+        "X-Slack-Request-Timestamp": str(int(time.time())),
+        "X-Slack-Signature": "v0=" + "0" * 64,
+    }
 
 
 #: (route, extra headers, the route's body limit in the fixture's gateway)
@@ -160,7 +163,8 @@ def test_a_body_that_stalls_halfway_gets_408(
 
 def test_a_chunked_body_that_stalls_gets_408(raw: Raw) -> None:
     raw.send(
-        head("/v1/chat/completions", {}, Transfer_Encoding="chunked") + b"10\r\n{\"model\": \"json\"\r\n"
+        head("/v1/chat/completions", {}, Transfer_Encoding="chunked")
+        + b'10\r\n{"model": "json"\r\n'
     )
     assert_408(*raw.response()[:4])
 

@@ -224,6 +224,8 @@ async def test_rate_limit_retry_after_is_honoured(
     assert calls[2].at - calls[0].at >= 1.0
     row = await store.escalation_for("r1")
     assert row is not None and row.attempts == 1
+    # Slack said no: nothing was posted, so nothing is looked up before the retry.
+    assert standin.calls_to("conversations.history") == []
 
 
 async def test_server_errors_back_off_and_retry(
@@ -264,6 +266,7 @@ async def test_slack_down_then_back_posts_each_exactly_once(
     await eventually(lambda: len(posted_reply_ids(standin)) == 6)
     await asyncio.sleep(0.3)  # a few more passes of the dispatcher: nothing is posted again
     assert sorted(posted_reply_ids(standin)) == ids
+    assert standin.calls_to("conversations.history") == []  # refused: surely not posted
 
 
 async def test_restart_between_commit_and_post(

@@ -2,10 +2,10 @@
 
 Headers are checked before bolt sees the request (bolt answers 500 to a non-numeric
 timestamp): a missing, malformed or stale (over 5 minutes) timestamp or signature is a
-401, and bolt's own signature check turns a forged one into a 401 too. A verdict is
-committed *before* the ack; the card is redrawn by the outbox after it, and private
-answers ("already decided", refusals) are sent after the ack, so nothing slow holds
-Slack's 3 seconds.
+401, and so is a forged one; a signed body bolt or the listeners could not read is a
+400 (``requests``: bolt parses before it verifies). A verdict is committed *before* the
+ack; the card is redrawn by the outbox after it, and private answers ("already
+decided", refusals) are sent after the ack, so nothing slow holds Slack's 3 seconds.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from adapters.slack.card import (
     parse_correction,
 )
 from adapters.slack.channel import ReviewerCheck, SlackReviewChannel
+from adapters.slack.requests import check_signature, read_payload
 from middleware.errors import (
     InvalidVerdict,
     ReviewChannelError,
@@ -94,11 +95,16 @@ def _bolt_logger() -> logging.Logger:
 
 
 class SlackEvents:
-    """``ports.ChannelEvents`` for Slack: header checks, then bolt. The gateway reads the
-    body under its limit before ``handle``."""
+    """``ports.ChannelEvents`` for Slack: header checks, then the signature and the
+    payload's shape (``requests``), then bolt. The gateway reads the body under its limit
+    before ``handle``."""
 
-    def __init__(self, *, handler: AsyncSlackRequestHandler) -> None:
+    def __init__(self, *, handler: AsyncSlackRequestHandler, signing_secret: str) -> None:
         self.handler = handler
+        self._secret = signing_secret
+
+    def __repr__(self) -> str:
+        return "SlackEvents(<signing secret>)"
 
     def refuse(self, headers: Headers, now: float) -> str | None:
         return header_problem(
@@ -106,6 +112,16 @@ class SlackEvents:
         )
 
     async def handle(self, request: Request) -> Response:
+        """Bolt's answer, or ``InvalidSignature`` (401) / ``Refused`` (400) first."""
+        body = await request.body()
+        headers = request.headers
+        check_signature(
+            self._secret,
+            headers.get("x-slack-request-timestamp", ""),
+            headers.get("x-slack-signature", ""),
+            body,
+        )
+        read_payload(body, headers.get("content-type"))
         return await self.handler.handle(request)
 
 
@@ -324,4 +340,4 @@ def build_slack_events(
     bolt.action(REJECT)(decisions.reject)
     bolt.action(CORRECT)(decisions.correct)
     bolt.view(CORRECTION_VIEW)(decisions.submit_correction)
-    return SlackEvents(handler=AsyncSlackRequestHandler(bolt))
+    return SlackEvents(handler=AsyncSlackRequestHandler(bolt), signing_secret=signing_secret)

@@ -3,16 +3,17 @@ strict JSON, as a validated model, as a chat request the gateway can score and r
 
 Strict JSON is what every endpoint parses, so that what the gateway reads is what it
 records and what the upstream reads: UTF-8, no ``NaN``/``Infinity``, numbers a double
-can hold, no key twice in one object, at most ``MAX_JSON_DEPTH`` levels deep.
+can hold, no key twice in one object, at most ``MAX_JSON_DEPTH`` levels deep, and no
+NUL in text that is stored (PostgreSQL cannot store it; ``Text`` in a model).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -44,9 +45,8 @@ class InvalidJSON(ValueError):
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, or ``BodyTooLarge`` as soon as it passes ``limit`` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit():
-        if int(declared) > limit:
-            raise BodyTooLarge(limit)
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
     parts: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -57,8 +57,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def parse_json(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """``body`` as strict JSON (see the module's docstring), or ``InvalidJSON``."""
+def parse_json(body: bytes, *, max_depth: int = MAX_JSON_DEPTH, nul: bool = False) -> Any:
+    """``body`` as strict JSON (see the module's docstring), or ``InvalidJSON``; NUL is
+    refused anywhere unless ``nul`` (a model then refuses it in what it stores: ``Text``)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -74,6 +75,8 @@ def parse_json(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
             raise
         except ValueError as exc:  # orjson read it; the stdlib should, but never a 500
             raise InvalidJSON(f"the request body is not valid JSON ({exc})") from None
+    if not nul and b"\\u0000" in body:  # the only way JSON spells NUL
+        _refuse_nul(data)
     return data
 
 
@@ -127,6 +130,22 @@ def _walk(data: Any, max_depth: int) -> int:
     return colons
 
 
+def _refuse_nul(data: Any) -> None:
+    stack: list[tuple[Any, str | None]] = [(data, None)]
+    while stack:
+        value, field = stack.pop()
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidJSON(
+                "text in the request must not contain NUL (\\u0000) characters", param=field
+            )
+        if isinstance(value, dict):
+            for key, item in value.items():
+                top = key if field is None else field
+                stack += [(key, top), (item, top)]
+        elif isinstance(value, list):
+            stack += [(item, field) for item in value]
+
+
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for key, value in pairs:
@@ -134,6 +153,16 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise InvalidJSON(f"the key '{key}' appears twice in one object", param=key)
         seen[key] = value
     return seen
+
+
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    return text
+
+
+#: a model's text field that is stored
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 def validation_message(exc: ValidationError) -> tuple[str, str]:
@@ -148,7 +177,7 @@ def validation_message(exc: ValidationError) -> tuple[str, str]:
         return name, "'reason' must be one of " + ", ".join(REASONS)
     if name == "body" and first["type"] in ("model_type", "dict_type"):
         return name, "the request body must be a JSON object"
-    return name, f"'{name}': {first['msg']}"
+    return name, f"'{name}': {first['msg'].removeprefix('Value error, ')}"
 
 
 async def read_model(request: Request, model: type[M], limit: int) -> M | Response:
@@ -158,7 +187,7 @@ async def read_model(request: Request, model: type[M], limit: int) -> M | Respon
     except BodyTooLarge as exc:
         return error_response(413, str(exc), "body_too_large")
     try:
-        data = parse_json(body)
+        data = parse_json(body, nul=True)
     except InvalidJSON as exc:
         return error_response(400, str(exc), "invalid_json", param=exc.param)
     try:

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from middleware.flows.vote import Vote, VoteFlow
-from middleware.http.bodies import read_model
+from middleware.http.bodies import Text, read_model
 from middleware.http.ratelimit import RateLimit
 from middleware.http.responses import error_response, json_response
 from middleware.vocabulary import Rating, Reason
@@ -20,8 +20,8 @@ class FeedbackIn(BaseModel):
     token: str = Field(min_length=1, max_length=200)
     rating: Rating
     reason: Reason | None = None
-    comment: str | None = Field(default=None, max_length=4000)
-    correction: str | None = Field(default=None, max_length=32000)
+    comment: Text | None = Field(default=None, max_length=4000)
+    correction: Text | None = Field(default=None, max_length=32000)
 
 
 class FeedbackEndpoint:

@@ -20,7 +20,7 @@ from feedback_store import EscalationRow, ExchangeRow, FeedbackRow, ReviewVoteRo
 from middleware.errors import InvalidToken, UnknownReply, store_errors
 from middleware.flows.decision import DecisionFlow
 from middleware.http.auth import bearer, matches_any
-from middleware.http.bodies import read_model
+from middleware.http.bodies import Text, read_model
 from middleware.http.responses import error_response, json_response
 from middleware.scoring.tokens import TokenSigner
 from middleware.vocabulary import Reason, Verdict
@@ -28,15 +28,17 @@ from middleware.vocabulary import Reason, Verdict
 log = logging.getLogger("hitl.review")
 
 MAX_REVIEW_BYTES = 64 * 1024
+#: reply ids are "hitl-" and 24 hex digits; a longer one is no reply's (nor is one with NUL)
+MAX_REPLY_ID = 200
 
 
 class ReviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     decision: Verdict
-    reviewer: str = Field(min_length=1, max_length=200)
+    reviewer: Text = Field(min_length=1, max_length=200)
     reason: Reason | None = None
-    correction: str | None = Field(default=None, max_length=32000)
+    correction: Text | None = Field(default=None, max_length=32000)
 
 
 def iso(at: float | None) -> str | None:
@@ -172,6 +174,8 @@ class ReviewAPI:
         verdict = await read_model(request, ReviewIn, MAX_REVIEW_BYTES)
         if isinstance(verdict, Response):
             return verdict
+        if len(reply_id) > MAX_REPLY_ID or "\x00" in reply_id:
+            raise UnknownReply(reply_id[:MAX_REPLY_ID])  # no reply has such an id
         outcome = await self.decisions.decide(
             reply_id, verdict.decision, verdict.reviewer, verdict.reason, verdict.correction
         )
