@@ -209,16 +209,13 @@ def test_behind_a_trusted_proxy_each_forwarded_client_has_its_window(
     assert_limited(vote(behind_proxy, **carol))
 
 
-@pytest.mark.slow
-def test_ten_thousand_new_addresses_do_not_reset_a_window(behind_proxy: GatewayProcess) -> None:
-    victim = {"X-Forwarded-For": "192.0.2.200"}
-    assert [vote(behind_proxy, **victim).status_code for _ in range(3)] == [422] * 3
-    assert_limited(vote(behind_proxy, **victim))
+def flood(gw: GatewayProcess, addresses: range) -> dict[int, int]:
+    """One feedback request from each of ``addresses`` (as 10.x.y.z), 32 at a time."""
 
-    async def flood() -> dict[int, int]:
+    async def run() -> dict[int, int]:
         counts: dict[int, int] = {}
-        queue = iter(range(10_000))
-        async with httpx.AsyncClient(base_url=behind_proxy.url, timeout=30) as client:
+        queue = iter(addresses)
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
 
             async def worker() -> None:
                 for i in queue:
@@ -231,9 +228,30 @@ def test_ten_thousand_new_addresses_do_not_reset_a_window(behind_proxy: GatewayP
             await asyncio.gather(*(worker() for _ in range(32)))
         return counts
 
-    started = time.monotonic()
-    counts = asyncio.run(flood())
-    # Every new address got its own first request through.
-    assert counts == {422: 10_000}, counts
-    assert time.monotonic() - started < 55, "the flood outlasted the victim's minute"
-    assert_limited(vote(behind_proxy, **victim))
+    return asyncio.run(run())
+
+
+@pytest.mark.slow
+def test_ten_thousand_new_addresses_do_not_reset_a_window(behind_proxy: GatewayProcess) -> None:
+    victim = {"X-Forwarded-For": "192.0.2.200"}
+
+    def exhaust() -> float:
+        started = time.monotonic()
+        assert [vote(behind_proxy, **victim).status_code for _ in range(3)] == [422] * 3
+        assert_limited(vote(behind_proxy, **victim))
+        return started
+
+    window_from = exhaust()
+    verified, fresh = 0, iter(range(0, 1 << 20, 1000))
+    # 1,000 new addresses at a time, the victim checked after each batch. On a loaded
+    # machine the victim's own minute may end first: then that batch proves nothing, and
+    # the victim's window starts again (empty first) with fresh addresses.
+    while verified < 10_000:
+        first = next(fresh)
+        assert flood(behind_proxy, range(first, first + 1000)) == {422: 1000}
+        if time.monotonic() - window_from < 55:
+            assert_limited(vote(behind_proxy, **victim))
+            verified += 1000
+        else:
+            time.sleep(max(0.0, window_from + 62 - time.monotonic()))
+            window_from = exhaust()

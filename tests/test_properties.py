@@ -30,12 +30,12 @@ from .slack_standin import CHANNEL, TOKEN, SlackStandin
 ADMIN = "admin-token-for-property-tests-0123"
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 BOUNDED = settings(
-    max_examples=120,
+    max_examples=150,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-FEWER = settings(BOUNDED, max_examples=60)
+FEWER = settings(BOUNDED, max_examples=80)
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +75,12 @@ scalars = (
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20)
 )
+keys_text = st.text(max_size=8)
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys_text, inner, max_size=4),
     max_leaves=25,
-)  # fmt: skip
+)
 roles = st.sampled_from(["user", "assistant", "system", "tool"]) | json_values
 message = st.fixed_dictionaries({"role": roles}, optional={"content": json_values})
 chat_shaped = st.fixed_dictionaries(
@@ -175,9 +176,11 @@ def test_reviews_never_500(client: httpx.Client, reply_id: str, raw: bytes) -> N
     assert_not_a_500(r)
 
 
-when = st.text(max_size=30) | st.sampled_from(["7d", "2024-05-01", "1e9d", "0001-01-01"]) | (
-    st.floats(allow_nan=True).map(str)
-)  # fmt: skip
+when = (
+    st.text(max_size=30)
+    | st.sampled_from(["7d", "0d", "2024-05-01", "1e9d", "0001-01-01", "1970-01-01"])
+    | st.floats(allow_nan=True).map(str)
+)
 
 
 @BOUNDED
@@ -232,7 +235,9 @@ slack_shaped = st.fixed_dictionaries(
     | slack_shaped.map(lambda p: json.dumps(p).encode()),
     content_type=st.sampled_from(["application/x-www-form-urlencoded", "application/json"]),
 )
-def test_signed_slack_requests_never_500(client: httpx.Client, raw: bytes, content_type: str) -> None:
+def test_signed_slack_requests_never_500(
+    client: httpx.Client, raw: bytes, content_type: str
+) -> None:
     r = client.post("/slack/events", content=raw, headers=signed_headers(raw, content_type))
     assert_not_a_500(r)
 

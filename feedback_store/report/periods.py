@@ -128,12 +128,12 @@ def parse_when(text: str, *, now: float) -> float:
     return _in_range(text, parsed.timestamp())
 
 
-#: the instants a report can name (``datetime``'s range, in UTC)
-_EARLIEST = datetime.min.replace(tzinfo=UTC).timestamp()
+#: the instants a report can name: from the UNIX epoch (buckets round down from there)
+#: to the last one ``datetime`` can write
 _LATEST = datetime.max.replace(tzinfo=UTC).timestamp()
 
 
 def _in_range(text: str, when: float) -> float:
-    if not _EARLIEST <= when < _LATEST:  # also NaN
-        raise ValueError(f"{text!r} is out of range: give a time between the years 1 and 9999")
+    if not 0.0 <= when < _LATEST:  # also NaN
+        raise ValueError(f"{text!r} is out of range: give a time from 1970 to 9999")
     return when
