@@ -131,6 +131,8 @@ class Store:
                 # FULL: a commit is on disk before we acknowledge it, even on power loss.
                 cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
                 cursor.execute("PRAGMA busy_timeout=10000")
+                # Freed space is zeroed, so text that is purged leaves the file too.
+                cursor.execute("PRAGMA secure_delete=ON")
                 cursor.execute("PRAGMA foreign_keys=ON")
                 cursor.close()
 

@@ -172,16 +172,23 @@ class SlackSettings(_Section):
 
 
 class PrivacySettings(_Section):
+    #: regular expressions masked before anything is stored, logged or sent to Slack
     redact: list[str] = []
+    #: purge message text older than this many days, hourly (0: keep it forever)
+    retain_days: float = Field(0.0, ge=0)
 
     @field_validator("redact")
     @classmethod
     def _compiles(cls, value: list[str]) -> list[str]:
         for pattern in value:
             try:
-                re.compile(pattern)
+                compiled = re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from exc
+            if compiled.fullmatch(""):
+                raise ValueError(
+                    f"{pattern!r} matches the empty string (it would mask between every character)"
+                )
         return value
 
 

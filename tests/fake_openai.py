@@ -4,7 +4,8 @@
 - ``stream`` requests (``"stream": true``): the same text in SSE chunks, usage when asked
 - ``fail-500``: HTTP 500; ``fail-400``: HTTP 400 in the OpenAI error shape
 - ``slow``: sleeps ``slow_s`` before answering; ``cut``: a stream that breaks midway;
-  ``trickle``: a stream that sends one word every 0.3 s
+  ``trickle``: a stream that sends one word every 0.3 s; ``deep``: a reply nested 300
+  levels; ``nul``: a reply holding a NUL character; ``empty-stream``: only ``[DONE]``
 - ``tools``: a tool call reply (streamed as tool-call deltas too); ``garbage``: a 200
   that is not JSON
 - ``reply:<text>``: answers exactly <text>
@@ -68,9 +69,25 @@ def make_app(*, slow_s: float = 3.0) -> Starlette:
             await asyncio.sleep(slow_s)
         if model == "garbage":
             return Response(b"<html>not json</html>", media_type="text/html")
+        if model == "deep":
+            nested: Any = "bottom"
+            for _ in range(300):
+                nested = [nested]
+            message = {"role": "assistant", "content": "deep", "extra": nested}
+            return JSONResponse(
+                {
+                    "id": "c",
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                }
+            )
+        if model == "empty-stream" and payload.get("stream"):
+            return Response(b"data: [DONE]\n\n", media_type="text/event-stream")
         text = (
             model[6:] if model.startswith("reply:") else "reply: " + _last_user(payload["messages"])
         )
+        if model == "nul":
+            text = "before\x00after"
         n = int(payload.get("n", 1))
         created = int(time.time())
         if payload.get("stream") and model != "no-stream":

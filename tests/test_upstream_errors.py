@@ -321,3 +321,30 @@ def test_odd_stream_chunks_are_relayed_not_fatal(gw: ServerThread, db: Path) -> 
     assert rows(db, "SELECT status, reply_text FROM exchange WHERE id = ?", hitl["reply_id"]) == [
         ("complete", "odd end")
     ]
+
+
+def test_an_upstream_reply_nested_too_deep_is_a_502(gw: ServerThread) -> None:
+    r = post(gw, body("deep"))
+    assert_error(r, 502, "upstream_error")
+    assert "nested too deep" in r.json()["error"]["message"]
+
+
+def test_a_nul_in_the_upstream_reply_is_stored_without_it(gw: ServerThread, db: Path) -> None:
+    r = post(gw, body("nul"))
+    assert r.status_code == 200, r.text
+    # The client gets what the upstream said; the store keeps what it can hold.
+    assert r.json()["choices"][0]["message"]["content"] == "before\x00after"
+    reply_id = r.json()["hitl"]["reply_id"]
+    stored = rows(db, f"SELECT reply_text FROM exchange WHERE id = '{reply_id}'")
+    assert stored == [("beforeafter",)]
+
+
+def test_an_event_stream_without_events_is_recorded_as_incomplete(
+    gw: ServerThread, db: Path
+) -> None:
+    with httpx.stream("POST", gw.url + CHAT, json=body("empty-stream", stream=True)) as r:
+        raw = b"".join(r.iter_bytes())
+        reply_id = r.headers["x-hitl-reply-id"]
+    assert raw.endswith(b"data: [DONE]\n\n")
+    status = rows(db, f"SELECT status FROM exchange WHERE id = '{reply_id}'")
+    assert status == [("incomplete",)]

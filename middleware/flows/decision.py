@@ -5,6 +5,9 @@ A verdict is committed together with its label (approve is 1, reject and correct
 weighted as a reviewer's) in one store job; the first verdict on a reply wins and later
 ones learn who was first. Only after the commit are the hooks called: the learner
 reads the label, the outbox redraws the card, the metrics count it.
+
+A correction is stored masked (``[privacy] redact``); the outcome carries it as the
+reviewer wrote it, which is what a held client waiting in this process receives.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from feedback_store import Store
 from middleware.errors import InvalidVerdict, UnknownReply, store_errors
 from middleware.flows.hooks import Hooks
 from middleware.ports import ReviewItem, ReviewOutcome
+from middleware.review.privacy import Redactor
 from middleware.review.items import ReviewItems, votes_of
 from middleware.vocabulary import LABEL_OF, REASONS, STATE_OF, VERDICTS, Reason, Verdict
 
@@ -65,6 +69,7 @@ class DecisionFlow:
         reviewer_weight: float,
         hooks: Hooks,
         votes_required: int = 1,
+        redact: Redactor | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -72,6 +77,7 @@ class DecisionFlow:
         self.reviewer_weight = reviewer_weight
         self.votes_required = votes_required
         self.hooks = hooks
+        self.redact = redact or Redactor(())
         self.clock = clock
 
     async def decide(
@@ -87,7 +93,8 @@ class DecisionFlow:
         Raises ``InvalidVerdict``, ``UnknownReply``, or ``StoreUnavailable`` when it could
         not be committed: then nothing changed.
         """
-        stored_reason, stored_correction = check_verdict(verdict, reason, correction)
+        stored_reason, written = check_verdict(verdict, reason, correction)
+        stored_correction = self.redact.optional(written)
         with store_errors("the verdict could not be stored"):
             result = await self.store.record_review(
                 reply_id=reply_id,
@@ -103,6 +110,12 @@ class DecisionFlow:
         if result is None:
             raise UnknownReply(reply_id)
         row = result.escalation
+        # The decided correction is this one (as written) when it is the one stored.
+        decided_correction = (
+            written
+            if written is not None and row.correction == stored_correction
+            else row.correction
+        )
         outcome = ReviewOutcome(
             reply_id=reply_id,
             applied=result.applied,
@@ -110,7 +123,7 @@ class DecisionFlow:
             decided_by=row.decided_by,
             decided_at=row.decided_at,
             reason=row.decision_reason,
-            correction=row.correction,
+            correction=decided_correction,
             label_id=result.label_id,
             channel=row.channel,
             message_ts=row.message_ts,

@@ -4,6 +4,10 @@ The chat endpoint hands in what it read from the upstream (``ChatExchange``); re
 in the same value built from a recorded stream. The exchange row, and its escalation
 when the decision sends it to people, are committed in one store job before the caller
 may answer: a reply that is not on record is never delivered.
+
+What is kept is masked first (``[privacy] redact``): the request, the question and the
+reply as they are scored, stored and logged. The caller still relays the upstream's
+reply as it came (``exchange.summary`` is left as it is).
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -20,6 +24,7 @@ from feedback_store import NewEscalation, NewExchange, Store, StoreError
 from middleware.errors import StoreUnavailable
 from middleware.flows.hooks import Hooks
 from middleware.metrics import ExchangeObserver, NoMetrics
+from middleware.review.privacy import Redactor
 from middleware.scoring.completion import ReplySummary, read_conversation
 from middleware.scoring.features import QUESTION_CHARS, without_text
 from middleware.scoring.scorer import Assessment, Scorer
@@ -48,6 +53,14 @@ class ChatExchange:
     upstream_ms: float = 0.0
 
 
+class _Kept(NamedTuple):
+    """What the gateway keeps of an exchange (masked): the request, question and reply."""
+
+    payload: dict[str, Any]
+    question: str
+    summary: ReplySummary
+
+
 def metadata(meta: Any) -> dict[str, str | int | float | bool]:
     """The request's ``metadata`` as the report segments by it, within OpenAI's own bounds
     (16 keys of up to 64 characters, values up to 512): the whole of it is already in
@@ -74,6 +87,7 @@ class ReplyFlow:
         hooks: Hooks,
         observer: ExchangeObserver | None = None,
         log_bodies: bool = False,
+        redact: Redactor | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.scorer = scorer
@@ -81,15 +95,21 @@ class ReplyFlow:
         self.hooks = hooks
         self.observer = observer or NoMetrics()
         self.log_bodies = log_bodies
+        self.redact = redact or Redactor(())
         self.clock = clock
 
     async def __call__(self, exchange: ChatExchange) -> Assessment:
         """Score, decide and commit ``exchange``; raises ``StoreUnavailable`` if not stored."""
-        conversation = read_conversation(exchange.payload["messages"])
+        payload, summary = exchange.payload, exchange.summary
+        if self.redact:
+            # Scored as it is kept, so what is learned later is what was predicted on.
+            payload = self.redact.request(payload)
+            summary = replace(summary, text=self.redact(summary.text))
+        conversation = read_conversation(payload["messages"])
         assessment = self.scorer.assess(
             question=conversation.question,
             history=conversation.history,
-            reply=exchange.summary,
+            reply=summary,
             signals=exchange.signals,
             model=exchange.model,
             route="chat",
@@ -97,7 +117,8 @@ class ReplyFlow:
             risky=exchange.risky,
         )
         total_ms = (time.perf_counter() - exchange.started) * 1000
-        await self._commit(exchange, conversation.question, assessment, total_ms)
+        kept = _Kept(payload, conversation.question, summary)
+        await self._commit(exchange, kept, assessment, total_ms)
         self.observer.exchange(
             decision=assessment.decision.kind,
             status=200,
@@ -105,16 +126,15 @@ class ReplyFlow:
             total_ms=total_ms,
         )
         if log.isEnabledFor(logging.INFO):
-            self._log(exchange, conversation.question, assessment, total_ms)
+            self._log(exchange, kept, assessment, total_ms)
         return assessment
 
     async def _commit(
-        self, exchange: ChatExchange, question: str, assessment: Assessment, total_ms: float
+        self, exchange: ChatExchange, kept: _Kept, assessment: Assessment, total_ms: float
     ) -> None:
         now = self.clock()
-        payload = exchange.payload
+        payload, question, summary = kept
         meta = payload.get("metadata")
-        summary = exchange.summary
         decision = assessment.decision
         row = NewExchange(
             id=exchange.reply_id,
@@ -125,7 +145,8 @@ class ReplyFlow:
             stream=exchange.stream,
             request_json=orjson.dumps(payload).decode(),
             question=question[:QUESTION_CHARS],
-            reply_text=summary.text,
+            # PostgreSQL cannot store NUL; an upstream may send one.
+            reply_text=summary.text.replace("\x00", "") if "\x00" in summary.text else summary.text,
             finish_reason=(summary.finish_reason or None) and str(summary.finish_reason)[:40],
             status=exchange.status,
             upstream_status=exchange.upstream_status,
@@ -162,7 +183,7 @@ class ReplyFlow:
             self.hooks.review_queued()
 
     def _log(
-        self, exchange: ChatExchange, question: str, assessment: Assessment, total_ms: float
+        self, exchange: ChatExchange, kept: _Kept, assessment: Assessment, total_ms: float
     ) -> None:
         decision = assessment.decision.kind
         fields: dict[str, Any] = {
@@ -176,10 +197,10 @@ class ReplyFlow:
             "total_ms": round(total_ms, 2),
         }
         if self.log_bodies:  # off by default: questions and answers may hold personal data
-            fields["question"] = question
+            fields["question"] = kept.question
             # A held reply's text goes only to reviewers until one decides.
             if decision != "hold":
-                fields["reply"] = exchange.summary.text
+                fields["reply"] = kept.summary.text
         log.info(
             "reply %s %s confidence=%.3f upstream_ms=%.1f total_ms=%.1f",
             exchange.reply_id,

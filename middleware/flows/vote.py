@@ -2,7 +2,8 @@
 
 One vote per reply and voter, last vote wins. The vote and its label are committed in
 one store job before the caller answers; only then is the learner woken and, for a
-thumbs-down with a comment, a review considered.
+thumbs-down with a comment, a review considered. The comment and correction are stored
+masked (``[privacy] redact``); a blank one is none.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from feedback_store import Store
 from middleware.errors import InvalidToken, UnknownReply, store_errors
 from middleware.flows.complaint import ComplaintFlow
 from middleware.flows.hooks import Hooks
+from middleware.review.privacy import Redactor
 from middleware.scoring.tokens import TokenSigner
 from middleware.vocabulary import Rating, Reason
 
@@ -52,26 +54,29 @@ class VoteFlow:
         user_weight: float,
         complaints: ComplaintFlow,
         hooks: Hooks,
+        redact: Redactor | None = None,
     ) -> None:
         self.store = store
         self.signer = signer
         self.user_weight = user_weight
         self.complaints = complaints
         self.hooks = hooks
+        self.redact = redact or Redactor(())
 
     async def __call__(self, vote: Vote) -> VoteReceipt:
         """Commit ``vote``. Raises ``InvalidToken``, ``UnknownReply`` or ``StoreUnavailable``."""
         # A wrong token is refused whether or not the reply exists, so ids can't be probed.
         if not self.signer.verify(vote.reply_id, vote.token):
             raise InvalidToken("the feedback token does not match this reply", param="token")
+        comment = self.redact.optional(vote.comment or None)
         with store_errors("the vote could not be stored"):
             result = await self.store.vote(
                 reply_id=vote.reply_id,
                 voter=voter_of,
                 rating=vote.rating,
                 reason=vote.reason,
-                comment=vote.comment,
-                correction=vote.correction,
+                comment=comment,
+                correction=self.redact.optional(vote.correction or None),
                 weight=self.user_weight,
             )
         if not result.found:
@@ -79,5 +84,5 @@ class VoteFlow:
         if result.label_id is not None:
             self.hooks.label_committed()
         self.hooks.rated(vote.rating, "user")
-        await self.complaints(vote.reply_id, vote.rating, vote.comment)
+        await self.complaints(vote.reply_id, vote.rating, comment)
         return VoteReceipt(vote.reply_id, vote.rating, result.created)

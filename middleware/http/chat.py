@@ -163,4 +163,11 @@ class ChatEndpoint:
                 "x-hitl-decision": assessment.decision.kind,
             }
         )
-        return Response(orjson.dumps(completion), media_type="application/json", headers=headers)
+        try:
+            encoded = orjson.dumps(completion)
+        except orjson.JSONEncodeError:
+            # Nested past what JSON encoders take: nothing a client could read either.
+            return error_response(
+                502, "the upstream model answered with JSON nested too deep", "upstream_error"
+            )
+        return Response(encoded, media_type="application/json", headers=headers)

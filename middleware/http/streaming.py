@@ -100,7 +100,8 @@ class StreamedReplies:
                             log.warning("stream %s ended by shutdown", ctx.reply_id)
                             break
                     else:
-                        status = "complete"
+                        # A stream that ended without a single chunk held no reply.
+                        status = "complete" if folded.chunks else "incomplete"
                 except UpstreamError as exc:
                     log.warning("stream %s broke midway: %s", ctx.reply_id, exc)
                 finally:

@@ -23,21 +23,23 @@ import functools
 import inspect
 import math
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
 from river import base, compose, forest, linear_model, naive_bayes, optim, preprocessing, tree
 
-from middleware.scoring.features import NUMERIC_KEYS, words
+from middleware.scoring.features import NUMERIC_KEYS, TEXT_KEYS, words
 
 __all__ = [
     "CANDIDATES",
     "DEFAULT_MODEL",
+    "DIGEST_PREFIX",
     "HashedTFIDF",
     "explain",
     "learn",
     "make_model",
     "predict",
+    "text_digest",
 ]
 
 _CATEGORICAL_KEYS = ("route", "model", "finish_reason")
@@ -63,6 +65,45 @@ def _bucket_counts(
         zlib.crc32(gram.encode()) % n_buckets for gram in _ngrams(text, ngram_range)
     )
     return tuple(counts.items())
+
+
+#: where a purged exchange's ``features_json`` keeps its texts' hashed word counts
+#: ("~reply": {"buckets": 65536, "1": [bucket, count, ...], "2": [...]})
+DIGEST_PREFIX = "~"
+_DIGEST_NGRAMS = (1, 2)  # every HashedTFIDF here reads words, or words and word pairs
+
+
+def text_digest(x: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """What ``HashedTFIDF`` learns from ``x``'s texts, without the words: the hashed word
+    and word-pair counts, in the order they first occur (so that learning from them adds
+    up exactly as from the text). A purge keeps it in place of the text."""
+    digest: dict[str, dict[str, Any]] = {}
+    for key in TEXT_KEYS:
+        text = x.get(key)
+        if isinstance(text, str) and text:
+            entry: dict[str, Any] = {"buckets": _BUCKETS}
+            for n in _DIGEST_NGRAMS:
+                pairs = _bucket_counts(text, (n, n), _BUCKETS)
+                entry[str(n)] = [value for pair in pairs for value in pair]
+            digest[DIGEST_PREFIX + key] = entry
+    return digest
+
+
+def _digest_counts(digest: Any, ngram_range: tuple[int, int], n_buckets: int) -> dict[int, int]:
+    """The bucket counts ``_bucket_counts`` would give for the text ``digest`` was made of
+    ({} when there is no digest, or it can't give them: other buckets, other n-grams)."""
+    if not isinstance(digest, dict) or int(digest.get("buckets", 0)) % n_buckets:
+        return {}
+    counts: dict[int, int] = {}
+    low, high = ngram_range
+    for n in range(low, high + 1):
+        flat = digest.get(str(n))
+        if not isinstance(flat, list):
+            return {}
+        for i in range(0, len(flat) - 1, 2):
+            bucket = int(flat[i]) % n_buckets
+            counts[bucket] = counts.get(bucket, 0) + int(flat[i + 1])
+    return counts
 
 
 @functools.lru_cache(maxsize=65536)
@@ -106,7 +147,8 @@ class HashedTFIDF(base.Transformer):
     def _counts(self, x: dict[str, Any]) -> dict[int, int]:
         text = x.get(self.on)
         if not isinstance(text, str) or not text:
-            return {}
+            # A purged exchange keeps what its text counted (``text_digest``).
+            return _digest_counts(x.get(DIGEST_PREFIX + self.on), self.ngram_range, self.n_buckets)
         return dict(_bucket_counts(text, self.ngram_range, self.n_buckets))
 
     def learn_one(self, x: dict) -> None:

@@ -90,12 +90,15 @@ class StreamSummary:
     created: int | None = None
     model: str | None = None
     reply: ReplySummary = field(default_factory=ReplySummary)
+    #: chunk objects folded: none means the upstream's "stream" held no reply at all
+    chunks: int = 0
     _parts: list[str] = field(default_factory=list)
     _tool_ids: set[int] = field(default_factory=set)
 
     def add(self, chunk: Any) -> None:
         if not isinstance(chunk, dict):
             return
+        self.chunks += 1
         if self.id is None and isinstance(chunk.get("id"), str):
             self.id = chunk["id"]
         if self.created is None and isinstance(chunk.get("created"), int):
