@@ -43,8 +43,9 @@ def feedback_summary(votes: Iterable[VoteRow]) -> dict[str, Any]:
         "down": down,
         "helpful_rate": rate(up, up + down),
         "by_reason": dict(reasons.most_common()),
-        "comments": sum(bool(v.comment) for v in mine),
-        "corrections": sum(bool(v.correction) for v in mine),
+        # "" is a comment or correction whose text was purged: it was given all the same
+        "comments": sum(v.comment is not None for v in mine),
+        "corrections": sum(v.correction is not None for v in mine),
     }
 
 

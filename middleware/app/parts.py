@@ -23,6 +23,7 @@ from middleware.app.review import ReviewSide, build_channel
 from middleware.errors import ConfigError, SchemaOutdated, StoreUnavailable
 from middleware.flows import ComplaintFlow, DecisionFlow, Hooks, ReplyFlow, VoteFlow
 from middleware.flows.hold import Holds
+from middleware.flows.retention import Retention
 from middleware.http.draining import Draining
 from middleware.http.ratelimit import RateLimit, per_minute
 from middleware.learning.brain import Brain
@@ -31,6 +32,7 @@ from middleware.metrics import Metrics
 from middleware.ports import ReviewOutcome, Upstream
 from middleware.review.items import ReviewItems
 from middleware.review.outbox import Outbox, RetryPolicy
+from middleware.review.privacy import Redactor
 from middleware.scoring.policy import AskLimiter, ReviewBudget, Thresholds
 from middleware.scoring.scorer import Scorer
 from middleware.scoring.tokens import TokenSigner, new_secret
@@ -67,6 +69,8 @@ class Parts:
     feedback_limit: RateLimit
     #: streams' grace period at shutdown
     draining: Draining
+    #: purges text older than ``[privacy] retain_days``, hourly
+    retention: Retention
 
     async def start(self, *, serve: bool = True) -> None:
         """Open the store, learn what it holds, then (``serve``) open the rest."""
@@ -84,6 +88,7 @@ class Parts:
         if not serve:
             return
         self.learner.start()
+        self.retention.start()
         self.draining.start()
         await self.upstream.start()
         await self.review.start(self.outbox)
@@ -96,6 +101,7 @@ class Parts:
         try:
             if serve:
                 await self.draining.stop()
+                await self.retention.stop()
                 await self.review.stop(self.outbox)
                 await self.upstream.aclose()
                 await self.learner.close()
@@ -201,7 +207,9 @@ def build_parts(
         threshold=policy.escalate_below,
         votes_required=settings.review.votes_required,
     )
-    review = build_channel(settings, secrets)
+    # Masks what is stored, logged and sent to reviewers: built once, handed to each.
+    redact = Redactor(settings.privacy.redact)
+    review = build_channel(settings, secrets, redact=redact)
     outbox = Outbox(
         store=store,
         channel=review.channel,
@@ -252,6 +260,7 @@ def build_parts(
         reviewer_weight=learning.reviewer_weight,
         hooks=hooks,
         votes_required=settings.review.votes_required,
+        redact=redact,
         clock=clock,
     )
     return Parts(
@@ -274,6 +283,7 @@ def build_parts(
             hooks=hooks,
             observer=metrics,
             log_bodies=settings.server.log_bodies,
+            redact=redact,
             clock=clock,
         ),
         votes=VoteFlow(
@@ -282,10 +292,12 @@ def build_parts(
             user_weight=learning.user_weight,
             complaints=complaints,
             hooks=hooks,
+            redact=redact,
         ),
         decisions=decisions,
         complaints=complaints,
         holds=holds,
         feedback_limit=per_minute(settings.server.feedback_per_minute, name="feedback"),
         draining=Draining(settings.server.shutdown_grace_s),
+        retention=Retention(store=store, retain_days=settings.privacy.retain_days, clock=clock),
     )

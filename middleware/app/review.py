@@ -107,7 +107,9 @@ class ReviewSide:
         outbox.start()
 
 
-def build_channel(settings: Settings, secrets: Secrets) -> ReviewSide:
+def build_channel(
+    settings: Settings, secrets: Secrets, *, redact: Redactor | None = None
+) -> ReviewSide:
     slack = settings.slack
     if slack.enabled and not slack.channel:
         raise ConfigError(
@@ -124,7 +126,9 @@ def build_channel(settings: Settings, secrets: Secrets) -> ReviewSide:
         token=secrets.slack_bot_token, base_url=slack.api_url, retry_handlers=[]
     )
     channel = SlackReviewChannel(
-        client=client, channel=slack.channel, redact=Redactor(settings.privacy.redact)
+        client=client,
+        channel=slack.channel,
+        redact=redact or Redactor(settings.privacy.redact),
     )
     return ReviewSide(
         channel=channel,

@@ -173,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[..., None]]:
     """Subcommands that live in their own modules (replay, report, export...)."""
-    from middleware.cli import replay, report
+    from middleware.cli import purge, replay, report
 
-    return [replay.register, report.register]
+    return [replay.register, report.register, purge.register]
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

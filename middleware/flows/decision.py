@@ -20,8 +20,8 @@ from feedback_store import Store
 from middleware.errors import InvalidVerdict, UnknownReply, store_errors
 from middleware.flows.hooks import Hooks
 from middleware.ports import ReviewItem, ReviewOutcome
-from middleware.review.privacy import Redactor
 from middleware.review.items import ReviewItems, votes_of
+from middleware.review.privacy import Redactor
 from middleware.vocabulary import LABEL_OF, REASONS, STATE_OF, VERDICTS, Reason, Verdict
 
 log = logging.getLogger("hitl.review")

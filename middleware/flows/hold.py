@@ -9,6 +9,10 @@ and a process that dies while a client waits releases nothing.
 
 A decision taken in this process wakes the waiter at once (``decided``, a hook); one
 taken by another process is found by reading the escalation every ``poll_s``.
+
+A correction is released as the reviewer wrote it when the decision was taken in this
+process (the store keeps it masked, ``[privacy] redact``); one taken elsewhere is
+released as stored.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from feedback_store import EscalationRow, Store, StoreError
@@ -72,11 +76,15 @@ class Holds:
         self.poll_s = poll_s
         self.clock = clock
         self._waiting: dict[str, asyncio.Event] = {}
+        #: corrections decided here, as written, for the clients waiting here
+        self._written: dict[str, str] = {}
 
     def decided(self, outcome: ReviewOutcome) -> None:
         """A verdict was committed here: its waiter (if it is ours) looks at once."""
         event = self._waiting.get(outcome.reply_id)
         if event is not None:
+            if outcome.correction:
+                self._written[outcome.reply_id] = outcome.correction
             event.set()
 
     @property
@@ -104,6 +112,7 @@ class Holds:
                     pass
         finally:
             self._waiting.pop(reply_id, None)
+            self._written.pop(reply_id, None)
         await self._record(reply_id, release)
         return release
 
@@ -114,7 +123,11 @@ class Holds:
             # Fail closed: an unreadable decision is no decision.
             log.warning("hold %s: the store could not be read (%s); still waiting", reply_id, exc)
             return None
-        return release_of(escalation, original, self.fallback)
+        release = release_of(escalation, original, self.fallback)
+        written = self._written.get(reply_id)
+        if release is not None and release.released == "correction" and written:
+            return replace(release, text=written)
+        return release
 
     async def _record(self, reply_id: str, release: Release) -> None:
         try:

@@ -49,9 +49,14 @@ def kept_for_learning(row: ExchangeRow) -> dict[str, str]:
     }
     kept = {**without_text(features), **text_digest(texts)}
     reasons = [
-        r for r in _loads(row.reasons_json, []) if not (isinstance(r, str) and r.startswith(_QUOTING))
+        r
+        for r in _loads(row.reasons_json, [])
+        if not (isinstance(r, str) and r.startswith(_QUOTING))
     ]
-    return {"features_json": orjson.dumps(kept).decode(), "reasons_json": orjson.dumps(reasons).decode()}
+    return {
+        "features_json": orjson.dumps(kept).decode(),
+        "reasons_json": orjson.dumps(reasons).decode(),
+    }
 
 
 def summary(purged: Purged) -> str:
@@ -62,21 +67,14 @@ def summary(purged: Purged) -> str:
     )
 
 
-async def purge(
-    store: Store,
-    *,
-    older_than_days: float | None = None,
-    end_user: str | None = None,
-    dry_run: bool = False,
-    now: float | None = None,
-) -> Purged:
-    """``hitl purge``: the text of exchanges older than ``older_than_days``, of
-    ``end_user``, or both (``dry_run``: count only)."""
-    now = time.time() if now is None else now
-    scope = Scope(
-        before=None if older_than_days is None else now - older_than_days * DAY_S,
-        end_user=end_user,
-    )
+def scope_of(*, older_than_days: float | None, end_user: str | None, now: float) -> Scope:
+    """The exchanges older than ``older_than_days`` at ``now``, of ``end_user``, or both."""
+    before = None if older_than_days is None else now - older_than_days * DAY_S
+    return Scope(before=before, end_user=end_user)
+
+
+async def purge(store: Store, scope: Scope, *, dry_run: bool = False) -> Purged:
+    """The purge ``hitl purge`` and retention run (``dry_run``: count only)."""
     return await purge_text(store, scope, keep=kept_for_learning, dry_run=dry_run)
 
 
@@ -102,7 +100,8 @@ class Retention:
         return self.retain_days > 0
 
     async def purge_once(self) -> Purged:
-        purged = await purge(self.store, older_than_days=self.retain_days, now=self.clock())
+        scope = scope_of(older_than_days=self.retain_days, end_user=None, now=self.clock())
+        purged = await purge(self.store, scope)
         if purged:
             log.info("retention (%g days): purged %s", self.retain_days, summary(purged))
         return purged

@@ -78,7 +78,7 @@ def answer_view(exchange: ExchangeRow, escalation: EscalationRow | None) -> dict
     before a decision, so a held reply's text is not readable here until then."""
     if escalation is None:
         return None
-    if escalation.state == "approved":
+    if escalation.state == "approved" and exchange.reply_text:  # "": purged
         return {"text": exchange.reply_text, "source": "approved"}
     if escalation.state == "corrected" and escalation.correction:
         return {"text": escalation.correction, "source": "corrected"}

@@ -12,8 +12,8 @@ digits pass the Luhn check: card numbers, and not order numbers of as many digit
 This runs on every reply, so it is built to cost little. A ``Redactor`` without
 patterns is falsy and hands every text back untouched. Each pattern is compiled once,
 and before it runs on a text the characters any of its matches needs are counted (an
-``@``, so many digits: read from the pattern itself); ``str.count`` does that at memory
-speed, so a pattern runs only on a text that could hold a match. The patterns run one
+``@``, so many digits: read from the pattern itself), which takes a few microseconds,
+so a pattern runs only on a text that could hold a match. The patterns run one
 after another rather than as one alternation: CPython's regex engine skips quickly
 through a text only on a pattern's first literal or character set, which an alternation
 loses (``bench/redaction.py``: 7 times slower on a 200-word reply).
@@ -21,6 +21,7 @@ loses (``bench/redaction.py``: 7 times slower on a 200-word reply).
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ _KEPT_AS_SENT = frozenset({"model", "user"})
 #: the key under which a pattern's need of ASCII digits is counted
 _DIGITS = "0-9"
 _ASCII_DIGITS = "0123456789"
+_DIGIT_BYTES = _ASCII_DIGITS.encode()
 
 
 def luhn_valid(text: str) -> bool:
@@ -55,10 +57,8 @@ def needs(pattern: str) -> Counter[str]:
     characters, and how many ASCII digits (under ``"0-9"``). A lower bound, so
     anything unclear counts as nothing; empty when the pattern cannot be read so."""
     try:
-        from re import _constants as sre
-        from re import _parser
-
-        parsed = _parser.parse(pattern)
+        sre = importlib.import_module("re._constants")
+        parsed = importlib.import_module("re._parser").parse(pattern)
         return _floor(list(parsed), bool(parsed.state.flags & re.IGNORECASE), sre)
     except Exception:  # a private module that may change: no shortcut then, never wrong
         return Counter()
@@ -77,7 +77,7 @@ def _floor(items: list[tuple[Any, Any]], nocase: bool, sre: Any) -> Counter[str]
         elif op is sre.IN:
             if all(
                 (kind is sre.LITERAL and 48 <= value <= 57)
-                or (kind is sre.RANGE and 48 <= value[0] and value[1] <= 57)
+                or (kind is sre.RANGE and value[0] >= 48 and value[1] <= 57)
                 for kind, value in av
             ):
                 total[_DIGITS] += 1
@@ -106,7 +106,7 @@ class Redactor:
         self.patterns = tuple(patterns)
         self.mask = mask
         # (compiled, Luhn-checked, what a match needs, what it needs of digits)
-        self._steps = []
+        self._steps: list[tuple[re.Pattern[str], bool, Counter[str], int]] = []
         for pattern in self.patterns:
             need = needs(pattern)
             digits = need.pop(_DIGITS, 0)
@@ -130,8 +130,9 @@ class Redactor:
             ):
                 continue
             if needs_digits:
-                if digits < 0:
-                    digits = sum(map(text.count, _ASCII_DIGITS))
+                if digits < 0:  # bytes.translate deletes at memory speed; str.count doesn't
+                    encoded = text.encode("utf-8", "surrogatepass")
+                    digits = len(encoded) - len(encoded.translate(None, _DIGIT_BYTES))
                 if digits < needs_digits:
                     continue
             text = pattern.sub(self._checked if checked else self._masked, text)
