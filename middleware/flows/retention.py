@@ -112,6 +112,8 @@ class Retention:
                 await self.purge_once()
             except StoreError as exc:
                 log.error("retention: the purge failed (%s); trying again later", exc)
+            except Exception:  # a background task must not end unseen: say so, go on
+                log.exception("retention: the purge failed; trying again later")
             await asyncio.sleep(self.interval_s)
 
     def start(self) -> None:

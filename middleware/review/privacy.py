@@ -16,7 +16,7 @@ and before it runs on a text the characters any of its matches needs are counted
 so a pattern runs only on a text that could hold a match. The patterns run one
 after another rather than as one alternation: CPython's regex engine skips quickly
 through a text only on a pattern's first literal or character set, which an alternation
-loses (``bench/redaction.py``: 7 times slower on a 200-word reply).
+loses (``bench/redaction.py``: several times slower on a 200-word reply).
 """
 
 from __future__ import annotations
