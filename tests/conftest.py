@@ -14,10 +14,9 @@ import pytest
 from feedback_store import Store
 from middleware.app import create_app
 from middleware.settings import Settings, settings_from_mapping
-
-from .fake_openai import make_app
-from .servers import ServerThread
-from .slack_standin import SlackStandin
+from tests.support.fake_openai import make_app
+from tests.support.servers import ServerThread
+from tests.support.slack_standin import SlackStandin
 
 
 @pytest.fixture(scope="session")

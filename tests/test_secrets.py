@@ -22,11 +22,10 @@ import pytest
 
 from middleware.errors import ConfigError
 from middleware.settings import Secrets, settings_from_mapping
-
-from .processes import serve
-from .servers import ServerThread
-from .slack_standin import CHANNEL, SlackStandin
-from .test_slack_events import action_payload, card_for, elements, signed
+from tests.support.processes import serve
+from tests.support.servers import ServerThread
+from tests.support.slack import action_payload, card_for, elements, signed
+from tests.support.slack_standin import CHANNEL, SlackStandin
 
 UPSTREAM_KEY = "sk-UPSTREAM-4f6c2e9d1b7a-SECRET"
 TOKEN_SECRET = "TOKENSECRET-8e1d7c3a5f90-SECRET"
