@@ -146,7 +146,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 @pytest.fixture
 async def known_store(tmp_path: Path) -> AsyncIterator[Store]:
     """A SQLite store filled with the report tests' known figures (tests/report_data.py)."""
-    from .report_data import fill_known_store
+    from tests.support.report_data import fill_known_store
 
     store = Store(f"sqlite:///{tmp_path / 'known.db'}", config_hint="test.toml")
     await store.start()

@@ -357,7 +357,7 @@ url = "postgresql+psycopg://hitl:{STORE_PASSWORD}@127.0.0.1:1/hitl"
     import subprocess
     import sys
 
-    from .processes import clean_env
+    from tests.support.processes import clean_env
 
     done = subprocess.run(
         [
