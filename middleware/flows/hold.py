@@ -87,10 +87,6 @@ class Holds:
                 self._written[outcome.reply_id] = outcome.correction
             event.set()
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
     async def wait(self, reply_id: str, original: str) -> Release:
         """Wait for the decision on ``reply_id``; never raises for a store failure."""
         event = self._waiting.setdefault(reply_id, asyncio.Event())

@@ -146,7 +146,7 @@ class ReplyFlow:
             request_json=orjson.dumps(payload).decode(),
             question=question[:QUESTION_CHARS],
             # PostgreSQL cannot store NUL; an upstream may send one.
-            reply_text=summary.text.replace("\x00", "") if "\x00" in summary.text else summary.text,
+            reply_text=summary.text.replace("\x00", ""),
             finish_reason=(summary.finish_reason or None) and str(summary.finish_reason)[:40],
             status=exchange.status,
             upstream_status=exchange.upstream_status,

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from middleware.http.responses import error_body
+from middleware.http.responses import error_response
 
 
 def bearer(headers: Headers) -> str | None:
@@ -65,21 +65,11 @@ class ClientKeyMiddleware:
         if matches_any(bearer(Headers(scope=scope)), self.keys):
             await self.app(scope, receive, send)
             return
-        body = error_body(
+        response = error_response(
             401,
             "missing or unknown API key: send 'Authorization: Bearer <key>' with one of "
             "the gateway's client keys",
             "invalid_api_key",
+            headers={"www-authenticate": "Bearer"},
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await response(scope, receive, send)

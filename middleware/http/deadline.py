@@ -15,7 +15,7 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from middleware.http.responses import error_body
+from middleware.http.responses import error_response
 
 
 class BodyStalled(Exception):
@@ -59,25 +59,15 @@ class BodyDeadline:
         except BodyStalled:
             if started:
                 raise
-            await self._timed_out(send)
+            await self._timed_out(scope, receive, send)
 
-    async def _timed_out(self, send: Send) -> None:
-        body = error_body(
+    async def _timed_out(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
             408,
             f"the request body did not arrive within {self.timeout_s:g} s; send it "
             "whole, faster, or raise [server] body_timeout_s",
             "body_timeout",
+            # The rest of the body may still come: don't read it as a request.
+            headers={"connection": "close"},
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 408,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    # The rest of the body may still come: don't read it as a request.
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await response(scope, receive, send)

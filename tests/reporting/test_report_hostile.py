@@ -88,9 +88,7 @@ def test_the_html_report_shows_hostile_text_as_text(filled: ServerThread) -> Non
     assert "<img src=x" not in page
     assert "onerror=alert(1)>" not in page
     # ...and it is there, escaped, in the tables (reviewers, topics, segments).
-    assert html.escape("<script>alert(1)</script>", quote=False) in page or (
-        "&lt;script&gt;" in page
-    )
+    assert html.escape("<script>alert(1)</script>", quote=False) in page
 
 
 def test_every_period_of_the_report_renders(filled: ServerThread) -> None:
