@@ -22,6 +22,11 @@ from middleware.ports import UpstreamReply, UpstreamRequest
 _LARGE_BODY = 1 << 20
 
 
+# How often a request is sent again after the server dropped a reused connection before
+# answering; once is what the race between its idle close and our reuse needs.
+_STALE_RETRIES = 1
+
+
 def _payload(body: bytes) -> bytes | io.BytesIO | None:
     if not body:
         return None
@@ -109,7 +114,11 @@ class OpenAIUpstream:
         return f"OpenAIUpstream(base_url={self.base_url!r})"
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300)
+        # keepalive_timeout under the common servers' idle limits (uvicorn 5 s, gunicorn
+        # 2-5 s) makes the close-while-reusing race rare; _open covers what is left.
+        connector = aiohttp.TCPConnector(
+            limit=self.max_connections, ttl_dns_cache=300, keepalive_timeout=4.0
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             # Headers are forwarded explicitly (forward_headers); send nothing of our own.
@@ -135,9 +144,23 @@ class OpenAIUpstream:
         url = self.base_url + request.path + (f"?{request.query}" if request.query else "")
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await self.session.request(
-                    request.method, url, headers=request.headers, data=_payload(request.body)
-                )
+                for attempt in range(_STALE_RETRIES + 1):
+                    try:
+                        return await self.session.request(
+                            request.method,
+                            url,
+                            headers=request.headers,
+                            data=_payload(request.body),
+                        )
+                    except aiohttp.ServerDisconnectedError:
+                        # Almost always a pooled keep-alive connection the server closed
+                        # as we reused it, before reading the request: sent again on a
+                        # fresh connection it goes through (urllib3 and httpcore retry
+                        # this too). A server that really drops every request is asked
+                        # twice and then reported as unreachable.
+                        if attempt == _STALE_RETRIES:
+                            raise
+                raise AssertionError("unreachable")  # pragma: no cover
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _map_error(exc, self.base_url, self.timeout_s) from exc
         except ValueError as exc:  # aiohttp refused to build the request (a URL it can't use)
