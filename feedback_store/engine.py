@@ -24,10 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from feedback_store import escalations, exchanges, reviews
-from feedback_store.errors import StoreError
+from feedback_store.errors import OPEN, READ, WRITE, StoreError, describe
 from feedback_store.rows import (
     EscalationRow,
     EventRow,
@@ -44,14 +44,12 @@ from feedback_store.rows import (
     VoteResult,
 )
 from feedback_store.schema import ensure_schema_async
-from feedback_store.urls import is_sqlite, redact, redact_url, sync_url
+from feedback_store.urls import is_sqlite, redact_url, sync_url
 from feedback_store.writer import Writer
 
 T = TypeVar("T")
 
 NOT_STARTED = "the store is not started (call Store.start() in the lifespan)"
-#: what failed, as the error messages say it
-OPEN, READ, WRITE = "could not be opened", "could not be read", "refused a write"
 
 
 class Store:
@@ -85,24 +83,7 @@ class Store:
         try:
             yield
         except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(self._message(action, exc)) from exc
-
-    def _message(self, action: str, exc: BaseException) -> str:
-        lines = str(exc).strip().splitlines()
-        # SQLAlchemy's first line is the driver's message; the rest quotes the SQL and its
-        # parameters, which may hold users' text or a secret.
-        detail = redact(lines[0] if lines else type(exc).__name__, self.url)
-        reachable = "check that the database is running and that [store] url points at it"
-        current = f"that its schema is current (`hitl db upgrade --config {self.config_hint}`)"
-        if isinstance(exc, OSError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
-            advice = reachable
-        elif isinstance(exc, OperationalError):  # SQLite says "no such table" this way too
-            advice = f"{reachable}, and {current}"
-        elif action == WRITE:
-            advice = "nothing of that write was stored"
-        else:
-            advice = f"check {current}"
-        return f"the database at {redact_url(self.url)} {action} ({detail}); {advice}"
+            raise StoreError(describe(exc, action, self.url, self.config_hint)) from exc
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -164,6 +145,14 @@ class Store:
         engine = self.engine
 
         def run() -> T:
+            try:
+                with engine.connect() as conn:
+                    return fn(conn)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+            # A pooled connection the database dropped (a restart): a read is safe to
+            # run again, on a fresh one.
             with engine.connect() as conn:
                 return fn(conn)
 
@@ -246,6 +235,9 @@ class Store:
 
     async def latest_snapshot(self) -> SnapshotRow | None:
         return await self.read(exchanges.latest_snapshot)
+
+    async def latest_snapshot_id(self) -> int | None:
+        return await self.read(exchanges.latest_snapshot_id)
 
     async def add_event(self, kind: str, data: dict[str, Any], *, at: float | None = None) -> None:
         when = time.time() if at is None else at

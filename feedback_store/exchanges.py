@@ -249,3 +249,8 @@ def get_or_create_value(conn: Connection, key: str, factory: Callable[[], str]) 
 
 def count_rows(conn: Connection, table: Table) -> int:
     return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def latest_snapshot_id(conn: Connection) -> int | None:
+    """The newest snapshot's id, without its blob: what a follower polls."""
+    return conn.execute(select(func.max(snapshot_t.c.id))).scalar()

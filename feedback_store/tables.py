@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from sqlalchemy import Column, LargeBinary, Table, Text, UniqueConstraint, false
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -153,6 +163,26 @@ class KeyValue(SQLModel, table=True):
     value: str = Field(sa_column=Column(Text, nullable=False))
 
 
+class QuotaHit(SQLModel, table=True):
+    """One counted use of a limit the fleet shares (a review of the hourly cap, a question
+    to a user, a vote from a client), kept until its window has passed: PostgreSQL's
+    sliding windows (``quotas.py``). Created on SQLite too, where it stays empty.
+    """
+
+    __tablename__: ClassVar[str] = "quota_hit"
+    __table_args__ = (Index("ix_quota_hit_name_key_expires_at", "name", "key", "expires_at"),)
+
+    #: 64 bits: every vote of a fleet is one row
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    )
+    name: str = Field(max_length=40)
+    key: str = Field(max_length=200)
+    #: when this use leaves its window (its time plus the window's length)
+    expires_at: float = Field(index=True)
+
+
 # The same tables as SQLAlchemy Core sees them: what the store's queries are built on.
 exchange_t: Table = Exchange.__table__  # type: ignore[attr-defined]
 feedback_t: Table = Feedback.__table__  # type: ignore[attr-defined]
@@ -162,3 +192,4 @@ review_vote_t: Table = ReviewVote.__table__  # type: ignore[attr-defined]
 snapshot_t: Table = ModelSnapshot.__table__  # type: ignore[attr-defined]
 event_t: Table = Event.__table__  # type: ignore[attr-defined]
 kv_t: Table = KeyValue.__table__  # type: ignore[attr-defined]
+quota_hit_t: Table = QuotaHit.__table__  # type: ignore[attr-defined]

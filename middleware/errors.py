@@ -4,6 +4,8 @@
     ├── ConfigError            a setting is missing or wrong; start-up stops
     ├── StoreUnavailable       the database cannot be reached or written (503)
     ├── SchemaOutdated         the database is at an older schema revision
+    ├── QuotaUnavailable       the fleet's shared counters (PostgreSQL, Redis) did not
+    │                          answer in time; each caller says what that means
     ├── Refused                a client's request cannot be carried out (4xx)
     │   ├── InvalidSignature       a signed request's signature does not verify (401)
     │   ├── InvalidToken           the feedback token does not match the reply (403)
@@ -56,6 +58,11 @@ class StoreUnavailable(HITLError):
 
 class SchemaOutdated(HITLError):
     pass
+
+
+class QuotaUnavailable(HITLError):
+    """A shared counter could not be read or counted (``middleware.quotas``): reviews
+    and asks are then refused (fail closed), votes let through."""
 
 
 class Refused(HITLError):

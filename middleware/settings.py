@@ -107,11 +107,34 @@ class UpstreamSettings(_Section):
 class StoreSettings(_Section):
     url: str = "sqlite:///hitl.db"
     commit_batch: int = Field(256, gt=0)
+    #: where a fleet keeps its shared counters (review cap, asks, votes per client);
+    #: empty: in PostgreSQL when the store is there, else in the one process's memory
+    redis_url: str = ""
 
     def __repr_args__(self) -> Any:
-        # A PostgreSQL URL may carry a password: never print it with the settings.
+        # A PostgreSQL or Redis URL may carry a password: never print it with the settings.
         for name, value in super().__repr_args__():
-            yield name, hide_password(value) if name == "url" else value
+            yield name, hide_password(value) if name in ("url", "redis_url") else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return ""
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (raises on a port that is not a number below 65536)
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
+        if (parts.scheme in ("redis", "rediss") and parts.hostname) or (
+            parts.scheme == "unix" and parts.path
+        ):
+            return value
+        raise ValueError(
+            "must be empty or a redis://HOST[:PORT][/DB], rediss://HOST[:PORT][/DB] or "
+            "unix:///PATH URL"
+        )
 
     @field_validator("url")
     @classmethod
@@ -127,6 +150,9 @@ class LearnerSettings(_Section):
     snapshot_every_labels: int = Field(200, gt=0)
     snapshot_interval_s: float = Field(60.0, gt=0)
     rolling_window: int = Field(500, gt=1)
+    #: on PostgreSQL, while labels arrive, the fleet's learner publishes a snapshot at
+    #: most this often; serving processes look for a new one every second
+    publish_interval_s: float = Field(1.0, gt=0, le=60)
 
 
 class PolicySettings(_Section):
@@ -243,7 +269,9 @@ class Secrets:
 
 
 def hide_password(url: str) -> str:
-    """``url`` with the password of its ``user:password@`` part, if any, as ``***``."""
+    """``url`` with the password of its ``user:password@`` part and of a ``password=``
+    query parameter, if any, as ``***``."""
+    url = re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
     return re.sub(r"^([\w+.-]+://[^:/@]*:).*@", r"\1***@", url)
 
 

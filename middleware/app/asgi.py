@@ -30,7 +30,7 @@ from middleware.http.events import ChannelEventsEndpoint
 from middleware.http.feedback import FeedbackEndpoint
 from middleware.http.passthrough import Passthrough
 from middleware.http.reports import ReportEndpoints, chat_page_routes, report_routes
-from middleware.http.responses import error_response, json_response
+from middleware.http.responses import RETRY_AFTER_S, error_response, json_response
 from middleware.http.reviews import ReviewAPI
 from middleware.settings import Settings
 
@@ -47,6 +47,18 @@ EXPOSED_HEADERS = [
 def create_app(settings: Settings, **overrides: Any) -> Starlette:
     """The gateway for ``settings``; ``overrides`` go to ``build_parts``."""
     return build_app(build_parts(settings, **overrides))
+
+
+def model_version(parts: Parts) -> dict[str, Any]:
+    """Which model this process serves: the labels it has learned (its version), and
+    whether it learns them itself or follows the fleet learner's snapshots."""
+    brain, learner = parts.brain, parts.learner
+    return {
+        "labels": brain.labels,
+        "last_label_id": brain.last_label_id,
+        "learner": "leading" if learner.leading else "following",
+        "snapshot_id": learner.follower.snapshot_id,
+    }
 
 
 def routes(parts: Parts) -> list[BaseRoute]:
@@ -97,6 +109,7 @@ def routes(parts: Parts) -> list[BaseRoute]:
         body: dict[str, Any] = {
             "status": "ok" if ok else "unavailable",
             "store": "ok" if ok else "unreachable",
+            "model": model_version(parts),
         }
         if ok:
             try:
@@ -107,7 +120,9 @@ def routes(parts: Parts) -> list[BaseRoute]:
                 }
             except StoreError:
                 body["review"] = {"failed": None, "pending": None}
-        return json_response(body, status=200 if ok else 503)
+        if ok:
+            return json_response(body)
+        return json_response(body, status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     table: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),

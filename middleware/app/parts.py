@@ -17,8 +17,11 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from feedback_store import SchemaError, Store, StoreError
+from feedback_store.leadership import leadership_for
+from feedback_store.urls import is_sqlite, redact_url
 from middleware.app.review import ReviewSide, build_channel
 from middleware.errors import ConfigError, SchemaOutdated, StoreUnavailable
 from middleware.flows import ComplaintFlow, DecisionFlow, Hooks, ReplyFlow, VoteFlow
@@ -30,6 +33,7 @@ from middleware.learning.brain import Brain
 from middleware.learning.learner import Learner
 from middleware.metrics import Metrics
 from middleware.ports import ReviewOutcome, Upstream
+from middleware.quotas import FleetCaps, Guarded, MemoryQuotas, Quotas, StoreQuotas
 from middleware.review.items import ReviewItems
 from middleware.review.outbox import Outbox, RetryPolicy
 from middleware.review.privacy import Redactor
@@ -40,12 +44,17 @@ from middleware.settings import Secrets, Settings
 
 log = logging.getLogger("hitl")
 
+#: what a process does: everything (one process, or any process of a fleet that may
+#: lead its learning), serving only (a fleet's workers), or learning only (``hitl learner``)
+Role = Literal["all", "serve", "learn"]
+
 
 @dataclass(frozen=True)
 class Parts:
     """Everything the gateway runs, built once from the settings."""
 
     settings: Settings
+    role: Role
     secrets: Secrets
     store: Store
     upstream: Upstream
@@ -65,8 +74,10 @@ class Parts:
     complaints: ComplaintFlow
     #: clients waiting for a reviewer on a held reply
     holds: Holds
-    #: votes per client address per minute (in memory; limits' Redis storage for a fleet)
+    #: votes per client address per minute, counted in ``quotas``
     feedback_limit: RateLimit
+    #: the counters a fleet shares: the hourly review cap, asks per user, votes per client
+    quotas: Quotas
     #: streams' grace period at shutdown
     draining: Draining
     #: purges text older than ``[privacy] retain_days``, hourly
@@ -81,14 +92,18 @@ class Parts:
         except StoreError as exc:
             raise StoreUnavailable(str(exc)) from exc
         await self._token_secret()
-        # Learn every label the store holds before the port opens.
-        replayed = await self.learner.restore()
+        # Learn every label the store holds (or adopt the fleet learner's newest
+        # snapshot) before the port opens.
+        replayed = await self.learner.begin()
         if replayed:
             log.info("learned %d labels committed since the last model snapshot", replayed)
         if not serve:
             return
         self.learner.start()
-        self.retention.start()
+        if self.role != "serve":
+            self.retention.start()
+        if self.role == "learn":
+            return
         self.draining.start()
         await self.upstream.start()
         await self.review.start(self.outbox)
@@ -100,12 +115,14 @@ class Parts:
     async def stop(self, *, serve: bool = True) -> None:
         try:
             if serve:
-                await self.draining.stop()
+                if self.role != "learn":
+                    await self.draining.stop()
+                    await self.review.stop(self.outbox)
+                    await self.upstream.aclose()
                 await self.retention.stop()
-                await self.review.stop(self.outbox)
-                await self.upstream.aclose()
                 await self.learner.close()
         finally:
+            await self.quotas.aclose()
             await self.store.close()
 
     async def _token_secret(self) -> None:
@@ -135,6 +152,19 @@ def build_upstream(settings: Settings) -> Upstream:
         connect_timeout_s=settings.upstream.connect_timeout_s,
         max_connections=settings.upstream.max_connections,
     )
+
+
+def build_quotas(settings: Settings, store: Store) -> Quotas:
+    """Where the fleet's shared counts live: Redis when ``[store] redis_url`` is set, else
+    the PostgreSQL store, else (SQLite: one process) this process's memory."""
+    if settings.store.redis_url:
+        from middleware.quotas.redis import RedisQuotas
+
+        redis = RedisQuotas(settings.store.redis_url)
+        return Guarded(redis, where=redis.where)
+    if not is_sqlite(store.url):
+        return Guarded(StoreQuotas(store), where=f"the store at {redact_url(store.url)}")
+    return MemoryQuotas()
 
 
 def _check_secrets(settings: Settings, secrets: Secrets) -> None:
@@ -167,8 +197,11 @@ def build_parts(
     retry: RetryPolicy | None = None,
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.time,
+    role: Role = "all",
+    quotas: Quotas | None = None,
 ) -> Parts:
-    """Build every part; tests hand in a real local upstream or store, a seeded rng."""
+    """Build every part; tests hand in a real local upstream or store, a seeded rng, the
+    shared counters (``quotas``)."""
     environ = os.environ if environ is None else environ
     secrets = Secrets(settings, environ)
     _check_secrets(settings, secrets)
@@ -180,6 +213,12 @@ def build_parts(
         config_hint=settings.source if settings.source != "built-in defaults" else "config.toml",
     )
     upstream = upstream or build_upstream(settings)
+    quotas = quotas or build_quotas(settings, store)
+    caps = FleetCaps(
+        quotas,
+        reviews_per_hour=policy.max_reviews_per_hour,
+        asks_per_user_per_hour=policy.ask_per_user_per_hour,
+    )
     signer = TokenSigner()
     brain = Brain(rolling_window=learning.rolling_window)
     budget = ReviewBudget(
@@ -233,6 +272,9 @@ def build_parts(
         snapshot_interval_s=learning.snapshot_interval_s,
         # A drift is announced to the reviewers by the outbox.
         on_drift=lambda event: outbox.wake(),
+        leadership=leadership_for(store, learns=role != "serve"),
+        # Only a fleet (PostgreSQL) has followers to publish to.
+        publish_s=0.0 if is_sqlite(store.url) else learning.publish_interval_s,
     )
 
     def review_decided(outcome: ReviewOutcome) -> None:
@@ -252,7 +294,12 @@ def build_parts(
         decided=review_decided,
     )
     complaints = ComplaintFlow(
-        store=store, budget=budget, enabled=policy.review_downvotes, hooks=hooks, clock=clock
+        store=store,
+        budget=budget,
+        enabled=policy.review_downvotes,
+        hooks=hooks,
+        caps=caps,
+        clock=clock,
     )
     decisions = DecisionFlow(
         store=store,
@@ -265,6 +312,7 @@ def build_parts(
     )
     return Parts(
         settings=settings,
+        role=role,
         secrets=secrets,
         store=store,
         upstream=upstream,
@@ -284,6 +332,7 @@ def build_parts(
             observer=metrics,
             log_bodies=settings.server.log_bodies,
             redact=redact,
+            caps=caps,
             clock=clock,
         ),
         votes=VoteFlow(
@@ -297,7 +346,10 @@ def build_parts(
         decisions=decisions,
         complaints=complaints,
         holds=holds,
-        feedback_limit=per_minute(settings.server.feedback_per_minute, name="feedback"),
+        feedback_limit=per_minute(
+            settings.server.feedback_per_minute, name="feedback", quotas=quotas
+        ),
+        quotas=quotas,
         draining=Draining(settings.server.shutdown_grace_s),
         retention=Retention(store=store, retain_days=settings.privacy.retain_days, clock=clock),
     )

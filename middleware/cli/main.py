@@ -14,7 +14,8 @@ from middleware.settings import Settings, load_settings, resolve_config_path
 Handler = Callable[[argparse.Namespace, Settings, Mapping[str, str]], int]
 
 
-def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """What the command line overrides in the config file."""
     overrides: dict[str, dict[str, Any]] = {}
     server: dict[str, Any] = {}
     if getattr(args, "host", None):
@@ -25,7 +26,11 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         overrides["server"] = server
     if getattr(args, "store", None):
         overrides["store"] = {"url": args.store}
-    return load_settings(resolve_config_path(args.config, environ), environ, **overrides)
+    return overrides
+
+
+def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    return load_settings(resolve_config_path(args.config, environ), environ, **_overrides(args))
 
 
 def configure_logging(settings: Settings) -> None:
@@ -40,11 +45,26 @@ def cmd_serve(args: argparse.Namespace, settings: Settings, environ: Mapping[str
     from middleware.app import create_app
 
     configure_logging(settings)
-    if args.workers and args.workers > 1:
-        print("hitl serve: --workers > 1 is not supported yet; run one process", file=sys.stderr)
+    if args.workers < 1:
+        print("hitl serve: --workers must be 1 or more", file=sys.stderr)
+        return 2
+    if (args.workers > 1 or args.no_learner) and _refuse_sqlite_fleet(settings, "hitl serve"):
         return 2
     _check_schema(settings)
-    app = create_app(settings, environ=environ)
+    if args.workers > 1:
+        from middleware.app.worker import FleetSpec
+        from middleware.cli.fleet import serve_fleet
+
+        path = resolve_config_path(args.config, environ)
+        spec = FleetSpec(config=None if path is None else str(path), overrides=_overrides(args))
+        return serve_fleet(
+            settings,
+            spec,
+            workers=args.workers,
+            learner=not args.no_learner,
+            options=server_options(settings),
+        )
+    app = create_app(settings, environ=environ, role="serve" if args.no_learner else "all")
     config = uvicorn.Config(
         app,
         host=settings.server.host,
@@ -58,17 +78,40 @@ def cmd_serve(args: argparse.Namespace, settings: Settings, environ: Mapping[str
         timeout_graceful_shutdown=int(settings.server.shutdown_grace_s) + 5,
         **server_options(settings),
     )
-    draining = app.state.parts.draining
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            draining.begin()
-            super().handle_exit(sig, frame)
-
-    server = Server(config)
+    server = uvicorn.Server(config)
     server.run()
     # uvicorn exits quietly when the lifespan fails; say why with our exit code.
     return 0 if server.started else 1
+
+
+def cmd_learner(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    import asyncio
+
+    from middleware.cli.fleet import run_learner
+
+    configure_logging(settings)
+    if _refuse_sqlite_fleet(settings, "hitl learner"):
+        return 2
+    _check_schema(settings)
+    asyncio.run(run_learner(settings, environ))
+    return 0
+
+
+def _refuse_sqlite_fleet(settings: Settings, command: str) -> bool:
+    """Several processes on one SQLite file would each hold a writer and a learner of
+    their own: a fleet needs PostgreSQL. True (and says so) when refused."""
+    from feedback_store.urls import is_sqlite
+
+    if not is_sqlite(settings.store.url):
+        return False
+    print(
+        f"{command}: several processes (--workers > 1, --no-learner, hitl learner) need "
+        "PostgreSQL; SQLite serves one process, which learns itself. Set [store] url = "
+        '"postgresql+psycopg://USER@HOST/DB" (see README, "Running a fleet"), or run '
+        "`hitl serve` alone.",
+        file=sys.stderr,
+    )
+    return True
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -157,7 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve = add("serve", cmd_serve, "run the gateway")
     serve.add_argument("--host", help="listen address (overrides [server] host)")
     serve.add_argument("--port", type=int, help="listen port (overrides [server] port)")
-    serve.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="serving processes on the port (default 1; more need PostgreSQL, and start a "
+        "learner process beside them)",
+    )
+    serve.add_argument(
+        "--no-learner",
+        action="store_true",
+        help="serve only; a `hitl learner` elsewhere learns (PostgreSQL only)",
+    )
+    add("learner", cmd_learner, "run the fleet's learner (PostgreSQL only)")
 
     db = sub.add_parser("db", help="database schema").add_subparsers(
         dest="db_command", required=True

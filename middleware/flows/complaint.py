@@ -1,7 +1,9 @@
 """A complaint asks for a review: a thumbs-down with a comment may open one.
 
 Whether it does is ``scoring.policy.complaint_action`` (pure); this flow reads what
-that rule needs and carries out its answer.
+that rule needs and carries out its answer. A new review within this process's budget
+also needs a slot of the fleet's hourly cap (``caps``); refused, or with the shared
+counters down, the complaint opens no review.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable
 
 from feedback_store import Store, StoreError
 from middleware.flows.hooks import Hooks
+from middleware.quotas import FleetCaps
 from middleware.scoring.policy import ReviewBudget, complaint_action, complaint_wanted
 from middleware.vocabulary import Rating
 
@@ -26,12 +29,14 @@ class ComplaintFlow:
         budget: ReviewBudget,
         enabled: bool,
         hooks: Hooks,
+        caps: FleetCaps | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.budget = budget
         self.enabled = enabled
         self.hooks = hooks
+        self.caps = caps
         self.clock = clock
 
     async def __call__(self, reply_id: str, rating: Rating, comment: str | None) -> None:
@@ -47,11 +52,11 @@ class ComplaintFlow:
             budget = self.budget
             # A complaint ranks with the least confident replies: only the share of
             # traffic and the hourly cap limit it.
-            action = complaint_action(
-                under_review=under_review,
-                within_budget=under_review
-                or budget.allows(min(exchange.confidence, budget.threshold()), now),
+            within_budget = under_review or (
+                budget.allows(min(exchange.confidence, budget.threshold()), now)
+                and (self.caps is None or await self.caps.review())
             )
+            action = complaint_action(under_review=under_review, within_budget=within_budget)
             if action == "skip":
                 log.info("thumbs-down on %s not reviewed: the review budget is used up", reply_id)
                 return

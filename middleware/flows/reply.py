@@ -8,6 +8,12 @@ may answer: a reply that is not on record is never delivered.
 What is kept is masked first (``[privacy] redact``): the request, the question and the
 reply as they are scored, stored and logged. The caller still relays the upstream's
 reply as it came (``exchange.summary`` is left as it is).
+
+The scorer decides with this process's own limits. Only a decision that spends a shared
+limit then pays a claim on the fleet's counts (``middleware.quotas``): an escalation a
+slot of the hourly review cap, an ask one of the user's asks. A refused claim (or one the
+counters cannot answer) downgrades the decision as the local limit would have, before
+anything is stored; a hold claims no slot, so it never becomes a release.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from feedback_store import NewEscalation, NewExchange, Store, StoreError
 from middleware.errors import StoreUnavailable
 from middleware.flows.hooks import Hooks
 from middleware.metrics import ExchangeObserver, NoMetrics
+from middleware.quotas import FleetCaps
 from middleware.review.privacy import Redactor
 from middleware.scoring.completion import ReplySummary, read_conversation
 from middleware.scoring.features import QUESTION_CHARS, without_text
@@ -88,14 +95,18 @@ class ReplyFlow:
         observer: ExchangeObserver | None = None,
         log_bodies: bool = False,
         redact: Redactor | None = None,
+        caps: FleetCaps | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``caps``: the fleet's shared review cap and asks (None: this process's own
+        limits are the whole fleet's)."""
         self.scorer = scorer
         self.store = store
         self.hooks = hooks
         self.observer = observer or NoMetrics()
         self.log_bodies = log_bodies
         self.redact = redact or Redactor(())
+        self.caps = caps
         self.clock = clock
 
     async def __call__(self, exchange: ChatExchange) -> Assessment:
@@ -116,6 +127,8 @@ class ReplyFlow:
             end_user=exchange.end_user,
             risky=exchange.risky,
         )
+        if self.caps is not None:
+            assessment = await self._claim(assessment, self.caps)
         total_ms = (time.perf_counter() - exchange.started) * 1000
         kept = _Kept(payload, conversation.question, summary)
         await self._commit(exchange, kept, assessment, total_ms)
@@ -128,6 +141,16 @@ class ReplyFlow:
         if log.isEnabledFor(logging.INFO):
             self._log(exchange, kept, assessment, total_ms)
         return assessment
+
+    async def _claim(self, assessment: Assessment, caps: FleetCaps) -> Assessment:
+        """Claim from the fleet what the decision spends; downgrade what is refused."""
+        decision, user = assessment.decision, assessment.end_user
+        review = decision.kind != "escalate" or await caps.review()
+        # An end user without a name is never limited (as ``AskLimiter`` has it).
+        ask = not decision.ask_feedback or user is None or await caps.ask(user)
+        if review and ask:
+            return assessment
+        return self.scorer.refused(assessment, review=review, ask=ask)
 
     async def _commit(
         self, exchange: ChatExchange, kept: _Kept, assessment: Assessment, total_ms: float

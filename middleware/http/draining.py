@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger("hitl")
 
@@ -23,6 +26,7 @@ class Draining:
         self.deadline: float | None = None
         self._open: dict[int, Closer] = {}
         self._watch: asyncio.Task[None] | None = None
+        self._previous: dict[int, Any] = {}
 
     def begin(self) -> None:
         """Called from the server's signal handler: only sets a value, so it is safe there."""
@@ -44,6 +48,7 @@ class Draining:
     def start(self) -> None:
         if self._watch is None:
             self._watch = asyncio.create_task(self._run(), name="hitl-draining")
+            self._chain_signals()
 
     async def stop(self) -> None:
         if self._watch is not None:
@@ -51,6 +56,27 @@ class Draining:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
             self._watch = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _chain_signals(self) -> None:
+        """Run ``begin`` ahead of the server's own SIGTERM/SIGINT handler (uvicorn's, in
+        one process or in each worker of a fleet), so streams hear of the shutdown the
+        moment it starts, not when the server gets round to the lifespan."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread gets signals (a test's server thread)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+            if not callable(previous):
+                continue  # nobody stops on it here: leave it alone
+
+            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+                self.begin()
+                previous(signum, frame)
+
+            self._previous[sig] = previous
+            signal.signal(sig, handler)
 
     async def _run(self) -> None:
         announced = False

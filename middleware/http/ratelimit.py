@@ -1,22 +1,23 @@
 """Per-client request limits behind one small interface.
 
 ``RateLimit.hit(key)`` counts one request and says whether it may go on. The one
-implementation is ``limits``' moving window (a true sliding minute: no burst at a window
-edge) over a storage the composition root picks: in memory for one process; ``limits``
-also has a Redis storage (``limits.aio.storage.RedisStorage``), for a fleet that must
-share its counts. Keys are never evicted to make room: a flood of new addresses costs
-memory for a minute (each key expires with its last hit) but resets no one's window.
+implementation is a true sliding minute (no burst at a window edge) over the shared
+counters the composition root picks (``middleware.quotas``): this process's memory on
+SQLite; PostgreSQL or Redis for a fleet, so a client's minute is the same whichever
+process answers. Keys are never evicted to make room: a flood of new addresses costs
+memory (or rows) for a minute but resets no one's window.
+
+When the shared counters cannot answer, the vote goes on unlimited (logged once per
+outage): the limit protects the store from floods, and a vote the store cannot take
+fails on its own with a 503; refusing every vote while Redis is down would lose them.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Protocol
 
-from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from middleware.errors import QuotaUnavailable
+from middleware.quotas import MemoryQuotas, Quotas
 
 
 class RateLimit(Protocol):
@@ -32,20 +33,20 @@ class Unlimited:
 
 
 class MovingWindow:
-    """At most ``per_minute`` requests per key in any 60 seconds."""
+    """At most ``per_minute`` requests per key in any 60 seconds, counted under ``name``."""
 
-    def __init__(self, per_minute: int, *, name: str, storage: Storage | None = None) -> None:
-        self.item = RateLimitItemPerMinute(per_minute, namespace="hitl")
+    def __init__(self, per_minute: int, *, name: str, quotas: Quotas | None = None) -> None:
+        self.per_minute = per_minute
         self.name = name
-        self.limiter = MovingWindowRateLimiter(storage or MemoryStorage())
+        self.quotas = quotas or MemoryQuotas()
 
     async def hit(self, key: str) -> int | None:
-        if await self.limiter.hit(self.item, self.name, key):
-            return None
-        stats = await self.limiter.get_window_stats(self.item, self.name, key)
-        return max(1, math.ceil(stats.reset_time - time.time()))
+        try:
+            return await self.quotas.take(self.name, key, limit=self.per_minute, window_s=60)
+        except QuotaUnavailable:
+            return None  # fail open: see the module's docstring
 
 
-def per_minute(limit: int, *, name: str, storage: Storage | None = None) -> RateLimit:
+def per_minute(limit: int, *, name: str, quotas: Quotas | None = None) -> RateLimit:
     """``limit`` requests per key per minute (0: no limit), counted under ``name``."""
-    return Unlimited() if limit <= 0 else MovingWindow(limit, name=name, storage=storage)
+    return Unlimited() if limit <= 0 else MovingWindow(limit, name=name, quotas=quotas)

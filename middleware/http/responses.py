@@ -22,6 +22,10 @@ _TYPES = {
 }
 
 
+#: what a 503 tells clients to wait before they retry (a database or a restart coming back)
+RETRY_AFTER_S = 2
+
+
 def error_body(status: int, message: str, code: str, *, param: str | None = None) -> bytes:
     error: dict[str, str | None] = {
         "message": message,
@@ -41,6 +45,9 @@ def error_response(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
+    if status == 503 and not (headers and "retry-after" in {k.lower() for k in headers}):
+        # Every 503 is "try again soon" (store down, shutting down): say when.
+        headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_S)}
     return Response(
         error_body(status, message, code, param=param),
         status_code=status,

@@ -42,6 +42,10 @@ class DriftEvent:
     error_after: float
 
 
+#: what a serving process keeps of its own when it adopts the learner's snapshot
+_LOCAL = frozenset({"detector", "anomaly_scores", "_outlier_threshold", "_unsorted", "unlabelled"})
+
+
 class _V1Progress:
     """The format-1 progress as pickled: ``ys``, ``ps``, ``recent_ys``, ``recent_ps``..."""
 
@@ -174,6 +178,15 @@ class Brain:
         return event
 
     # -- snapshots ---------------------------------------------------------------
+
+    def adopt(self, other: Brain) -> None:
+        """Serve what ``other`` (the fleet learner's snapshot) learned, keeping this
+        process's outlier detector: it learns from the traffic this process sees, which
+        the learner process never does. No await inside: a prediction sees the old state
+        or the new one, never a mix."""
+        for name, value in other.__dict__.items():
+            if name not in _LOCAL:
+                setattr(self, name, value)
 
     def to_bytes(self) -> bytes:
         state = dict(self.__dict__)

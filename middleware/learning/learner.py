@@ -3,9 +3,16 @@
 The store's labels are the truth; the brain (``middleware.learning.brain``) is a cache
 of having learned them in order. ``Learner`` is the only code that mutates it: on start
 it loads the newest snapshot and replays the labels after it (before the port opens);
-then it is woken on every committed label, scores the label against the prediction
-stored at reply time (progressive validation), learns it, watches the error stream for
-drift, and snapshots now and then and on shutdown.
+then it is woken on every committed label (and polls, for labels other processes
+commit), scores the label against the prediction stored at reply time (progressive
+validation), learns it, watches the error stream for drift, and snapshots now and then
+and on shutdown.
+
+In a fleet, many processes may run a ``Learner`` but only the one holding the
+``Leadership`` learns; the others follow (``Follower``: they serve the newest snapshot,
+which the leader publishes every ``publish_s`` while labels arrive) and take over when
+the leader goes away, restoring from the newest snapshot and replaying what came after
+it, so no label is learned twice or skipped.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 from feedback_store import Store, StoreError
+from feedback_store.leadership import Leadership, SoleLeader
 from middleware.learning.brain import Brain, DriftEvent
 
 log = logging.getLogger("hitl.learner")
@@ -36,9 +45,20 @@ class Learner:
         poll_s: float = 1.0,
         on_drift: Callable[[DriftEvent], Any] | None = None,
         clock: Callable[[], float] = time.time,
+        leadership: Leadership | None = None,
+        publish_s: float = 0.0,
+        lead_check_s: float = 1.0,
     ) -> None:
         self.store = store
         self.brain = brain
+        self.leadership = leadership or SoleLeader()
+        #: > 0: while labels arrive, a snapshot at most this often, for the followers
+        self.publish_s = publish_s
+        self.lead_check_s = lead_check_s
+        self.follower = Follower(store, brain)
+        #: whether this process is the one learning (else it follows)
+        self.leading = False
+        self._checked_at = -math.inf
         self.snapshot_every_labels = snapshot_every_labels
         self.snapshot_interval_s = snapshot_interval_s
         self.poll_s = poll_s
@@ -54,6 +74,40 @@ class Learner:
     def wake(self) -> None:
         self._wake.set()
         self._idle.clear()
+
+    async def begin(self) -> int:
+        """At start, before the port opens: lead and catch up (returns the labels
+        replayed), or follow the leader's newest snapshot."""
+        if await self._leads():
+            self.leading = True
+            return await self.restore()
+        await self.follower.step()
+        log.info("another process is the fleet's learner; serving its newest model")
+        return 0
+
+    async def _leads(self, *, now: float | None = None) -> bool:
+        """Whether we lead, checking the lock at most every ``lead_check_s``."""
+        now = time.monotonic() if now is None else now
+        if self.leading and now - self._checked_at < self.lead_check_s:
+            return True
+        self._checked_at = now
+        return await self.leadership.hold()
+
+    async def tick(self) -> None:
+        """One pass: take over, or step down, then learn (leader) or follow."""
+        leads = await self._leads()
+        if leads and not self.leading:
+            self.leading = True
+            replayed = await self.restore()
+            log.info("took over as the fleet's learner (%d labels replayed)", replayed)
+        elif not leads and self.leading:
+            self.leading = False
+            log.warning("no longer the fleet's learner; following the newest snapshot")
+        if self.leading:
+            await self.step()
+            await self._maybe_snapshot()
+        else:
+            await self.follower.step()
 
     async def restore(self) -> int:
         """Load the newest snapshot and replay the labels after it; returns labels replayed."""
@@ -71,6 +125,7 @@ class Learner:
         self._snapshot_labels = self.brain.labels
         if replayed:
             await self.snapshot()
+        self.follower.snapshot_id = None
         return replayed
 
     async def step(self) -> int:
@@ -122,7 +177,12 @@ class Learner:
             self.brain.labels > self._snapshot_labels
             and self.clock() - self._snapshot_at >= self.snapshot_interval_s
         )
-        if due_labels or due_time:
+        due_publish = (
+            self.publish_s > 0
+            and self.brain.labels > self._snapshot_labels
+            and self.clock() - self._snapshot_at >= self.publish_s
+        )
+        if due_labels or due_time or due_publish:
             await self.snapshot()
 
     async def run(self) -> None:
@@ -132,8 +192,7 @@ class Learner:
                     await self._wake.wait()
             self._wake.clear()
             try:
-                await self.step()
-                await self._maybe_snapshot()
+                await self.tick()
             except StoreError as exc:
                 log.error("learner could not read or write the store (%s); retrying", exc)
                 await asyncio.sleep(self.poll_s)
@@ -154,7 +213,40 @@ class Learner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        with contextlib.suppress(StoreError):
-            await self.step()
-            if self.brain.labels != self._snapshot_labels:
-                await self.snapshot()
+        if self.leading:
+            with contextlib.suppress(StoreError):
+                await self.step()
+                if self.brain.labels != self._snapshot_labels:
+                    await self.snapshot()
+        self.leading = False
+        await self.leadership.release()
+
+
+class Follower:
+    """Serves the fleet learner's newest snapshot in a process that does not learn."""
+
+    def __init__(self, store: Store, brain: Brain) -> None:
+        self.store = store
+        self.brain = brain
+        #: the snapshot served now (None: none adopted yet)
+        self.snapshot_id: int | None = None
+
+    async def step(self) -> bool:
+        """Adopt the newest snapshot if it is new; True when it was."""
+        # The outlier detector learns from this process's own traffic.
+        self.brain.absorb_unlabelled()
+        newest = await self.store.latest_snapshot_id()
+        if newest is None or newest == self.snapshot_id:
+            return False
+        snapshot = await self.store.latest_snapshot()
+        if snapshot is None:
+            return False
+        try:
+            brain = await asyncio.to_thread(Brain.from_bytes, snapshot.blob)
+        except Exception as exc:  # a cache we cannot read: keep serving what we have
+            log.warning("model snapshot %s unreadable (%s); keeping the model", snapshot.id, exc)
+            self.snapshot_id = snapshot.id
+            return False
+        self.brain.adopt(brain)
+        self.snapshot_id = snapshot.id
+        return True

@@ -1,7 +1,9 @@
 """What to do with a scored reply: a pure function, plus the small state it is fed.
 
 ``decide()`` takes values and returns a value; the stateful parts (the review budget,
-the per-user asking limit) live in small classes whose answers are passed in.
+the per-user asking limit) live in small classes whose answers are passed in. In a fleet
+the decision then claims what it spends from the shared counts (the hourly cap, the
+user's asks); ``downgrade()`` is what it becomes when a claim is refused.
 
 | condition                                               | decision  |
 | ------------------------------------------------------- | --------- |
@@ -14,9 +16,10 @@ the per-user asking limit) live in small classes whose answers are passed in.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from middleware.vocabulary import REVIEWED_DECISIONS, DecisionKind
@@ -98,6 +101,28 @@ def decide(
     return Decision("deliver", False, ())
 
 
+def downgrade(
+    decision: Decision,
+    confidence: float,
+    context: DecisionContext,
+    thresholds: Thresholds,
+    *,
+    review: bool,
+    ask: bool,
+) -> Decision:
+    """``decision`` once the fleet answered its claims: ``review`` False when no slot of
+    the hourly cap was granted to an escalation, ``ask`` False when the user's asks were
+    used up. A refused claim decides again exactly as if this process's own cap or the
+    user's allowance had been reached; a hold stays a hold (the budget never limits it).
+    """
+    return decide(
+        confidence,
+        replace(context, may_ask=context.may_ask and ask),
+        BudgetState(allows_review=decision.kind == "escalate" and review),
+        thresholds,
+    )
+
+
 ComplaintAction = Literal["skip", "open", "redraw"]
 
 
@@ -124,6 +149,11 @@ class ReviewBudget:
     ``share + slack``. A short quantile window follows a learning model's scores as they
     move; the slack (one percentage point by default) lets a run of low scores use the
     budget a run of high ones left (measured in ``bench/learning_candidates.py``).
+
+    In a fleet each process keeps its own budget: a share bound that every process keeps
+    of its own decisions is kept by the union of them, so only the hourly cap must be
+    counted for the fleet (``middleware.quotas.FleetCaps``). This process's own count of
+    the hour is a first filter: it is never above the fleet's.
     """
 
     def __init__(
@@ -182,6 +212,17 @@ class ReviewBudget:
         if escalated:
             self._hour.append(now)
 
+    def refused(self, now: float) -> None:
+        """The escalation recorded at ``now`` was refused a slot of the fleet's hourly cap:
+        it counts as a decision that escalated nothing."""
+        with contextlib.suppress(ValueError):
+            self._hour.remove(now)
+        for i in range(len(self._decisions) - 1, -1, -1):
+            if self._decisions[i]:
+                self._decisions[i] = False
+                self._escalated -= 1
+                return
+
     @property
     def escalated_share(self) -> float:
         return self._escalated / len(self._decisions) if self._decisions else 0.0
@@ -212,3 +253,10 @@ class AskLimiter:
             # Bounded memory: forget the oldest user (dicts keep insertion order).
             self._asked.pop(next(iter(self._asked)))
         self._asked.setdefault(user, deque()).append(now)
+
+    def refused(self, user: str | None, now: float) -> None:
+        """The ask recorded for ``user`` at ``now`` was refused by the fleet's count."""
+        times = self._asked.get(user) if user is not None else None
+        if times is not None:
+            with contextlib.suppress(ValueError):
+                times.remove(now)

@@ -3,6 +3,10 @@
 The scorer only *reads* the model; the learner task is its single writer. Both run on
 the same event loop and neither awaits mid-update, so a prediction never sees a
 half-learned model.
+
+``assess`` decides with this process's own limits and counts what it decided. In a fleet
+the reply flow then claims the escalation's slot and the ask from the shared counts;
+``refused`` takes back what was not granted and decides again (``policy.downgrade``).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from middleware.scoring.completion import ReplySummary
@@ -23,6 +27,7 @@ from middleware.scoring.policy import (
     ReviewBudget,
     Thresholds,
     decide,
+    downgrade,
     is_candidate,
 )
 
@@ -51,6 +56,10 @@ class Assessment:
     outlier: bool = False
     #: why it was flagged, for the review card: features pulling the score down, etc.
     reasons: list[str] = field(default_factory=list)
+    #: what the decision was taken on, and when: for ``Scorer.refused``
+    context: DecisionContext = field(default_factory=DecisionContext)
+    at: float = 0.0
+    end_user: str | None = None
 
 
 class Scorer:
@@ -126,4 +135,25 @@ class Scorer:
             reasons += [f"{name} pulled the score down" for name, _ in brain.explain(x)]
         if drifting and decision.reviewed:
             reasons.append("recent drift in the model's error rate")
-        return Assessment(confidence, decision, x, outlier, reasons)
+        return Assessment(confidence, decision, x, outlier, reasons, context, now, end_user)
+
+    def refused(self, assessment: Assessment, *, review: bool, ask: bool) -> Assessment:
+        """``assessment`` once the fleet refused its escalation a slot of the hourly cap
+        (``review`` False) or its ask (``ask`` False): the local counts take back what
+        was refused, and the decision is what ``decide`` answers with that limit reached."""
+        before = assessment.decision
+        decision = downgrade(
+            before,
+            assessment.confidence,
+            assessment.context,
+            self.thresholds,
+            review=review,
+            ask=ask,
+        )
+        if before.kind == "escalate" and decision.kind != "escalate":
+            self.budget.refused(assessment.at)
+        if before.ask_feedback and not decision.ask_feedback:
+            self.asker.refused(assessment.end_user, assessment.at)
+        # A downgraded escalation is reviewed no more: its reasons are the new decision's.
+        reasons = assessment.reasons if decision.kind == before.kind else list(decision.reasons)
+        return replace(assessment, decision=decision, reasons=reasons)
