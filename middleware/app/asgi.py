@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -110,6 +111,8 @@ def routes(parts: Parts) -> list[BaseRoute]:
             "status": "ok" if ok else "unavailable",
             "store": "ok" if ok else "unreachable",
             "model": model_version(parts),
+            # Which process of a fleet answered (behind one port, any of them may).
+            "process": {"pid": os.getpid(), "role": parts.role},
         }
         if ok:
             try:
