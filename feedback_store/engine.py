@@ -100,7 +100,9 @@ class Store:
         if is_sqlite(self.url):
             kwargs["connect_args"] = {"check_same_thread": False}
         else:
+            # A database host that does not answer must not hold a request for minutes.
             kwargs["pool_pre_ping"] = True
+            kwargs["connect_args"] = {"connect_timeout": 5}
         engine = create_engine(sync_url(self.url), **kwargs)
         if is_sqlite(self.url):
             durable = self.durable

@@ -72,6 +72,8 @@ class Learner:
         self._idle.set()
 
     def wake(self) -> None:
+        if not self.leading:
+            return  # a follower's model comes from the leader's snapshots, on its poll
         self._wake.set()
         self._idle.clear()
 

@@ -215,3 +215,30 @@ def test_serve_with_the_shipped_config_answers_offline(tmp_path: Path) -> None:
     assert (tmp_path / "hitl.db").exists()
     with sqlite3.connect(tmp_path / "hitl.db") as conn:
         assert conn.execute("SELECT count(*) FROM exchange").fetchone() == (2,)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--workers", "2"],
+        ["serve", "--no-learner"],
+        ["learner"],
+    ],
+)
+def test_a_fleet_on_sqlite_is_refused_pointing_to_postgresql(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "hitl.db"}"\n')
+    assert main([*argv, "--config", str(config)], environ={}) == 2
+    err = capsys.readouterr().err
+    assert "need PostgreSQL" in err and "Running a fleet" in err, err
+    # Refused before anything was opened: no database file was made.
+    assert not (tmp_path / "hitl.db").exists()
+
+
+def test_serve_refuses_zero_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "hitl.db"}"\n')
+    assert main(["serve", "--workers", "0", "--config", str(config)], environ={}) == 2
+    assert "--workers must be 1 or more" in capsys.readouterr().err
