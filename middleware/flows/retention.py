@@ -20,14 +20,16 @@ import orjson
 
 from feedback_store import ExchangeRow, Store, StoreError
 from feedback_store.purge import Purged, Scope, purge_text
+from middleware.learning.explain import WORDS_REASON
 from middleware.learning.model import text_digest
 from middleware.scoring.features import TEXT_KEYS, without_text
 
 log = logging.getLogger("hitl.privacy")
 
 DAY_S = 86_400.0
-#: the reasons that quote the text: "reply: not sure pulled the score down"
-_QUOTING = tuple(f"{key}: " for key in TEXT_KEYS)
+#: the reasons that quote the text: "the words “not sure” pulled the score down" (and,
+#: in older rows, "reply: not sure pulled the score down")
+_QUOTING = (WORDS_REASON, *(f"{key}: " for key in TEXT_KEYS))
 
 
 def _loads(text: str, default: Any) -> Any:

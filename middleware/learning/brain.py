@@ -20,7 +20,8 @@ import orjson
 from river import anomaly, compose, drift, preprocessing
 
 from feedback_store import LabelRow
-from middleware.learning.model import DEFAULT_MODEL, explain, learn, make_model, predict
+from middleware.learning.explain import Explanation, contributions, reasons
+from middleware.learning.model import DEFAULT_MODEL, learn, make_model, predict
 from middleware.learning.progress import Progress
 from middleware.scoring.features import NUMERIC_KEYS
 
@@ -129,7 +130,12 @@ class Brain:
         return now < self.drift_until
 
     def explain(self, x: dict[str, Any]) -> list[tuple[str, float]]:
-        return explain(self.model, x)
+        """What pulls this reply's score down most, in plain words (a review card's why)."""
+        explanation = self.contributions(x)
+        return [] if explanation is None else reasons(explanation)
+
+    def contributions(self, x: dict[str, Any]) -> Explanation | None:
+        return contributions(self.model, x)
 
     # -- write side (the learner task only) ----------------------------------------
 

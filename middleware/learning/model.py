@@ -35,7 +35,6 @@ __all__ = [
     "DEFAULT_MODEL",
     "DIGEST_PREFIX",
     "HashedTFIDF",
-    "explain",
     "learn",
     "make_model",
     "predict",
@@ -277,45 +276,3 @@ def learn(model: base.Classifier, x: dict[str, Any], y: bool, weight: float = 1.
     # Estimators without sample weights see the label as many times as it weighs.
     for _ in range(max(1, round(weight))):
         model.learn_one(cast(dict, x), bool(y))
-
-
-def _readable(model: compose.Pipeline, x: dict[str, Any]) -> dict[str, str]:
-    """Map hashed word keys back to the words of this ``x`` that produced them."""
-    names: dict[str, str] = {}
-
-    def visit(step: Any) -> None:
-        if isinstance(step, HashedTFIDF):
-            for gram in step.ngrams(x):
-                names.setdefault(step.key(step.bucket(gram)), f"{step.prefix}: {gram}")
-        elif isinstance(step, compose.Pipeline | compose.TransformerUnion):
-            subs = step.steps if isinstance(step, compose.Pipeline) else step.transformers
-            for sub in subs.values():
-                visit(sub)
-
-    visit(model)
-    return names
-
-
-def explain(model: base.Classifier, x: dict[str, Any], top: int = 3) -> list[tuple[str, float]]:
-    """The features pulling this score down most, as (name, contribution to the log-odds).
-
-    Words of the reply or question ("reply: not sure") and numeric features ("hedges");
-    not the route, model or finish-reason categories, which are the same for most
-    replies and would only restate the intercept. Best effort: linear models only
-    (weight times transformed value); others give [].
-    """
-    final = _final(model)
-    if not isinstance(final, linear_model.LogisticRegression) or top <= 0:
-        return []
-    if not isinstance(model, compose.Pipeline):
-        return []
-    xt = x
-    for step in list(model.steps.values())[:-1]:
-        xt = step.transform_one(xt)
-    names = _readable(model, x)
-    names.update((k, k) for k in NUMERIC_KEYS)
-    weights = final._weights
-    contributions = [
-        (names[k], weights.get(k, 0.0) * float(v)) for k, v in xt.items() if k in names
-    ]
-    return sorted((c for c in contributions if c[1] < 0), key=lambda c: c[1])[:top]

@@ -11,12 +11,11 @@ from middleware.learning.model import (
     CANDIDATES,
     DEFAULT_MODEL,
     HashedTFIDF,
-    explain,
     learn,
     make_model,
     predict,
 )
-from middleware.scoring.features import NUMERIC_KEYS, ExchangeView, features
+from middleware.scoring.features import ExchangeView, features
 
 TOPICS = [
     ("What is the capital of France?", "Paris"),
@@ -156,26 +155,6 @@ def test_a_model_that_saw_one_class_only_says_so() -> None:
 def test_weight_must_be_positive(weight: float) -> None:
     with pytest.raises(ValueError, match="weight"):
         learn(make_model(), x_of("q", "r"), True, weight)
-
-
-def test_explain_names_what_pulls_a_hedging_reply_down(trained: Classifier) -> None:
-    reasons = explain(trained, x_of(NEW_QUESTION, NEW_HEDGING), top=3)
-    assert 1 <= len(reasons) <= 3
-    contributions = [c for _, c in reasons]
-    assert all(c < 0 for c in contributions)
-    assert contributions == sorted(contributions)
-    names = [name for name, _ in reasons]
-    hedge_words = ("not sure", "maybe", "could be", "i'm not")
-    assert any(n == "hedges" or any(w in n for w in hedge_words) for n in names), names
-    # hashed keys are shown as their words; categories (the same for most replies) never
-    assert all(n in NUMERIC_KEYS or n.startswith(("reply: ", "question: ")) for n in names), names
-
-
-def test_explain_is_empty_when_it_cannot_say(trained: Classifier) -> None:
-    assert explain(trained, x_of(NEW_QUESTION, NEW_HEDGING), top=0) == []
-    tree = make_model("naive-bayes")
-    learn(tree, x_of(NEW_QUESTION, NEW_PLAIN), True, 1.0)
-    assert explain(tree, x_of(NEW_QUESTION, NEW_HEDGING)) == []
 
 
 def test_hashed_words_are_stable_and_bounded() -> None:
