@@ -222,6 +222,9 @@ class ReviewSettings(_Section):
     #: distinct reviewers who must agree (approve, or reject/correct) before an item is
     #: decided, whichever tool they use (Slack, the review API)
     votes_required: int = Field(1, ge=1, le=10)
+    #: names a variable of comma-separated NAME:TOKEN pairs: reviewers' personal tokens
+    #: for the review page and API (each decision recorded under its name)
+    reviewer_tokens_env: str = "HITL_REVIEWER_TOKENS"
 
 
 class ReportSettings(_Section):
@@ -261,6 +264,7 @@ class Secrets:
         )
         self.token_secret = get(settings.server.token_secret_env)
         self.admin_token = get(settings.report.admin_token_env)
+        self.reviewer_tokens = get(settings.review.reviewer_tokens_env)
         self.slack_bot_token = get(settings.slack.bot_token_env)
         self.slack_signing_secret = get(settings.slack.signing_secret_env)
 

@@ -32,6 +32,7 @@ from middleware.http.feedback import FeedbackEndpoint
 from middleware.http.passthrough import Passthrough
 from middleware.http.reports import ReportEndpoints, chat_page_routes, report_routes
 from middleware.http.responses import RETRY_AFTER_S, error_response, json_response
+from middleware.http.reviewers import Reviewers, parse_tokens
 from middleware.http.reviews import ReviewAPI
 from middleware.settings import Settings
 
@@ -93,8 +94,13 @@ def routes(parts: Parts) -> list[BaseRoute]:
         store=store,
         signer=parts.signer,
         decisions=parts.decisions,
-        admin_token=secrets.admin_token,
+        reviewers=Reviewers(
+            parse_tokens(secrets.reviewer_tokens, variable=settings.review.reviewer_tokens_env),
+            secrets.admin_token,
+        ),
         admin_token_env=settings.report.admin_token_env,
+        reviewer_tokens_env=settings.review.reviewer_tokens_env,
+        model=parts.brain,
     )
     reports = ReportEndpoints(
         store=store,
@@ -134,6 +140,7 @@ def routes(parts: Parts) -> list[BaseRoute]:
         ),
         Route("/v1/feedback", feedback.post, methods=["POST"]),
         Route("/v1/replies/{reply_id}", reviews.get_reply, methods=["GET"]),
+        Route("/v1/replies/{reply_id}/explanation", reviews.explain, methods=["GET"]),
         Route("/v1/reviews/{reply_id}", reviews.post_review, methods=["POST"]),
     ]
     if parts.review.events is not None:

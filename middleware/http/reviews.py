@@ -1,8 +1,9 @@
 """The review API: a reply's state for whoever holds its token, and verdicts from any tool.
 
-``GET /v1/replies/{reply_id}`` (``X-HITL-Feedback-Token``) and ``POST
-/v1/reviews/{reply_id}`` (the admin token). A verdict posted here takes the same path
-as a Slack click, so the loop works without a Slack workspace.
+``GET /v1/replies/{reply_id}`` (``X-HITL-Feedback-Token``), ``POST
+/v1/reviews/{reply_id}`` and ``GET /v1/replies/{reply_id}/explanation`` (a reviewer's
+token or the admin token, ``middleware.http.reviewers``). A verdict posted here takes
+the same path as a Slack click, so the loop works without a Slack workspace.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,9 +21,10 @@ from starlette.responses import Response
 from feedback_store import EscalationRow, ExchangeRow, FeedbackRow, ReviewVoteRow, Store
 from middleware.errors import InvalidToken, UnknownReply, store_errors
 from middleware.flows.decision import DecisionFlow
-from middleware.http.auth import bearer, matches_any
 from middleware.http.bodies import Text, read_model
 from middleware.http.responses import error_response, json_response
+from middleware.http.reviewers import Reviewers, Signed
+from middleware.learning.explain import Explanation
 from middleware.scoring.tokens import TokenSigner
 from middleware.vocabulary import Reason, Verdict
 
@@ -36,7 +39,8 @@ class ReviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     decision: Verdict
-    reviewer: Text = Field(min_length=1, max_length=200)
+    #: who decides; with a reviewer's own token, its name (and this may be left out)
+    reviewer: Text | None = Field(default=None, min_length=1, max_length=200)
     reason: Reason | None = None
     correction: Text | None = Field(default=None, max_length=32000)
 
@@ -121,6 +125,38 @@ def reply_view(
     }
 
 
+class Explains(Protocol):
+    """What the explanation reads from the live model (``middleware.learning.brain``)."""
+
+    def contributions(self, x: dict[str, Any]) -> Explanation | None: ...
+
+
+def explanation_view(exchange: ExchangeRow, explanation: Explanation) -> dict[str, Any]:
+    """The body of ``GET /v1/replies/{reply_id}/explanation`` (pure). ``score`` is the
+    live model's now, the logistic of ``log_odds`` (before its first label the gateway
+    serves ``[policy] prior`` instead)."""
+    return {
+        "reply_id": exchange.id,
+        "score": round(explanation.score, 6),
+        "score_at_reply": round(float(exchange.confidence), 6),
+        "log_odds": round(explanation.log_odds, 6),
+        "intercept": round(explanation.intercept, 6),
+        "tokens": [{"token": t, "contribution": round(c, 6)} for t, c in explanation.tokens],
+        "features": [{"name": n, "contribution": round(c, 6)} for n, c in explanation.features],
+        "words": [{"word": w, "contribution": round(c, 6)} for w, c in explanation.words],
+    }
+
+
+def model_input(exchange: ExchangeRow) -> dict[str, Any]:
+    """The features a reply was scored with, its texts put back (as the learner does)."""
+    x = orjson.loads(exchange.features_json or "{}")
+    if not isinstance(x, dict):
+        x = {}
+    x.setdefault("reply", exchange.reply_text)
+    x.setdefault("question", exchange.question)
+    return x
+
+
 class ReviewAPI:
     def __init__(
         self,
@@ -128,14 +164,38 @@ class ReviewAPI:
         store: Store,
         signer: TokenSigner,
         decisions: DecisionFlow,
-        admin_token: str | None,
+        reviewers: Reviewers,
         admin_token_env: str,
+        reviewer_tokens_env: str,
+        model: Explains,
     ) -> None:
         self.store = store
         self.signer = signer
         self.decisions = decisions
-        self.admin_token = admin_token
+        self.reviewers = reviewers
         self.admin_token_env = admin_token_env
+        self.reviewer_tokens_env = reviewer_tokens_env
+        self.model = model
+
+    def sign_in(self, request: Request) -> Signed | Response:
+        """The reviewer behind ``request``, or the 403 / 401 to answer."""
+        if not self.reviewers.enabled:
+            return error_response(
+                403,
+                f"the review API is off: set ${self.reviewer_tokens_env} (reviewers' "
+                f"NAME:TOKEN pairs) or ${self.admin_token_env} (the admin token)",
+                "admin_token_unset",
+            )
+        signed = self.reviewers.identify(request.headers)
+        if signed is None:
+            return error_response(
+                401,
+                "send 'Authorization: Bearer <token>' with your reviewer token (from "
+                f"${self.reviewer_tokens_env}) or the admin token (${self.admin_token_env})",
+                "invalid_admin_token",
+                headers={"www-authenticate": 'Bearer, Basic realm="hitl review"'},
+            )
+        return signed
 
     async def get_reply(self, request: Request) -> Response:
         reply_id = request.path_params["reply_id"]
@@ -156,28 +216,26 @@ class ReviewAPI:
         return json_response(reply_view(exchange, escalation, feedback, votes))
 
     async def post_review(self, request: Request) -> Response:
-        if self.admin_token is None:
-            return error_response(
-                403,
-                f"the review API is off: set ${self.admin_token_env} (the admin token) "
-                "to decide reviews over HTTP",
-                "admin_token_unset",
-            )
-        if not matches_any(bearer(request.headers), (self.admin_token,)):
-            return error_response(
-                401,
-                "send 'Authorization: Bearer <admin token>' (the value of "
-                f"${self.admin_token_env})",
-                "invalid_admin_token",
-            )
+        signed = self.sign_in(request)
+        if isinstance(signed, Response):
+            return signed
         reply_id = request.path_params["reply_id"]
         verdict = await read_model(request, ReviewIn, MAX_REVIEW_BYTES)
         if isinstance(verdict, Response):
             return verdict
         if len(reply_id) > MAX_REPLY_ID or "\x00" in reply_id:
             raise UnknownReply(reply_id[:MAX_REPLY_ID])  # no reply has such an id
+        reviewer = verdict.reviewer if signed.admin else signed.name
+        if reviewer is None:
+            return error_response(
+                422,
+                "reviewer: required with the admin token (who decides; a reviewer's own "
+                "token names them)",
+                "invalid_field",
+                param="reviewer",
+            )
         outcome = await self.decisions.decide(
-            reply_id, verdict.decision, verdict.reviewer, verdict.reason, verdict.correction
+            reply_id, verdict.decision, reviewer, verdict.reason, verdict.correction
         )
         if not outcome.applied:
             return error_response(409, outcome.message, "already_decided")
@@ -195,3 +253,25 @@ class ReviewAPI:
                 },
             }
         )
+
+    async def explain(self, request: Request) -> Response:
+        signed = self.sign_in(request)
+        if isinstance(signed, Response):
+            return signed
+        reply_id = request.path_params["reply_id"]
+        if len(reply_id) > MAX_REPLY_ID or "\x00" in reply_id:
+            raise UnknownReply(reply_id[:MAX_REPLY_ID])
+        with store_errors("the store could not be read"):
+            exchange = await self.store.get_exchange(reply_id)
+        if exchange is None:
+            raise UnknownReply(reply_id)
+        x = model_input(exchange)
+        explanation = self.model.contributions(x)
+        if explanation is None:
+            return error_response(
+                409,
+                "the live model is not linear, so its score has no word-by-word "
+                "explanation; [learner] model = the default logistic regression has one",
+                "not_explainable",
+            )
+        return json_response(explanation_view(exchange, explanation))
