@@ -26,8 +26,9 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from feedback_store import escalations, exchanges, reviews
+from feedback_store import escalations, exchanges, queue, reviews
 from feedback_store.errors import OPEN, READ, WRITE, StoreError, describe
+from feedback_store.queue import QueuedItem
 from feedback_store.rows import (
     EscalationRow,
     EventRow,
@@ -380,6 +381,10 @@ class Store:
     async def next_escalation_due(self) -> float | None:
         """When the outbox next has work (a time, maybe past), or None when it is empty."""
         return await self.read(escalations.next_due)
+
+    async def open_reviews(self, limit: int = 200) -> list[QueuedItem]:
+        """Undecided review items, held first, then oldest first (``queue.py``)."""
+        return await self.read(lambda conn: queue.open_items(conn, limit))
 
     async def review_counts(self) -> ReviewCounts:
         """Escalations per state."""

@@ -32,6 +32,7 @@ from middleware.http.feedback import FeedbackEndpoint
 from middleware.http.passthrough import Passthrough
 from middleware.http.reports import ReportEndpoints, chat_page_routes, report_routes
 from middleware.http.responses import RETRY_AFTER_S, error_response, json_response
+from middleware.http.review_page import ReviewPage
 from middleware.http.reviewers import Reviewers, parse_tokens
 from middleware.http.reviews import ReviewAPI
 from middleware.settings import Settings
@@ -90,14 +91,24 @@ def routes(parts: Parts) -> list[BaseRoute]:
         max_body_bytes=settings.server.max_feedback_bytes,
         limit=parts.feedback_limit,
     )
+    reviewers = Reviewers(
+        parse_tokens(secrets.reviewer_tokens, variable=settings.review.reviewer_tokens_env),
+        secrets.admin_token,
+    )
+    review_page = ReviewPage(
+        store=store,
+        decisions=parts.decisions,
+        reviewers=reviewers,
+        model=parts.brain,
+        threshold=settings.policy.escalate_below,
+        votes_required=settings.review.votes_required,
+        tokens_env=settings.review.reviewer_tokens_env,
+    )
     reviews = ReviewAPI(
         store=store,
         signer=parts.signer,
         decisions=parts.decisions,
-        reviewers=Reviewers(
-            parse_tokens(secrets.reviewer_tokens, variable=settings.review.reviewer_tokens_env),
-            secrets.admin_token,
-        ),
+        reviewers=reviewers,
         admin_token_env=settings.report.admin_token_env,
         reviewer_tokens_env=settings.review.reviewer_tokens_env,
         model=parts.brain,
@@ -142,6 +153,8 @@ def routes(parts: Parts) -> list[BaseRoute]:
         Route("/v1/replies/{reply_id}", reviews.get_reply, methods=["GET"]),
         Route("/v1/replies/{reply_id}/explanation", reviews.explain, methods=["GET"]),
         Route("/v1/reviews/{reply_id}", reviews.post_review, methods=["POST"]),
+        Route("/review", review_page.get, methods=["GET"]),
+        Route("/review/{reply_id}", review_page.post, methods=["POST"]),
     ]
     if parts.review.events is not None:
         events = ChannelEventsEndpoint(events=parts.review.events)

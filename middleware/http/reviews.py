@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,6 +24,7 @@ from middleware.http.bodies import Text, read_model
 from middleware.http.responses import error_response, json_response
 from middleware.http.reviewers import Reviewers, Signed
 from middleware.learning.explain import Explanation
+from middleware.review.items import model_input
 from middleware.scoring.tokens import TokenSigner
 from middleware.vocabulary import Reason, Verdict
 
@@ -145,16 +145,6 @@ def explanation_view(exchange: ExchangeRow, explanation: Explanation) -> dict[st
         "features": [{"name": n, "contribution": round(c, 6)} for n, c in explanation.features],
         "words": [{"word": w, "contribution": round(c, 6)} for w, c in explanation.words],
     }
-
-
-def model_input(exchange: ExchangeRow) -> dict[str, Any]:
-    """The features a reply was scored with, its texts put back (as the learner does)."""
-    x = orjson.loads(exchange.features_json or "{}")
-    if not isinstance(x, dict):
-        x = {}
-    x.setdefault("reply", exchange.reply_text)
-    x.setdefault("question", exchange.question)
-    return x
 
 
 class ReviewAPI:

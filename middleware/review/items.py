@@ -67,6 +67,16 @@ def build_item(
     )
 
 
+def model_input(exchange: ExchangeRow) -> dict[str, Any]:
+    """The features a reply was scored with, its texts put back (as the learner does)."""
+    x = _loads(exchange.features_json, {})
+    if not isinstance(x, dict):
+        x = {}
+    x.setdefault("reply", exchange.reply_text)
+    x.setdefault("question", exchange.question)
+    return x
+
+
 def votes_of(rows: Sequence[ReviewVoteRow]) -> tuple[ReviewVote, ...]:
     return tuple(ReviewVote(r.reviewer, r.verdict, r.reason, r.created_at) for r in rows)
 

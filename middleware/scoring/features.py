@@ -21,6 +21,7 @@ __all__ = [
     "ExchangeView",
     "features",
     "without_text",
+    "word_spans",
     "words",
 ]
 
@@ -126,6 +127,15 @@ _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
 # A user's rate is shrunk toward a neutral 0.5 by this many pseudo-votes, so one early
 # thumb does not read as a verdict on the user.
 _RATE_PSEUDO_VOTES = 2.0
+
+
+def word_spans(text: str) -> list[tuple[int, int]] | None:
+    """Where each of ``words(text)`` lies in ``text`` itself (None when lower-casing
+    changes the text's length, so positions would not line up)."""
+    folded = text.translate(_APOSTROPHES).lower()
+    if len(folded) != len(text):
+        return None
+    return [m.span() for m in _WORD_RE.finditer(folded)]
 
 
 def words(text: str) -> list[str]:
