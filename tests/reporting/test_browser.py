@@ -10,10 +10,7 @@ from __future__ import annotations
 import contextlib
 import html
 import json
-import os
-import shutil
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,40 +25,7 @@ from tests.support.servers import ServerThread
 pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ADMIN = "browser-admin-token"
-
-
-def chromium() -> str:
-    for candidate in (
-        os.environ.get("HITL_CHROMIUM"),
-        "/usr/bin/chromium",
-        shutil.which("chromium"),
-        shutil.which("chromium-browser"),
-    ):
-        if candidate and Path(candidate).exists():
-            return candidate
-    pytest.skip("no Chromium binary: install Debian's chromium package (or set HITL_CHROMIUM)")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    executable = chromium()
-    playwright = pytest.importorskip("playwright.async_api", reason="pip install playwright")
-    async with playwright.async_playwright() as driver:
-        launched = await driver.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 def serve(tmp_path: Path, **sections: dict[str, Any]) -> ServerThread:

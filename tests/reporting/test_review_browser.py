@@ -17,10 +17,11 @@ import pytest
 from adapters.upstream.local import LocalUpstream
 from middleware.app import create_app
 from tests.conftest import gateway_settings
-from tests.reporting.test_browser import ARTIFACTS, browser, chromium  # noqa: F401
 from tests.support.servers import ServerThread
 
 pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 ANN = "ann-personal-token-0123456789"
 BOB = "bob-personal-token-9876543210"
@@ -38,13 +39,23 @@ def serve(tmp_path: Path) -> ServerThread:
     return ServerThread(create_app(settings, environ=ENV, upstream=LocalUpstream()))
 
 
-def chat(gw: ServerThread, question: str) -> dict[str, Any]:
-    r = httpx.post(
-        gw.url + "/v1/chat/completions",
-        json={"model": "local", "messages": [{"role": "user", "content": question}]},
-    )
+async def chat(gw: ServerThread, question: str) -> dict[str, Any]:
+    async with httpx.AsyncClient() as client:
+        r = await client.post(
+            gw.url + "/v1/chat/completions",
+            json={"model": "local", "messages": [{"role": "user", "content": question}]},
+        )
     assert r.status_code == 200, r.text
     return dict(r.json()["hitl"])
+
+
+async def vote(gw: ServerThread, hitl: dict[str, Any], rating: str) -> None:
+    async with httpx.AsyncClient() as client:
+        r = await client.post(
+            gw.url + "/v1/feedback",
+            json={"reply_id": hitl["reply_id"], "token": hitl["feedback_token"], "rating": rating},
+        )
+    assert r.status_code == 201, r.text
 
 
 def stored(tmp_path: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -71,15 +82,11 @@ async def test_a_reviewer_clears_the_queue_by_keyboard(browser: Any, tmp_path: P
     with serve(tmp_path) as gw:
         # Every reply is escalated while the model knows nothing (prior 0.1); then votes
         # on some teach the model a little, so the reply's words carry weight.
-        taught = [chat(gw, f"How do I send a thumbs down? ({i})") for i in range(6)]
-        first = chat(gw, "How do I approve a held reply?")
-        chat(gw, MARKUP)
+        taught = [await chat(gw, f"How do I send a thumbs down? ({i})") for i in range(6)]
+        first = await chat(gw, "How do I approve a held reply?")
+        await chat(gw, MARKUP)
         for i, hitl in enumerate(taught):
-            httpx.post(
-                gw.url + "/v1/feedback",
-                json={"reply_id": hitl["reply_id"], "token": hitl["feedback_token"],
-                      "rating": "down" if i % 2 else "up"},
-            ).raise_for_status()  # fmt: skip
+            await vote(gw, hitl, "down" if i % 2 else "up")
         waiting = stored(
             tmp_path, "SELECT count(*) FROM escalation WHERE state IN ('pending', 'posted')"
         )[0][0]
@@ -134,7 +141,7 @@ async def test_a_second_reviewer_is_told_who_decided_first(browser: Any, tmp_pat
     from playwright.async_api import expect
 
     with serve(tmp_path) as gw:
-        chat(gw, "How do I approve a held reply?")
+        await chat(gw, "How do I approve a held reply?")
         ann, _ = await signed_in(browser, gw, "ann", ANN)
         bob, _ = await signed_in(browser, gw, "bob", BOB)
         reply_id = await ann.locator("article.item.current").get_attribute("data-reply")
@@ -152,7 +159,8 @@ async def test_a_second_reviewer_is_told_who_decided_first(browser: Any, tmp_pat
 async def test_the_page_refuses_bad_and_missing_tokens(browser: Any, tmp_path: Path) -> None:
     with serve(tmp_path) as gw:
         for headers in ({}, {"authorization": "Basic " + "bm9ib2R5Ondyb25n"}):
-            r = httpx.get(gw.url + "/review", headers=headers)
+            async with httpx.AsyncClient() as client:
+                r = await client.get(gw.url + "/review", headers=headers)
             assert r.status_code == 401
             assert r.headers["www-authenticate"].startswith("Basic")
         page, _ = await signed_in(browser, gw, "ann", "wrong-token-0000000000")
