@@ -31,6 +31,7 @@ from feedback_store.tables import (
     KeyValue,
     Label,
     ModelSnapshot,
+    QuotaHit,
     ReviewVote,
 )
 
@@ -49,6 +50,7 @@ __all__ = [
     "ModelSnapshot",
     "NewEscalation",
     "NewExchange",
+    "QuotaHit",
     "ReviewCounts",
     "ReviewResult",
     "ReviewVote",

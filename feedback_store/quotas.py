@@ -2,11 +2,14 @@
 each client's votes, when several gateways share one database and no Redis.
 
 One row per counted use (``quota_hit``: the limit's name, the key it counts for, and
-when the use leaves the window). ``take`` runs in a short transaction of its own, never
-in the writer's group commit, under a transaction-scoped advisory lock on (name, key):
-takers of one key count one at a time, in whichever process, and each counts after
-the one before it committed, so none is granted beyond the limit. One lock per
-transaction can wait for no other, so takers never deadlock; ``prune`` deletes expired
+when the use leaves the window). ``take`` runs under a transaction-scoped advisory lock
+on (name, key): takers of one key count one at a time, in whichever process, and each
+counts after the one before it committed, so none is granted beyond the limit.
+
+Each function commits a short transaction of its own, on a connection ``Store.read``
+lends it, never inside the writer's group commit: there a key's lock would be held for a
+whole batch, and two batches taking two keys in opposite orders would deadlock. One lock
+per transaction waits for no other, so takers never deadlock; ``prune`` deletes expired
 rows with ``SKIP LOCKED``, so it waits for no one either.
 
 The counters are short-lived, so their commits skip the wait for the disk

@@ -7,18 +7,42 @@ or from the command line, never on the request path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from feedback_store.errors import SchemaError
-from feedback_store.urls import redact_url, sync_url
+from feedback_store.urls import is_sqlite, redact_url, sync_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+#: the advisory lock that lets one process at a time migrate a PostgreSQL database
+MIGRATION_LOCK = 0x6869746C_6D696772  # "hitlmigr"
+
+
+@contextlib.contextmanager
+def migrating(url: str) -> Iterator[None]:
+    """One migrator at a time: processes of a fleet starting together on an empty
+    PostgreSQL database would otherwise run the same DDL at once and block each other.
+    (SQLite's write lock already serialises them.)"""
+    if is_sqlite(url):
+        yield
+        return
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+    finally:
+        engine.dispose()
 
 
 def alembic_config(url: str) -> Config:
@@ -55,14 +79,22 @@ def _has_tables(url: str) -> bool:
 
 def upgrade(url: str) -> str:
     """Bring the database to the newest revision; returns it."""
-    command.upgrade(alembic_config(url), "head")
+    with migrating(url):
+        command.upgrade(alembic_config(url), "head")
     return head_revision()
 
 
 def ensure_schema(url: str, *, config_hint: str = "config.toml") -> None:
     """Create the schema on an empty database; refuse one at an older revision."""
     head = head_revision()
-    current = current_revision(url)
+    if current_revision(url) == head:
+        return
+    with migrating(url):
+        # Another process may have migrated while we waited for the lock.
+        _create_or_refuse(url, head, current_revision(url), config_hint)
+
+
+def _create_or_refuse(url: str, head: str, current: str | None, config_hint: str) -> None:
     if current == head:
         return
     if current is None:
@@ -71,7 +103,7 @@ def ensure_schema(url: str, *, config_hint: str = "config.toml") -> None:
                 f"the database at {redact_url(url)} has tables but no schema revision; "
                 "point [store] url at an empty database or one made by hitl"
             )
-        upgrade(url)
+        command.upgrade(alembic_config(url), "head")
         return
     raise SchemaError(
         f"the database is at schema revision {current}, this version needs {head}: "

@@ -114,6 +114,38 @@ def postgres_run_url() -> Iterator[str]:
         yield url
 
 
+REDIS_ENV = "HITL_TEST_REDIS_URL"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The Redis the shared-counter tests use: ``$HITL_TEST_REDIS_URL``, else the one on
+    127.0.0.1:6379; skipped, saying why, when it does not answer."""
+    import redis
+
+    url = os.environ.get(REDIS_ENV) or "redis://127.0.0.1:6379/0"
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=2) as client:
+            client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis answers at {url} ({exc}); start one or set ${REDIS_ENV}")
+    return url
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own (runs sharing one Redis never meet); its keys are
+    deleted afterwards."""
+    import redis
+
+    prefix = f"hitl-test-{secrets.token_hex(6)}"
+    yield prefix
+    with redis.Redis.from_url(redis_url) as client:
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+
+
 @pytest.fixture(scope="module")
 def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory for ``module_gateway``'s SQLite file (``module_tmp / "hitl.db"``)."""

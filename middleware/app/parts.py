@@ -213,7 +213,7 @@ def build_parts(
         config_hint=settings.source if settings.source != "built-in defaults" else "config.toml",
     )
     upstream = upstream or build_upstream(settings)
-    quotas = quotas or build_quotas(settings, store)
+    quotas = build_quotas(settings, store) if quotas is None else quotas
     caps = FleetCaps(
         quotas,
         reviews_per_hour=policy.max_reviews_per_hour,

@@ -11,9 +11,10 @@ each client's votes per minute, held whichever process answers.
 | ``StoreQuotas`` | PostgreSQL, table ``quota_hit`` | the store is PostgreSQL, no Redis |
 | ``RedisQuotas`` | Redis, limits' moving window | ``[store] redis_url`` is set |
 
-A remote backend sits behind ``Guarded`` (a bounded wait; an outage logged once). What
-a failure means is the caller's: ``FleetCaps`` refuses (fewer reviews and asks, never
-more); the feedback rate limit lets the vote through (``http/ratelimit.py``).
+A remote backend sits behind ``Guarded``: a bounded wait, an outage logged once, and a
+refused key answered in the process until its wait has passed. What a failure means is
+the caller's: ``FleetCaps`` refuses (fewer reviews and asks, never more); the feedback
+rate limit lets the vote through (``http/ratelimit.py``).
 """
 
 from middleware.quotas.caps import FleetCaps

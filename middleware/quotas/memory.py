@@ -39,7 +39,8 @@ class MemoryQuotas:
         self._uses = {k: uses for k, uses in self._uses.items() if uses and uses[-1] > now}
         self._sweep_at = max(1024, 2 * len(self._uses))
 
-    def __len__(self) -> int:
+    @property
+    def keys(self) -> int:
         """How many keys are remembered (live, or not swept yet)."""
         return len(self._uses)
 

@@ -29,10 +29,18 @@ class RedisQuotas:
     URL). The pool is ours: building opens nothing, ``aclose`` closes its connections.
     """
 
-    def __init__(self, url: str, *, prefix: str = "hitl", timeout_s: float = 0.5) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "hitl", timeout_s: float = 1.0, max_connections: int = 32
+    ) -> None:
         self.where = f"Redis at {hide_password(url)}"
-        self.pool: aioredis.ConnectionPool = aioredis.ConnectionPool.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        # Bounded: beyond ``max_connections`` takes at once, a take waits for a connection
+        # (at most ``timeout_s``) rather than opening more.
+        self.pool: aioredis.ConnectionPool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
         )
         storage = RedisStorage(
             limits_uri(url),

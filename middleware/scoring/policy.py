@@ -217,6 +217,8 @@ class ReviewBudget:
         it counts as a decision that escalated nothing."""
         with contextlib.suppress(ValueError):
             self._hour.remove(now)
+        # The newest escalation stands for it (others may have been decided since, while
+        # the claim was out): the share counts escalations, not which one.
         for i in range(len(self._decisions) - 1, -1, -1):
             if self._decisions[i]:
                 self._decisions[i] = False

@@ -685,7 +685,7 @@ async def test_announcements_are_claimed_once(store: Store) -> None:
     assert [e.announced_at for e in await store.events("drift")] == [30.0]
 
 
-# -- schema revision 0002 ---------------------------------------------------------------
+# -- schema revisions 0002 and 0003 ------------------------------------------------------
 
 
 def _schema_drift(url: str) -> list[Any]:
@@ -705,7 +705,7 @@ def _schema_drift(url: str) -> list[Any]:
 async def test_the_migrations_make_exactly_the_tables(fresh_url: str) -> None:
     from feedback_store import upgrade
 
-    assert await asyncio.to_thread(upgrade, fresh_url) == head_revision() == "0002"
+    assert await asyncio.to_thread(upgrade, fresh_url) == head_revision() == "0003"
     assert await asyncio.to_thread(_schema_drift, fresh_url) == []
 
 
@@ -761,7 +761,7 @@ async def test_upgrading_a_0001_database_keeps_its_rows(fresh_url: str) -> None:
     refused = Store(fresh_url, config_hint="test.toml")
     with pytest.raises(SchemaError):
         await refused.start()
-    assert await asyncio.to_thread(upgrade, fresh_url) == "0002"
+    assert await asyncio.to_thread(upgrade, fresh_url) == "0003"
     assert await asyncio.to_thread(_schema_drift, fresh_url) == []
     store = Store(fresh_url)
     await store.start()
@@ -797,3 +797,17 @@ async def test_upgrading_a_0001_database_keeps_its_rows(fresh_url: str) -> None:
         assert row is not None and row.released == "correction"
     finally:
         await store.close()
+
+
+def test_processes_starting_together_on_an_empty_postgres_migrate_once(postgres_url: str) -> None:
+    """A fleet's processes start at once on a new database: one migrates, the others
+    wait for it and find the schema current."""
+    import concurrent.futures
+
+    from feedback_store import current_revision, ensure_schema, head_revision
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        runs = [pool.submit(ensure_schema, postgres_url) for _ in range(4)]
+        for run in runs:
+            run.result(timeout=60)
+    assert current_revision(postgres_url) == head_revision()
