@@ -158,3 +158,53 @@ async def test_a_serving_only_learner_never_learns(two_stores: tuple[Store, Stor
     assert server.brain.labels == 10
     assert server.follower.snapshot_id is not None
     await server.close()
+
+
+async def test_a_label_committed_after_a_later_one_is_still_learned(
+    two_stores: tuple[Store, Store], postgres_url: str
+) -> None:
+    """Two writers: label n is inserted first but commits after label n+1. The learner
+    waits at the gap instead of passing n by; a gap that stays open (a rolled-back vote)
+    is passed once it is older than the grace period."""
+    import time
+
+    from sqlalchemy import create_engine
+
+    first, _ = two_stores
+    await _label(first, range(3))  # the exchanges e0..e2, and labels 1..3
+    clock = [time.time()]
+    learner = Learner(first, Brain(), clock=lambda: clock[0], gap_grace_s=10.0)
+    assert await learner.step() == 3
+
+    insert = text(
+        "INSERT INTO label (reply_id, source, value, weight, created_at) "
+        "VALUES (:r, 'reviewer', 1, 3.0, :at) RETURNING id"
+    )
+    engine = create_engine(postgres_url)
+    try:
+        slow, fast = engine.connect(), engine.connect()
+        slow_tx = slow.begin()
+        slow_id = slow.execute(insert, {"r": "e0", "at": clock[0]}).scalar()
+        with fast.begin():
+            fast_id = fast.execute(insert, {"r": "e1", "at": clock[0]}).scalar()
+        assert (slow_id, fast_id) == (4, 5)
+        assert await learner.step() == 0  # 5 is visible, 4 is not yet: wait
+        assert learner.brain.last_label_id == 3
+        slow_tx.commit()
+        assert await learner.step() == 2
+        assert learner.brain.last_label_id == 5 and learner.brain.labels == 5
+
+        # A vote that rolls back leaves id 6 unused for good.
+        rolled = slow.begin()
+        assert slow.execute(insert, {"r": "e2", "at": clock[0]}).scalar() == 6
+        with fast.begin():
+            assert fast.execute(insert, {"r": "e2", "at": clock[0]}).scalar() == 7
+        rolled.rollback()
+        assert await learner.step() == 0  # could still be committing
+        clock[0] += 11.0
+        assert await learner.step() == 1  # no: it is gone; go on past it
+        assert learner.brain.last_label_id == 7 and learner.brain.labels == 6
+        slow.close()
+        fast.close()
+    finally:
+        engine.dispose()
