@@ -180,12 +180,19 @@ class PolicySettings(_Section):
 
 class SlackSettings(_Section):
     enabled: bool = False
+    #: how clicks reach the gateway: Slack POSTs them to ``/slack/events`` (``http``, needs
+    #: a public URL), or the gateway dials out to Slack over a WebSocket (``socket``)
+    mode: Literal["http", "socket"] = "http"
     channel: str = ""
     api_url: str = "https://slack.com/api/"
     bot_token_env: str = "SLACK_BOT_TOKEN"
+    #: HTTP mode only: the app's signing secret
     signing_secret_env: str = "SLACK_SIGNING_SECRET"
+    #: Socket Mode only: the app-level token (``xapp-...``, scope ``connections:write``)
+    app_token_env: str = "SLACK_APP_TOKEN"
     reviewers: list[str] = []
-    #: the outbox's first retry delay and its cap (doubling, jittered, in between)
+    #: the outbox's first retry delay and its cap (doubling, jittered, in between); also
+    #: Socket Mode's, until its first connection (then the SDK reconnects by itself)
     retry_base_s: float = Field(1.0, gt=0)
     retry_max_s: float = Field(300.0, gt=0)
 
@@ -267,6 +274,7 @@ class Secrets:
         self.reviewer_tokens = get(settings.review.reviewer_tokens_env)
         self.slack_bot_token = get(settings.slack.bot_token_env)
         self.slack_signing_secret = get(settings.slack.signing_secret_env)
+        self.slack_app_token = get(settings.slack.app_token_env)
 
     def __repr__(self) -> str:
         return "Secrets(<hidden>)"

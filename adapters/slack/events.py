@@ -6,6 +6,7 @@ timestamp): a missing, malformed or stale (over 5 minutes) timestamp or signatur
 400 (``requests``: bolt parses before it verifies). A verdict is committed *before* the
 ack; the card is redrawn by the outbox after it, and private answers ("already
 decided", refusals) are sent after the ack, so nothing slow holds Slack's 3 seconds.
+The same bolt app (``build_bolt_app``) takes Socket Mode's envelopes (``socket_mode``).
 """
 
 from __future__ import annotations
@@ -303,15 +304,17 @@ class _Decisions:
                 await self._tell(body, user, self._counted(outcome))
 
 
-def build_slack_events(
+def build_bolt_app(
     *,
     client: AsyncWebClient,
-    signing_secret: str,
+    signing_secret: str | None,
     desk: ReviewDesk,
     channel: SlackReviewChannel,
     reviewers: ReviewerCheck,
-) -> SlackEvents:
-    """The bolt app and its endpoint; built by the composition root, never at import."""
+) -> AsyncApp:
+    """The bolt app and its listeners, for either transport: ``/slack/events`` (bolt
+    checks the signature again) or Socket Mode (``signing_secret=None``: nothing is
+    signed on a socket the gateway opened itself). Built by the composition root."""
 
     async def authorize(
         enterprise_id: str | None, team_id: str | None, user_id: str | None
@@ -330,9 +333,10 @@ def build_slack_events(
     bolt = AsyncApp(
         name="hitl-gateway",
         client=client,
-        signing_secret=signing_secret,
+        # Never None: bolt would read $SLACK_SIGNING_SECRET itself.
+        signing_secret=signing_secret or "",
         authorize=authorize,
-        request_verification_enabled=True,
+        request_verification_enabled=signing_secret is not None,
         logger=_bolt_logger(),
     )
     decisions = _Decisions(desk=desk, channel=channel, reviewers=reviewers)
@@ -340,4 +344,23 @@ def build_slack_events(
     bolt.action(REJECT)(decisions.reject)
     bolt.action(CORRECT)(decisions.correct)
     bolt.view(CORRECTION_VIEW)(decisions.submit_correction)
+    return bolt
+
+
+def build_slack_events(
+    *,
+    client: AsyncWebClient,
+    signing_secret: str,
+    desk: ReviewDesk,
+    channel: SlackReviewChannel,
+    reviewers: ReviewerCheck,
+) -> SlackEvents:
+    """``POST /slack/events`` (HTTP mode): the bolt app behind the signature checks."""
+    bolt = build_bolt_app(
+        client=client,
+        signing_secret=signing_secret,
+        desk=desk,
+        channel=channel,
+        reviewers=reviewers,
+    )
     return SlackEvents(handler=AsyncSlackRequestHandler(bolt), signing_secret=signing_secret)

@@ -1,5 +1,7 @@
 """The reviewer channel, part of the composition root: Slack when ``[slack] enabled``
-and its secrets are set, else the log (the review API still takes decisions).
+and its secrets are set, else the log (the review API still takes decisions). Slack's
+clicks arrive at ``/slack/events`` (``[slack] mode = "http"``) or over a Socket Mode
+connection the gateway opens itself (``"socket"``, no public URL needed).
 
 Only here, and only when Slack is on, does the gateway import slack-bolt.
 """
@@ -21,6 +23,7 @@ from middleware.settings import Secrets, Settings
 
 if TYPE_CHECKING:
     from adapters.slack.channel import ReviewerCheck, SlackReviewChannel
+    from adapters.slack.socket_mode import SlackSocket
 
 log = logging.getLogger("hitl.review")
 
@@ -32,15 +35,39 @@ class ReviewSide:
     #: Slack's channel and reviewer check (None: cards go to the log)
     slack: SlackReviewChannel | None = None
     reviewers: ReviewerCheck | None = None
-    signing_secret: str = ""
-    #: ``/slack/events``, once a desk takes the decisions
+    signing_secret: str = field(default="", repr=False)
+    app_token: str = field(default="", repr=False)
+    #: ``/slack/events`` (HTTP mode), once a desk takes the decisions
     events: ChannelEvents | None = None
+    #: the Socket Mode connection (socket mode), once a desk takes the decisions
+    socket: SlackSocket | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def with_desk(self, desk: ReviewDesk) -> ReviewSide:
-        """The same side, with the events endpoint that sends decisions to ``desk``."""
+        """The same side, with the events endpoint (or the socket) that sends decisions
+        to ``desk``."""
         if self.slack is None or self.reviewers is None:
             return self
+        if self.settings.slack.mode == "socket":
+            from adapters.slack.events import build_bolt_app
+            from adapters.slack.socket_mode import SlackSocket
+
+            bolt = build_bolt_app(
+                client=self.slack.client,
+                signing_secret=None,
+                desk=desk,
+                channel=self.slack,
+                reviewers=self.reviewers,
+            )
+            slack = self.settings.slack
+            socket = SlackSocket(
+                app=bolt,
+                app_token=self.app_token,
+                token_env=slack.app_token_env,
+                retry_base_s=slack.retry_base_s,
+                retry_max_s=slack.retry_max_s,
+            )
+            return replace(self, socket=socket)
         from adapters.slack.events import build_slack_events
 
         events = build_slack_events(
@@ -57,10 +84,14 @@ class ReviewSide:
             outbox.start()
             return
         await self.slack.open()
+        if self.socket is not None:
+            await self.socket.start()  # connects in the background
         # In the background: a slow Slack must not hold up start-up.
         self._tasks.append(asyncio.create_task(self._begin(outbox), name="hitl-slack-start"))
 
     async def stop(self, outbox: Outbox) -> None:
+        if self.socket is not None:
+            await self.socket.stop()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -136,24 +167,43 @@ def build_channel(
         slack=channel,
         reviewers=ReviewerCheck(reviewers=slack.reviewers, channel=channel),
         signing_secret=secrets.slack_signing_secret or "",
+        app_token=secrets.slack_app_token or "",
     )
 
 
+#: what a wrong kind of token in the app token's variable is (its prefix, never the token)
+_OTHER_TOKENS = {"xoxb-": "a bot token", "xoxp-": "a user token", "xoxe": "a refresh token"}
+
+
 def _slack_secrets_ok(settings: Settings, secrets: Secrets) -> bool:
+    slack = settings.slack
+    socket = slack.mode == "socket"
+    app_token = secrets.slack_app_token
+    if socket and app_token and not app_token.startswith("xapp-"):
+        kind = next((k for p, k in _OTHER_TOKENS.items() if app_token.startswith(p)), None)
+        raise ConfigError(
+            f'[slack] mode = "socket" needs an app-level token (xapp-...) in '
+            f"${slack.app_token_env}, but it holds {kind or 'something else'}: make one "
+            "under the Slack app's Basic Information -> App-Level Tokens, with the "
+            "connections:write scope"
+        )
+    second = (
+        (slack.app_token_env, app_token)
+        if socket
+        else (slack.signing_secret_env, secrets.slack_signing_secret)
+    )
     missing = [
         f"${name}"
-        for name, value in (
-            (settings.slack.bot_token_env, secrets.slack_bot_token),
-            (settings.slack.signing_secret_env, secrets.slack_signing_secret),
-        )
+        for name, value in ((slack.bot_token_env, secrets.slack_bot_token), second)
         if not value
     ]
     if missing:
         log.error(
-            "[slack] enabled = true but %s %s empty: review cards go to the log and "
-            "/slack/events is off until %s set",
+            "[slack] enabled = true but %s %s empty: review cards go to the log and %s "
+            "until %s set",
             " and ".join(missing),
             "is" if len(missing) == 1 else "are",
+            "no Socket Mode connection is made" if socket else "/slack/events is off",
             "it is" if len(missing) == 1 else "they are",
         )
         return False

@@ -28,7 +28,13 @@ def free_port() -> int:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without the gateway's variables (and secrets), plus ``extra``."""
-    dropped = ("OPENAI_API_KEY", "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "FORWARDED_ALLOW_IPS")
+    dropped = (
+        "OPENAI_API_KEY",
+        "SLACK_BOT_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "SLACK_APP_TOKEN",
+        "FORWARDED_ALLOW_IPS",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HITL_") and k not in dropped}
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)

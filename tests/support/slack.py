@@ -105,6 +105,17 @@ def send(gw: ServerThread, payload: dict[str, Any], **sign: Any) -> httpx.Respon
     return httpx.post(gw.url + "/slack/events", content=body, headers=signed(body, **sign))
 
 
+def click_payload(
+    card: dict[str, Any], action_id: str, uid: str = "UREVIEWER1", reason: str | None = None
+) -> dict[str, Any]:
+    """The block_actions payload of a click on ``card``'s button (or reason menu)."""
+    action = elements(card)[action_id]
+    if reason is not None:
+        option = next(o for o in action["options"] if o["value"].endswith("|" + reason))
+        action = {**action, "selected_option": option}
+    return action_payload(card, action, uid)
+
+
 def click(
     gw: ServerThread,
     card: dict[str, Any],
@@ -112,17 +123,18 @@ def click(
     uid: str = "UREVIEWER1",
     reason: str | None = None,
 ) -> httpx.Response:
-    action = elements(card)[action_id]
-    if reason is not None:
-        option = next(o for o in action["options"] if o["value"].endswith("|" + reason))
-        action = {**action, "selected_option": option}
-    return send(gw, action_payload(card, action, uid))
+    return send(gw, click_payload(card, action_id, uid, reason))
 
 
 def submit_correction(
     gw: ServerThread, view: dict[str, Any], text: str, uid: str = "UREVIEWER1"
 ) -> httpx.Response:
-    payload = {
+    return send(gw, correction_payload(view, text, uid))
+
+
+def correction_payload(view: dict[str, Any], text: str, uid: str = "UREVIEWER1") -> dict[str, Any]:
+    """The view_submission payload of the correction form ``view`` holding ``text``."""
+    return {
         "type": "view_submission",
         "team": {"id": "TSTANDIN", "domain": "standin"},
         "user": user(uid),
@@ -137,7 +149,6 @@ def submit_correction(
             },
         },
     }
-    return send(gw, payload)
 
 
 def ephemerals_to(standin: SlackStandin, uid: str, count: int = 1) -> list[str]:

@@ -2,7 +2,9 @@
 
 Methods: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.delete``,
 ``chat.postEphemeral``, ``views.open``, ``conversations.members``,
-``conversations.history``. It checks the bot token (``invalid_auth``), the channel
+``conversations.history``, and ``apps.connections.open`` (with the app-level token; the
+URL comes from ``connections``, e.g. ``tests.support.socket_standin``). It checks the
+bot token (``invalid_auth``), the channel
 (``channel_not_found``) and that an updated or deleted message exists
 (``message_not_found``), like Slack. Message ts are Slack-like ("1712345678.000123", the
 time of posting). ``conversations.history`` answers newest first between ``oldest`` and
@@ -26,6 +28,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,6 +41,7 @@ from starlette.types import Receive, Scope, Send
 from tests.support.servers import ServerThread
 
 TOKEN = "xoxb-standin-token"
+APP_TOKEN = "xapp-1-ASTANDIN-standin-app-token"
 CHANNEL = "CREVIEW01"
 BOT_USER = "UHITLBOT"
 BOT_ID = "BSTANDIN"
@@ -87,6 +91,9 @@ class _Dropped(Response):
 @dataclass
 class SlackStandin:
     token: str = TOKEN
+    #: the app-level token ``apps.connections.open`` takes, and what issues its URLs
+    app_token: str = APP_TOKEN
+    connections: Callable[[], str] | None = None
     channels: set[str] = field(default_factory=lambda: {CHANNEL})
     members: list[str] = field(default_factory=lambda: ["UREVIEWER1", "UREVIEWER2", BOT_USER])
     calls: list[Call] = field(default_factory=list)
@@ -232,6 +239,8 @@ class SlackStandin:
             )
             return scripted.status, {"ok": False, "error": error}, headers, None
         lose = scripted.lose if scripted is not None else None
+        if method == "apps.connections.open":
+            return 200, self._apps_connections_open(token), {}, lose
         if token != self.token:
             return 200, {"ok": False, "error": "invalid_auth"}, {}, lose
         handler = getattr(self, "_" + method.replace(".", "_"), None)
@@ -239,6 +248,15 @@ class SlackStandin:
             return 200, {"ok": False, "error": "unknown_method"}, {}, lose
         answer: dict[str, Any] = handler(args)
         return 200, answer, {}, lose
+
+    def _apps_connections_open(self, token: str | None) -> dict[str, Any]:
+        if not token:
+            return {"ok": False, "error": "not_authed"}
+        if not token.startswith("xapp-"):
+            return {"ok": False, "error": "not_allowed_token_type"}
+        if token != self.app_token or self.connections is None:
+            return {"ok": False, "error": "invalid_auth"}
+        return {"ok": True, "url": self.connections()}
 
     def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {
