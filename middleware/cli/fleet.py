@@ -125,6 +125,9 @@ def serve_fleet(
         **options,
     )
     sock = config.bind_socket()
+    # Listening now, not when the first worker is up: a client that comes early waits in
+    # the backlog for a worker instead of being refused.
+    sock.listen(config.backlog)
     keeper = LearnerKeeper(spec) if learner else None
     log.info(
         "serving on http://%s:%d with %d workers%s",

@@ -227,6 +227,10 @@ api_url = "{slack.url}"
         with processes() as procs, httpx.Client(timeout=10) as client:
             fleet = Proc(tmp_path, "fleet", "serve", "--workers", "2", env=env)
             procs.append(fleet)
+            # Once the port is announced, a client waits for a worker, never refused.
+            fleet.wait_output("serving on http")
+            early = httpx.get(fleet.url + "/healthz", timeout=60)
+            assert early.status_code == 200, early.text
             fleet.wait_up()
             fleet.wait_output("learner started: leading")
 
