@@ -94,6 +94,8 @@ def routes(parts: Parts) -> list[BaseRoute]:
     reviewers = Reviewers(
         parse_tokens(secrets.reviewer_tokens, variable=settings.review.reviewer_tokens_env),
         secrets.admin_token,
+        tokens_env=settings.review.reviewer_tokens_env,
+        admin_env=settings.report.admin_token_env,
     )
     review_page = ReviewPage(
         store=store,
@@ -102,15 +104,12 @@ def routes(parts: Parts) -> list[BaseRoute]:
         model=parts.brain,
         threshold=settings.policy.escalate_below,
         votes_required=settings.review.votes_required,
-        tokens_env=settings.review.reviewer_tokens_env,
     )
     reviews = ReviewAPI(
         store=store,
         signer=parts.signer,
         decisions=parts.decisions,
         reviewers=reviewers,
-        admin_token_env=settings.report.admin_token_env,
-        reviewer_tokens_env=settings.review.reviewer_tokens_env,
         model=parts.brain,
     )
     reports = ReportEndpoints(

@@ -101,29 +101,14 @@ class LearnerKeeper:
             process.join()
 
 
-def serve_fleet(
-    settings: Settings, spec: FleetSpec, *, workers: int, learner: bool, options: dict[str, Any]
-) -> int:
-    """N serving workers on one port, and a learner unless ``learner`` is False."""
-    import uvicorn
+def serve_fleet(settings: Settings, spec: FleetSpec, config: Any, *, learner: bool) -> int:
+    """``config.workers`` serving workers on one port (uvicorn's ``config``, its app the
+    workers' factory), and a learner process unless ``learner`` is False."""
     from uvicorn.supervisors import Multiprocess
 
     # The workers are fresh interpreters: they read the spec from their environment.
     os.environ[SPEC_ENV] = spec.dumps()
-    config = uvicorn.Config(
-        "middleware.app.worker:worker_app",
-        factory=True,
-        workers=workers,
-        host=settings.server.host,
-        port=settings.server.port,
-        loop="auto",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=int(settings.server.shutdown_grace_s) + 5,
-        **options,
-    )
+    workers = config.workers
     sock = config.bind_socket()
     # Listening now, not when the first worker is up: a client that comes early waits in
     # the backlog for a worker instead of being refused.

@@ -60,24 +60,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings, environ: Mapping[str
         return serve_fleet(
             settings,
             spec,
-            workers=args.workers,
+            uvicorn_config(
+                "middleware.app.worker:worker_app", settings, factory=True, workers=args.workers
+            ),
             learner=not args.no_learner,
-            options=server_options(settings),
         )
     app = create_app(settings, environ=environ, role="serve" if args.no_learner else "all")
-    config = uvicorn.Config(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        loop="auto",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        # Our streams end themselves at the grace period; uvicorn only cuts what is left.
-        timeout_graceful_shutdown=int(settings.server.shutdown_grace_s) + 5,
-        **server_options(settings),
-    )
+    config = uvicorn_config(app, settings)
     server = uvicorn.Server(config)
     server.run()
     # uvicorn exits quietly when the lifespan fails; say why with our exit code.
@@ -112,6 +101,26 @@ def _refuse_sqlite_fleet(settings: Settings, command: str) -> bool:
         file=sys.stderr,
     )
     return True
+
+
+def uvicorn_config(app: Any, settings: Settings, **extra: Any) -> Any:
+    """uvicorn's settings for the gateway: one process's app, or a fleet's factory."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="auto",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        # Our streams end themselves at the grace period; uvicorn only cuts what is left.
+        timeout_graceful_shutdown=int(settings.server.shutdown_grace_s) + 5,
+        **server_options(settings),
+        **extra,
+    )
 
 
 def server_options(settings: Settings) -> dict[str, Any]:

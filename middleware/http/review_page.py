@@ -62,7 +62,6 @@ class ReviewPage:
         model: Explains,
         threshold: float,
         votes_required: int,
-        tokens_env: str,
     ) -> None:
         self.store = store
         self.decisions = decisions
@@ -70,25 +69,9 @@ class ReviewPage:
         self.model = model
         self.threshold = threshold
         self.votes_required = votes_required
-        self.tokens_env = tokens_env
 
     def _sign_in(self, request: Request) -> Signed | Response:
-        if not self.reviewers.enabled:
-            return error_response(
-                403,
-                f"the review page is off: set ${self.tokens_env} (reviewers' NAME:TOKEN "
-                "pairs) or the admin token",
-                "admin_token_unset",
-            )
-        signed = self.reviewers.identify(request.headers)
-        if signed is None:
-            return error_response(
-                401,
-                "sign in with your reviewer token as the password (any user name)",
-                "invalid_admin_token",
-                headers={"www-authenticate": REALM},
-            )
-        return signed
+        return self.reviewers.sign_in(request.headers, what="the review page", challenge=REALM)
 
     async def _page(self, signed: Signed, notice: str | None, status: int = 200) -> Response:
         with store_errors("the review queue could not be read"):

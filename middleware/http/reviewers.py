@@ -15,8 +15,10 @@ import hmac
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
+from starlette.responses import Response
 
 from middleware.errors import ConfigError
+from middleware.http.responses import error_response
 
 #: the name a request signed in with the admin token goes by
 ADMIN = "admin"
@@ -80,9 +82,40 @@ def presented(headers: Headers) -> str | None:
 class Reviewers:
     """Signs requests in: ``identify`` names the reviewer, or None."""
 
-    def __init__(self, tokens: dict[str, str], admin_token: str | None) -> None:
+    def __init__(
+        self,
+        tokens: dict[str, str],
+        admin_token: str | None,
+        *,
+        tokens_env: str = "HITL_REVIEWER_TOKENS",
+        admin_env: str = "HITL_ADMIN_TOKEN",
+    ) -> None:
         self.tokens = tokens
         self.admin_token = admin_token
+        self.tokens_env = tokens_env
+        self.admin_env = admin_env
+
+    def sign_in(self, headers: Headers, *, what: str, challenge: str) -> Signed | Response:
+        """The reviewer behind a request, or the answer to give: 403 when no token is
+        configured at all, 401 (with ``challenge`` as WWW-Authenticate) for a wrong one."""
+        if not self.enabled:
+            return error_response(
+                403,
+                f"{what} is off: set ${self.tokens_env} (reviewers' NAME:TOKEN pairs) or "
+                f"${self.admin_env} (the admin token)",
+                "admin_token_unset",
+            )
+        signed = self.identify(headers)
+        if signed is None:
+            return error_response(
+                401,
+                f"send your reviewer token (from ${self.tokens_env}) or the admin token "
+                f"(${self.admin_env}) as 'Authorization: Bearer <token>', or as the password "
+                "of HTTP Basic",
+                "invalid_admin_token",
+                headers={"www-authenticate": challenge},
+            )
+        return signed
 
     @property
     def enabled(self) -> bool:

@@ -155,37 +155,18 @@ class ReviewAPI:
         signer: TokenSigner,
         decisions: DecisionFlow,
         reviewers: Reviewers,
-        admin_token_env: str,
-        reviewer_tokens_env: str,
         model: Explains,
     ) -> None:
         self.store = store
         self.signer = signer
         self.decisions = decisions
         self.reviewers = reviewers
-        self.admin_token_env = admin_token_env
-        self.reviewer_tokens_env = reviewer_tokens_env
         self.model = model
 
     def sign_in(self, request: Request) -> Signed | Response:
-        """The reviewer behind ``request``, or the 403 / 401 to answer."""
-        if not self.reviewers.enabled:
-            return error_response(
-                403,
-                f"the review API is off: set ${self.reviewer_tokens_env} (reviewers' "
-                f"NAME:TOKEN pairs) or ${self.admin_token_env} (the admin token)",
-                "admin_token_unset",
-            )
-        signed = self.reviewers.identify(request.headers)
-        if signed is None:
-            return error_response(
-                401,
-                "send 'Authorization: Bearer <token>' with your reviewer token (from "
-                f"${self.reviewer_tokens_env}) or the admin token (${self.admin_token_env})",
-                "invalid_admin_token",
-                headers={"www-authenticate": 'Bearer, Basic realm="hitl review"'},
-            )
-        return signed
+        return self.reviewers.sign_in(
+            request.headers, what="the review API", challenge='Bearer, Basic realm="hitl review"'
+        )
 
     async def get_reply(self, request: Request) -> Response:
         reply_id = request.path_params["reply_id"]

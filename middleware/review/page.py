@@ -16,6 +16,7 @@ from typing import Any
 
 from middleware.learning.explain import TRAITS, Explanation
 from middleware.ports import ReviewItem
+from middleware.reporting.format import duration
 from middleware.scoring.features import word_spans
 from middleware.vocabulary import REASONS
 
@@ -36,17 +37,6 @@ class QueueEntry:
 
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value))
-
-
-def _age(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 129600:
-        return f"{seconds / 3600:.0f} h"
-    return f"{seconds / 86400:.0f} days"
 
 
 def _shade(value: float, strongest: float) -> str:
@@ -142,7 +132,7 @@ def _entry(entry: QueueEntry, now: float, index: int) -> str:
         f'<article class="{classes}" id="item-{_e(item.reply_id)}" '
         f'data-reply="{_e(item.reply_id)}" tabindex="-1">'
         f'<header><span class="n">#{index + 1}</span>{held}'
-        f"<span>waiting {_e(_age(now - item.created_at))}</span>"
+        f"<span>waiting {_e(duration(max(0.0, now - item.created_at)))}</span>"
         f"<span>model {_e(item.model or '?')}</span>{votes}"
         f'<code class="rid">{_e(item.reply_id)}</code></header>'
         f"{_conversation(item)}"

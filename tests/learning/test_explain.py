@@ -14,14 +14,7 @@ from middleware.learning.explain import STOP_WORDS, TRAITS, contributions, reaso
 from middleware.learning.model import learn, make_model, predict
 from middleware.scoring.features import words
 from tests.learning.test_model import NEW_HEDGING, NEW_PLAIN, NEW_QUESTION, stream, x_of
-
-
-@pytest.fixture(scope="module")
-def trained() -> Classifier:
-    model = make_model()
-    for x, y in stream():
-        learn(model, x, y, 1.0)
-    return model
+from tests.learning.test_model import trained as trained
 
 
 def logit(p: float) -> float:
