@@ -40,14 +40,11 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from types import FrameType
 
 from overhead_load import (
     ACCEPT_CONNS,
@@ -61,7 +58,14 @@ from overhead_load import (
     run_wrk,
     summarise,
 )
-from overhead_procs import LOAD_CPU, SERVER_CPU, BenchError, GatewayDown, Processes
+from overhead_procs import (
+    LOAD_CPU,
+    SERVER_CPU,
+    BenchError,
+    GatewayDown,
+    Processes,
+    interrupts_as_keyboard,
+)
 from overhead_profile import profile_gateway
 from overhead_targets import FAMILIES, seed_labels, start_servers
 from overhead_wire import MODES, payloads, reply_text
@@ -126,20 +130,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.labels < 0:
         parser.error("--labels must be 0 or more")
     return args
-
-
-@contextmanager
-def interrupts_as_keyboard() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the `finally` that stops the servers runs."""
-
-    def raise_interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def measure(args: argparse.Namespace, procs: Processes, workdir: Path, *, pin: bool) -> Verdict:

@@ -1,4 +1,5 @@
-"""The servers the benchmark starts (bench/overhead.py): processes, ports, readiness.
+"""The servers a benchmark starts (bench/overhead.py, bench/fleet/): processes, ports,
+readiness, and stopping them on SIGTERM too.
 
 Servers under test run on ``SERVER_CPU``; nginx, wrk and py-spy on ``LOAD_CPU``.
 """
@@ -12,9 +13,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 SERVER_CPU = "0"
@@ -143,3 +145,17 @@ def wait_until_up(
         f"{name} did not answer 200 at {url} within {timeout_s:g} s ({last}); "
         f"its log:\n{procs.log_tail(name)}"
     )
+
+
+@contextmanager
+def interrupts_as_keyboard() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the `finally` that stops the servers runs."""
+
+    def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
