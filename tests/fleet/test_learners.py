@@ -32,7 +32,9 @@ url = "{url}"
 [server]
 feedback_per_minute = 0
 [learner]
-publish_interval_s = 0.5
+# Snapshots for restarts as rare as they go: publishing to the fleet does not wait on them.
+snapshot_every_labels = 100000
+snapshot_interval_s = 3600
 {extra}
 """
 
