@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.fleet.test_learners import Proc, processes, scalar, write_config
+from tests.fleet.test_learners import config, scalar
+from tests.support.fleet import serving
 from tests.support.holds import ADMIN
 from tests.support.waiting import wait_for
 
@@ -27,16 +28,13 @@ admin_token_env = "HITL_ADMIN_TOKEN"
 def test_a_decision_taken_on_one_host_releases_the_client_held_on_another(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    write_config(tmp_path, postgres_url, HOLD)
     env = {"HITL_ADMIN_TOKEN": ADMIN}
-    with processes() as procs, concurrent.futures.ThreadPoolExecutor(2) as pool:
-        holding, deciding = (
-            Proc(tmp_path, "a", "serve", env=env),
-            Proc(tmp_path, "b", "serve", env=env),
-        )
-        procs += [holding, deciding]
-        holding.wait_up()
-        deciding.wait_up()
+    text_ = config(postgres_url, HOLD)
+    with (
+        serving(tmp_path, text_, env=env) as holding,
+        serving(tmp_path, text_, env=env) as deciding,
+        concurrent.futures.ThreadPoolExecutor(2) as pool,
+    ):
         question = "refund my order of last week"
         waiting = pool.submit(
             httpx.post,

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, text
 
 from feedback_store.leadership import LEARNER_LOCK
-from tests.support.processes import clean_env, free_port
+from tests.support.fleet import (
+    LearnerProcess,
+    ServeProcess,
+    query,
+    serving,
+    start_learner,
+    start_serve,
+)
 from tests.support.slack_standin import CHANNEL, TOKEN, SlackStandin
 from tests.support.waiting import wait_for
 
@@ -39,70 +42,19 @@ snapshot_interval_s = 3600
 """
 
 
-class Proc:
-    """One ``hitl`` process, its output kept in a file."""
-
-    def __init__(self, tmp: Path, name: str, *args: str, env: dict[str, str] | None = None):
-        self.log = tmp / f"{name}.log"
-        self.port: int | None = None
-        if args and args[0] == "serve":
-            self.port = free_port()
-            args = (*args, "--port", str(self.port))
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "middleware.cli", *args, "--config", str(tmp / "c.toml")],
-                cwd=tmp,
-                env=clean_env(**(env or {})),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_output(self, needle: str, timeout: float = 30) -> None:
-        if not wait_for(
-            lambda: needle in self.output() or self.process.poll() is not None, timeout
-        ):
-            raise AssertionError(f"no {needle!r} in:\n{self.output()}")
-        assert needle in self.output(), self.output()
-
-    def wait_up(self, timeout: float = 60) -> None:
-        def up() -> bool:
-            assert self.process.poll() is None, self.output()
-            try:
-                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        assert wait_for(up, timeout), self.output()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+def config(url: str, extra: str = "") -> str:
+    return CONFIG.format(url=url, extra=extra)
 
 
-@contextlib.contextmanager
-def processes() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    try:
-        yield started
-    finally:
-        for proc in reversed(started):
-            proc.stop()
+def wait_output(process: LearnerProcess | ServeProcess, needle: str, timeout: float = 30) -> None:
+    if not wait_for(lambda: needle in process.output(), timeout):
+        raise AssertionError(f"no {needle!r} in:\n{process.output()}")
 
 
-def write_config(tmp: Path, url: str, extra: str = "") -> None:
-    (tmp / "c.toml").write_text(CONFIG.format(url=url, extra=extra))
+def scalar(url: str, sql: str, **params: Any) -> Any:
+    """The first column of the first row, or None when there is no row."""
+    rows = query(url, sql, **params)
+    return rows[0][0] if rows else None
 
 
 def reply(client: httpx.Client, base: str, text_: str) -> dict[str, Any]:
@@ -124,15 +76,6 @@ def vote(client: httpx.Client, base: str, hitl: dict[str, Any], rating: str) -> 
 
 def model(base: str) -> dict[str, Any]:
     return dict(httpx.get(base + "/healthz", timeout=5).json()["model"])
-
-
-def scalar(url: str, sql: str, **params: Any) -> Any:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text(sql), params).scalar()
-    finally:
-        engine.dispose()
 
 
 def lock_holders(url: str) -> int:
@@ -170,21 +113,16 @@ def votes_reach_every_model(
 def test_two_hosts_and_two_learners_one_learns_and_a_kill_hands_over(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    write_config(tmp_path, postgres_url)
-    with processes() as procs, httpx.Client(timeout=10) as client:
-        first = Proc(tmp_path, "learner-1", "learner")
-        procs.append(first)
-        first.wait_output("learner started: leading")
-        second = Proc(tmp_path, "learner-2", "learner")
-        procs.append(second)
-        second.wait_output("learner started: standing by")
-        gateways = []
-        for name in ("host-a", "host-b"):
-            gateway = Proc(tmp_path, name, "serve", "--no-learner")
-            procs.append(gateway)
-            gateways.append(gateway)
+    text_ = config(postgres_url)
+    with contextlib.ExitStack() as stack, httpx.Client(timeout=10) as client:
+        first = start_learner(tmp_path, text_)
+        stack.callback(first.stop)
+        wait_output(first, "learner started: leading")
+        second = start_learner(tmp_path, text_)
+        stack.callback(second.stop)
+        wait_output(second, "learner started: standing by")
+        gateways = [stack.enter_context(serving(tmp_path, text_, learner=False)) for _ in "ab"]
         for gateway in gateways:
-            gateway.wait_up()
             assert model(gateway.url)["learner"] == "following"
         urls = [g.url for g in gateways]
         assert lock_holders(postgres_url) == 1
@@ -195,7 +133,7 @@ def test_two_hosts_and_two_learners_one_learns_and_a_kill_hands_over(
         # The active learner dies without a word; the standby takes the lead.
         first.process.send_signal(signal.SIGKILL)
         first.process.wait()
-        second.wait_output("took over as the fleet's learner", timeout=15)
+        wait_output(second, "took over as the fleet's learner", timeout=15)
         assert lock_holders(postgres_url) == 1
 
         votes_reach_every_model(client, urls, first=30, count=20, url=postgres_url)
@@ -224,17 +162,18 @@ enabled = true
 channel = "{CHANNEL}"
 api_url = "{slack.url}"
 """
-        write_config(tmp_path, postgres_url, extra)
         env = {"SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": "0123456789abcdef0123456789abcdef"}
-        with processes() as procs, httpx.Client(timeout=10) as client:
-            fleet = Proc(tmp_path, "fleet", "serve", "--workers", "2", env=env)
-            procs.append(fleet)
+        with contextlib.ExitStack() as stack, httpx.Client(timeout=10) as client:
+            fleet = start_serve(
+                tmp_path, config(postgres_url, extra), workers=2, env=env, wait=False
+            )
+            stack.callback(fleet.stop)
             # Once the port is announced, a client waits for a worker, never refused.
-            fleet.wait_output("serving on http")
+            wait_output(fleet, "serving on http")
             early = httpx.get(fleet.url + "/healthz", timeout=60)
             assert early.status_code == 200, early.text
-            fleet.wait_up()
-            fleet.wait_output("learner started: leading")
+            fleet.wait_ready()
+            wait_output(fleet, "learner started: leading")
 
             # Both workers answer on the one port, each a process of its own.
             pids: set[int] = set()

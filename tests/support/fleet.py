@@ -224,10 +224,11 @@ def start_serve(
     port: int | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 60,
+    wait: bool = True,
 ) -> ServeProcess:
     """``hitl serve --config <config> [--workers N] [--no-learner]`` in ``directory`` (its
     config file and logs live there), on ``port`` (default: a free one), ready
-    (``ServeProcess.wait_ready``) when it returns."""
+    (``ServeProcess.wait_ready``) when it returns, unless ``wait`` is False."""
     port = free_port() if port is None else port
     args = ["serve", "--port", str(port), "--workers", str(workers)]
     if not learner:
@@ -237,7 +238,8 @@ def start_serve(
         _launch(directory, config, args, log, env or {}), port, log, workers=workers
     )
     try:
-        gateway.wait_ready(timeout=timeout)
+        if wait:
+            gateway.wait_ready(timeout=timeout)
     except BaseException:
         gateway.stop()
         raise
