@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy.engine import make_url
 
 
@@ -26,3 +28,12 @@ def redact(text: str, url: str) -> str:
     """``text`` with the URL's password, should a driver quote it, masked."""
     password = make_url(sync_url(url)).password
     return text.replace(str(password), "***") if password else text
+
+
+def describe_url(url: str) -> str:
+    """Where the store is, for the start-up line: a SQLite file's absolute path, or the
+    URL without its password."""
+    parsed = make_url(sync_url(url))
+    if is_sqlite(url) and parsed.database and parsed.database != ":memory:":
+        return f"SQLite file {Path(parsed.database).resolve()}"
+    return redact_url(url)

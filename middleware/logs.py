@@ -33,5 +33,7 @@ def configure(fmt: str = "text", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("uvicorn.access",):
+    # Library chatter below the default level: alembic's "Context impl" lines at every
+    # start say nothing an operator needs (``hitl db upgrade`` prints what it did).
+    for noisy in ("uvicorn.access", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

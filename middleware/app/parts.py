@@ -21,7 +21,7 @@ from typing import Literal
 
 from feedback_store import SchemaError, Store, StoreError
 from feedback_store.leadership import leadership_for
-from feedback_store.urls import is_sqlite, redact_url
+from feedback_store.urls import describe_url, is_sqlite, redact_url
 from middleware.app.review import ReviewSide, build_channel
 from middleware.errors import ConfigError, SchemaOutdated, StoreUnavailable
 from middleware.flows import ComplaintFlow, DecisionFlow, Hooks, ReplyFlow, VoteFlow
@@ -107,6 +107,7 @@ class Parts:
         self.draining.start()
         await self.upstream.start()
         await self.review.start(self.outbox)
+        log.info("%s", startup_line(self))
         # Everything built so far lives as long as the app: keep the cyclic garbage
         # collector from walking it again on every full collection (latency spikes).
         gc.collect()
@@ -137,6 +138,28 @@ class Parts:
                 f"${settings.server.token_secret_env}: {exc} (or unset it to let the "
                 "gateway generate and keep one)"
             ) from None
+
+
+def startup_line(parts: Parts) -> str:
+    """One line that says what runs: upstream, store, review, policy, model (no secret)."""
+    settings = parts.settings
+    upstream = settings.upstream
+    where = "embedded FAQ model" if upstream.kind == "local" else upstream.base_url
+    slack = settings.slack
+    review = (
+        f"Slack channel {slack.channel} ({slack.mode} mode)"
+        if parts.review.slack is not None
+        else "review API and /review page only (no Slack)"
+    )
+    policy = settings.policy
+    learner = "learning here" if parts.learner.leading else "following the fleet's learner"
+    return (
+        f"hitl-gateway ({parts.role}): upstream {upstream.kind} {where} · store "
+        f"{describe_url(settings.store.url)} · review: {review} · policy: review below "
+        f"{policy.escalate_below:g}, hold below {policy.hold_below:g}, budget "
+        f"{policy.review_budget:.0%}, {policy.max_reviews_per_hour} an hour · model: "
+        f"{parts.brain.labels} labels learned, {learner}"
+    )
 
 
 def build_upstream(settings: Settings) -> Upstream:

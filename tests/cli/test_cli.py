@@ -242,3 +242,24 @@ def test_serve_refuses_zero_workers(tmp_path: Path, capsys: pytest.CaptureFixtur
     config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "hitl.db"}"\n')
     assert main(["serve", "--workers", "0", "--config", str(config)], environ={}) == 2
     assert "--workers must be 1 or more" in capsys.readouterr().err
+
+
+def test_serve_says_in_one_line_what_runs_and_keeps_library_chatter_quiet(
+    tmp_path: Path,
+) -> None:
+    """The start-up line names the upstream, the store (a SQLite file's path), the review
+    mode, the policy and the model; alembic's INFO lines stay below the default level."""
+    from tests.support.processes import serve
+
+    config = '[store]\nurl = "sqlite:///hitl.db"\n[policy]\nescalate_below = 0.25\n'
+    with serve(tmp_path, config) as gateway:
+        pass
+    output = gateway.output()
+    line = next((ln for ln in output.splitlines() if "hitl-gateway (all):" in ln), None)
+    assert line is not None, output
+    assert "upstream local embedded FAQ model" in line
+    assert f"store SQLite file {(tmp_path / 'hitl.db').resolve()}" in line
+    assert "review: review API and /review page only (no Slack)" in line
+    assert "review below 0.25, hold below 0.2, budget 10%, 120 an hour" in line
+    assert "model: 0 labels learned, learning here" in line
+    assert "alembic" not in output, output
