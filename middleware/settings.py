@@ -365,6 +365,23 @@ def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> Pat
     return default if default.exists() else None
 
 
+def _anchor_sqlite_path(data: dict[str, Any], folder: Path) -> None:
+    """A relative SQLite path in the file means beside the file, whatever the working
+    folder (``sqlite:///hitl.db`` in ``/etc/hitl/config.toml`` is ``/etc/hitl/hitl.db``).
+    Paths from the environment or the command line stay relative to the working folder."""
+    store = data.get("store")
+    if not isinstance(store, dict) or not isinstance(store.get("url"), str):
+        return
+    url: str = store["url"]
+    match = re.match(r"^(sqlite(?:\+\w+)?:///)([^?]*)(.*)$", url)
+    if match is None or not match.group(2) or match.group(2) == ":memory:":
+        return
+    prefix, file, rest = match.groups()
+    if Path(file).is_absolute():
+        return
+    store["url"] = f"{prefix}{(folder / file).resolve()}{rest}"
+
+
 def load_settings(
     path: Path | None,
     environ: Mapping[str, str] | None = None,
@@ -384,6 +401,7 @@ def load_settings(
             ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config error in {path}: not valid TOML ({exc})") from None
+        _anchor_sqlite_path(data, path.parent)
     from_env, origins = _env_overrides(environ)
     for layer in (from_env, overrides):
         for section, values in layer.items():

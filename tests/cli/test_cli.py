@@ -166,10 +166,15 @@ def test_serve_on_an_unreachable_database_is_one_line(tmp_path: Path) -> None:
 def test_serve_with_the_shipped_config_answers_offline(tmp_path: Path) -> None:
     """The README's start: ``hitl serve`` on the shipped config, no key, no network."""
     port = free_port()
+    # The shipped file as it is, in a folder of its own; run from another folder.
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "work").mkdir()
+    shipped = tmp_path / "etc" / "config.toml"
+    shipped.write_text((ROOT / "config.toml").read_text())
     process = subprocess.Popen(
-        [sys.executable, "-m", "middleware.cli", "serve", "--config", str(ROOT / "config.toml"),
+        [sys.executable, "-m", "middleware.cli", "serve", "--config", str(shipped),
          "--port", str(port)],
-        cwd=tmp_path,
+        cwd=tmp_path / "work",
         env=clean_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -211,9 +216,11 @@ def test_serve_with_the_shipped_config_answers_offline(tmp_path: Path) -> None:
     # Ctrl-C: a graceful shutdown, then the conventional exit status of an interrupt.
     assert "Application shutdown complete" in output
     assert process.returncode in (0, 130), output
-    # The store is the shipped default: a SQLite file in the working directory.
-    assert (tmp_path / "hitl.db").exists()
-    with sqlite3.connect(tmp_path / "hitl.db") as conn:
+    # The store is the shipped default: a SQLite file beside the config file, wherever
+    # the command ran from.
+    assert (tmp_path / "etc" / "hitl.db").exists()
+    assert not (tmp_path / "work" / "hitl.db").exists()
+    with sqlite3.connect(tmp_path / "etc" / "hitl.db") as conn:
         assert conn.execute("SELECT count(*) FROM exchange").fetchone() == (2,)
 
 

@@ -192,3 +192,32 @@ def test_secrets_come_from_the_named_variables_and_stay_hidden() -> None:
     assert "sk-up" not in repr(s)
     none = Secrets(Settings(), {})
     assert (none.client_keys, none.upstream_api_key, none.token_secret) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///hitl.db", "sqlite:///{folder}/hitl.db"),
+        ("sqlite:///data/x.db?mode=rwc", "sqlite:///{folder}/data/x.db?mode=rwc"),
+        ("sqlite:////srv/abs.db", "sqlite:////srv/abs.db"),
+        ("sqlite:///:memory:", "sqlite:///:memory:"),
+        ("postgresql+psycopg://u@127.0.0.1/db", "postgresql+psycopg://u@127.0.0.1/db"),
+    ],
+)
+def test_a_relative_sqlite_path_in_the_file_is_beside_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, expected: str
+) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    config = folder / "config.toml"
+    config.write_text(f'[store]\nurl = "{url}"\n')
+    monkeypatch.chdir(tmp_path)  # somewhere else
+    settings = load_settings(config, {})
+    assert settings.store.url == expected.format(folder=folder.resolve())
+
+
+def test_a_relative_sqlite_path_from_the_environment_stays_relative(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[store]\nurl = "sqlite:///beside.db"\n')
+    settings = load_settings(config, {"HITL_STORE_URL": "sqlite:///here.db"})
+    assert settings.store.url == "sqlite:///here.db"
