@@ -382,9 +382,11 @@ class Store:
         """When the outbox next has work (a time, maybe past), or None when it is empty."""
         return await self.read(escalations.next_due)
 
-    async def open_reviews(self, limit: int = 200) -> list[QueuedItem]:
-        """Undecided review items, held first, then oldest first (``queue.py``)."""
-        return await self.read(lambda conn: queue.open_items(conn, limit))
+    async def open_reviews(
+        self, limit: int = 200, states: tuple[str, ...] = queue.OPEN_STATES
+    ) -> list[QueuedItem]:
+        """Review items in ``states`` (default: undecided), held first, then oldest first."""
+        return await self.read(lambda conn: queue.open_items(conn, limit, states))
 
     async def review_counts(self) -> ReviewCounts:
         """Escalations per state."""

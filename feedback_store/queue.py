@@ -25,10 +25,13 @@ class QueuedItem:
     feedback: FeedbackRow | None
 
 
-def open_items(conn: Connection, limit: int) -> list[QueuedItem]:
+def open_items(
+    conn: Connection, limit: int, states: tuple[str, ...] = OPEN_STATES
+) -> list[QueuedItem]:
+    """Items in ``states`` (default: waiting), held first, then oldest first."""
     rows = conn.execute(
         select(escalation_t)
-        .where(esc.state.in_(OPEN_STATES))
+        .where(esc.state.in_(states))
         .order_by(esc.hold.desc(), esc.created_at, esc.id)
         .limit(limit)
     ).all()

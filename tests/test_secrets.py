@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from middleware.errors import ConfigError
-from middleware.settings import Secrets, settings_from_mapping
+from middleware.secrets import Secrets
+from middleware.settings import settings_from_mapping
 from tests.support.processes import serve
 from tests.support.servers import ServerThread
 from tests.support.slack import action_payload, card_for, elements, signed

@@ -40,7 +40,8 @@ from middleware.review.privacy import Redactor
 from middleware.scoring.policy import AskLimiter, ReviewBudget, Thresholds
 from middleware.scoring.scorer import Scorer
 from middleware.scoring.tokens import TokenSigner, new_secret
-from middleware.settings import Secrets, Settings
+from middleware.secrets import Secrets
+from middleware.settings import Settings
 
 log = logging.getLogger("hitl")
 

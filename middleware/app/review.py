@@ -19,7 +19,8 @@ from middleware.errors import ConfigError, ReviewChannelPermanent, ReviewChannel
 from middleware.ports import ChannelEvents, ReviewChannel, ReviewDesk
 from middleware.review.outbox import LogChannel, Outbox
 from middleware.review.privacy import Redactor
-from middleware.settings import Secrets, Settings
+from middleware.secrets import Secrets
+from middleware.settings import Settings
 
 if TYPE_CHECKING:
     from adapters.slack.channel import ReviewerCheck, SlackReviewChannel

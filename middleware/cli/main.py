@@ -237,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[..., None]]:
     """Subcommands that live in their own modules (replay, report, export...)."""
-    from middleware.cli import purge, replay, report
+    from middleware.cli import purge, replay, report, reviews
 
-    return [replay.register, report.register, purge.register]
+    return [replay.register, report.register, purge.register, reviews.register]
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

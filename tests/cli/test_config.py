@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from middleware.errors import ConfigError
+from middleware.secrets import Secrets
 from middleware.settings import (
-    Secrets,
     Settings,
     load_settings,
     resolve_config_path,
