@@ -11,6 +11,10 @@ are not linear (naive Bayes, trees) have no such sum: ``contributions`` says Non
 
 Words are hashed into buckets; when two n-grams of one reply share a bucket, the
 bucket's contribution is split between them by their counts, so the parts still add up.
+
+Of a long reply the model reads only its start and its end (``features.read``): the
+words in between have no contribution, and in ``words`` (which still lists every word
+of the reply, in order) they get 0.0.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 from river import base, compose, linear_model
 
 from middleware.learning.model import HashedTFIDF
-from middleware.scoring.features import words
+from middleware.scoring.features import read, words
 
 #: plain-language names of the numeric traits, for reviewers
 TRAITS: dict[str, str] = {
@@ -77,7 +81,7 @@ class Explanation:
     #: everything else: traits, categories (route, model), the question's words
     features: list[tuple[str, float]]
     #: each word of the reply in order with its share (its own, plus half of each word
-    #: pair it is part of): what a heatmap shades
+    #: pair it is part of): what a heatmap shades; 0.0 for a word the model did not read
     words: list[tuple[str, float]]
 
 
@@ -154,18 +158,36 @@ def contributions(model: base.Classifier, x: dict[str, Any]) -> Explanation | No
 
 def _per_word(reply: str, tokens: dict[str, float]) -> list[tuple[str, float]]:
     """Each word of ``reply`` in order, with its share of the n-grams it belongs to; an
-    n-gram's share is spread evenly over its occurrences and its words."""
+    n-gram's share is spread evenly over its occurrences (in the part read) and its
+    words. Words outside the part the model read get 0.0."""
     seq = words(reply)
-    occurrences = Counter(seq)
-    pairs = Counter(" ".join(seq[i : i + 2]) for i in range(len(seq) - 1))
-    out = []
-    for i, word in enumerate(seq):
-        value = tokens.get(word, 0.0) / occurrences[word]
-        for pair in (" ".join(seq[i - 1 : i + 1]) if i else "", " ".join(seq[i : i + 2])):
-            if pair.count(" ") == 1 and pair in tokens:
-                value += tokens[pair] / pairs[pair] / 2
-        out.append((word, value))
+    reading = read(reply)
+    head, tail = list(reading.head), list(reading.tail)
+    # The part read is the first and the last words of the reply (cut at whitespace);
+    # should a cut ever fall otherwise, only the words that line up are shaded.
+    n_head = _common_prefix(seq, head)
+    n_tail = _common_prefix(seq[n_head:][::-1], tail[::-1]) if tail else 0
+    parts = [seq[:n_head]] + ([seq[len(seq) - n_tail :]] if n_tail else [])
+    occurrences = Counter(word for part in parts for word in part)
+    pairs = Counter(" ".join(part[i : i + 2]) for part in parts for i in range(len(part) - 1))
+    out = [(word, 0.0) for word in seq]
+    for offset, part in ((0, parts[0]), (len(seq) - n_tail, parts[-1] if n_tail else [])):
+        for i, word in enumerate(part):
+            value = tokens.get(word, 0.0) / occurrences[word]
+            for pair in (" ".join(part[i - 1 : i + 1]) if i else "", " ".join(part[i : i + 2])):
+                if pair.count(" ") == 1 and pair in tokens:
+                    value += tokens[pair] / pairs[pair] / 2
+            out[offset + i] = (word, value)
     return out
+
+
+def _common_prefix(a: list[str], b: list[str]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 #: how a reason that quotes the reply's words begins (a purge drops those reasons)

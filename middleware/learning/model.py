@@ -12,8 +12,13 @@ the candidates (``bench/learning_candidates.py`` prints the comparison).
 
 Words are hashed (crc32, stable across processes and pickles) into a fixed number of
 buckets, so the vocabulary, the weights and the snapshots stay bounded however long the
-gateway runs. ``predict`` never mutates the model (river learns unsupervised parts in
-``learn_one`` only), so a request can score against the live model or a snapshot.
+gateway runs. The transform reads the same bounded part of a long text as the features
+(``features.read``: its start and its end), from the same tokenisation, so its cost
+stops growing with the reply; a word's crc32 is computed once per process, and a word
+pair's is continued from its first word's, giving the very buckets of crc32 over the
+joined pair (models and digests made before stay valid). ``predict`` never mutates the
+model (river learns unsupervised parts in ``learn_one`` only), so a request can score
+against the live model or a snapshot.
 """
 
 from __future__ import annotations
@@ -21,14 +26,22 @@ from __future__ import annotations
 import collections
 import functools
 import inspect
+import itertools
 import math
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
 
 from river import base, compose, forest, linear_model, naive_bayes, optim, preprocessing, tree
 
-from middleware.scoring.features import NUMERIC_KEYS, TEXT_KEYS, words
+from middleware.scoring.features import (
+    NUMERIC_KEYS,
+    READ_HEAD_CHARS,
+    READ_TAIL_CHARS,
+    TEXT_KEYS,
+    Reading,
+    read,
+)
 
 __all__ = [
     "CANDIDATES",
@@ -46,41 +59,103 @@ _CATEGORICAL_KEYS = ("route", "model", "finish_reason")
 _BUCKETS = 1 << 16
 
 
+def _grams(reading: Reading, n: int) -> Iterator[str]:
+    for part in (reading.head, reading.tail):  # no word pair spans the gap between them
+        for i in range(len(part) - n + 1):
+            yield part[i] if n == 1 else " ".join(part[i : i + n])
+
+
 def _ngrams(text: str, ngram_range: tuple[int, int]) -> Iterator[str]:
-    tokens = words(text)
+    """The n-grams of the part of ``text`` that is read (``features.read``)."""
+    reading = read(text)
+    for n in range(ngram_range[0], ngram_range[1] + 1):
+        yield from _grams(reading, n)
+
+
+# The crc32 of each word, and its bytes after a space: a word pair's crc32 is the second
+# word's continued from the first's (crc32(b"a b") == crc32(b" b", crc32(b"a"))), so no
+# pair is joined or encoded. Cleared when full: a bound, not an eviction order.
+_WORD_CRCS: dict[str, tuple[int, bytes]] = {}
+_WORD_CRCS_MAX = 1 << 16
+
+
+def _crcs(tokens: tuple[str, ...]) -> list[tuple[int, bytes]]:
+    memo = _WORD_CRCS
+    out = []
+    for token in tokens:
+        entry = memo.get(token)
+        if entry is None:
+            if len(memo) >= _WORD_CRCS_MAX:
+                memo.clear()
+            data = token.encode()
+            entry = memo[token] = (zlib.crc32(data), b" " + data)
+        out.append(entry)
+    return out
+
+
+def _gram_buckets(reading: Reading, ngram_range: tuple[int, int], n_buckets: int) -> list[int]:
+    """The bucket of every n-gram of ``reading``, words first, then pairs...: crc32 of the
+    gram's UTF-8 (words joined by a space) modulo ``n_buckets``."""
     low, high = ngram_range
+    crcs = [_crcs(part) for part in (reading.head, reading.tail)]
+    out: list[int] = []
     for n in range(low, high + 1):
-        for i in range(len(tokens) - n + 1):
-            yield tokens[i] if n == 1 else " ".join(tokens[i : i + n])
+        for part, part_crcs in zip((reading.head, reading.tail), crcs, strict=True):
+            if n == 1:
+                out += [crc % n_buckets for crc, _ in part_crcs]
+            elif n == 2:
+                pairs = itertools.pairwise(part_crcs)
+                out += [zlib.crc32(b[1], a[0]) % n_buckets for a, b in pairs]
+            else:
+                grams = (" ".join(part[i : i + n]) for i in range(len(part) - n + 1))
+                out += [zlib.crc32(g.encode()) % n_buckets for g in grams]
+    return out
 
 
 # A reply is hashed when it is scored and again when its label is learned, often soon
 # after: memoising the (pure) hashing saves most of the model's cost on the request path.
+# ``Reading`` compares by identity, and ``read`` hands out the same one while it caches it.
 @functools.lru_cache(maxsize=2048)
+def _reading_counts(
+    reading: Reading, ngram_range: tuple[int, int], n_buckets: int
+) -> tuple[tuple[int, int], ...]:
+    return tuple(collections.Counter(_gram_buckets(reading, ngram_range, n_buckets)).items())
+
+
 def _bucket_counts(
     text: str, ngram_range: tuple[int, int], n_buckets: int
 ) -> tuple[tuple[int, int], ...]:
-    counts = collections.Counter(
-        zlib.crc32(gram.encode()) % n_buckets for gram in _ngrams(text, ngram_range)
-    )
-    return tuple(counts.items())
+    """How often each bucket occurs among the hashed n-grams of the part of ``text`` read,
+    in the order buckets first occur."""
+    return _reading_counts(read(text), ngram_range, n_buckets)
 
 
 #: where a purged exchange's ``features_json`` keeps its texts' hashed word counts
-#: ("~reply": {"buckets": 65536, "1": [bucket, count, ...], "2": [...]})
+#: ("~reply": {"buckets": 65536, "read": [800, 400], "1": [bucket, count, ...], "2": [...]})
 DIGEST_PREFIX = "~"
 _DIGEST_NGRAMS = (1, 2)  # every HashedTFIDF here reads words, or words and word pairs
 
 
 def text_digest(x: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """What ``HashedTFIDF`` learns from ``x``'s texts, without the words: the hashed word
-    and word-pair counts, in the order they first occur (so that learning from them adds
-    up exactly as from the text). A purge keeps it in place of the text."""
+    and word-pair counts of the part of each text that is read, in the order they first
+    occur (so that learning from them adds up exactly as from the text). A purge keeps
+    it in place of the text.
+
+    ``"read"`` records the part's bounds (head and tail characters, ``features.read``).
+    Digests made before the bound have no ``"read"``: they count the whole text, with
+    the same buckets (crc32 of the word or the space-joined pair), and are read as they
+    are, counts like any other: relearning from one learns what the model learned from
+    that text then, which for a text longer than the bound is more words than a model
+    reads of it today."""
     digest: dict[str, dict[str, Any]] = {}
     for key in TEXT_KEYS:
         text = x.get(key)
         if isinstance(text, str) and text:
-            entry: dict[str, Any] = {"buckets": _BUCKETS}
+            entry: dict[str, Any] = {
+                "buckets": _BUCKETS,
+                "read": [READ_HEAD_CHARS, READ_TAIL_CHARS],
+            }
             for n in _DIGEST_NGRAMS:
                 pairs = _bucket_counts(text, (n, n), _BUCKETS)
                 entry[str(n)] = [value for pair in pairs for value in pair]
@@ -90,7 +165,8 @@ def text_digest(x: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _digest_counts(digest: Any, ngram_range: tuple[int, int], n_buckets: int) -> dict[int, int]:
     """The bucket counts ``_bucket_counts`` would give for the text ``digest`` was made of
-    ({} when there is no digest, or it can't give them: other buckets, other n-grams)."""
+    ({} when there is no digest, or it can't give them: other buckets, other n-grams).
+    A digest without ``"read"`` (made from the whole text) is read the same way."""
     if not isinstance(digest, dict) or int(digest.get("buckets", 0)) % n_buckets:
         return {}
     counts: dict[int, int] = {}
@@ -105,14 +181,26 @@ def _digest_counts(digest: Any, ngram_range: tuple[int, int], n_buckets: int) ->
     return counts
 
 
-@functools.lru_cache(maxsize=65536)
-def _key(prefix: str, bucket: int) -> str:
-    return f"{prefix}#{bucket}"
+# Each prefix's feature names by bucket, made once (bounded by the buckets).
+_KEYS: dict[str, dict[int, str]] = collections.defaultdict(dict)
+
+
+def _keys(prefix: str, buckets: Iterable[int]) -> list[str]:
+    names = _KEYS[prefix]
+    out = []
+    for bucket in buckets:
+        name = names.get(bucket)
+        if name is None:
+            name = names[bucket] = f"{prefix}#{bucket}"
+        out.append(name)
+    return out
 
 
 class HashedTFIDF(base.Transformer):
     """TF-IDF of the word n-grams of ``x[on]``, hashed into ``n_buckets`` keys ``"{prefix}#{b}"``.
 
+    Of a long text it reads the start and the end (``features.read``), never a pair
+    across the gap between them.
     With ``idf=False`` it yields raw counts (for naive Bayes). IDF is smoothed as in
     scikit-learn, ``ln((1 + n) / (1 + df)) + 1``, and rows are L2-normalised.
     """
@@ -134,6 +222,7 @@ class HashedTFIDF(base.Transformer):
         self.dfs: collections.Counter[int] = collections.Counter()
 
     def ngrams(self, x: dict[str, Any]) -> Iterator[str]:
+        """The n-grams it reads of ``x[on]``, in the order it counts them."""
         text = x.get(self.on)
         return _ngrams(text if isinstance(text, str) else "", self.ngram_range)
 
@@ -141,7 +230,7 @@ class HashedTFIDF(base.Transformer):
         return zlib.crc32(ngram.encode()) % self.n_buckets
 
     def key(self, bucket: int) -> str:
-        return _key(self.prefix, bucket)
+        return _keys(self.prefix, (bucket,))[0]
 
     def _counts(self, x: dict[str, Any]) -> dict[int, int]:
         text = x.get(self.on)
@@ -157,13 +246,14 @@ class HashedTFIDF(base.Transformer):
 
     def transform_one(self, x: dict) -> dict:
         counts = self._counts(x)
+        names = _keys(self.prefix, counts)
         if not self.idf:
-            return {self.key(b): float(c) for b, c in counts.items()}
-        n = self.n_docs
-        dfs = self.dfs
-        weighted = {b: c * (math.log((1 + n) / (1 + dfs[b])) + 1.0) for b, c in counts.items()}
-        norm = math.sqrt(sum(v * v for v in weighted.values())) or 1.0
-        return {self.key(b): v / norm for b, v in weighted.items()}
+            return dict(zip(names, map(float, counts.values()), strict=True))
+        n = 1 + self.n_docs
+        df, log = self.dfs.get, math.log
+        weighted = [c * (log(n / (1 + df(b, 0))) + 1.0) for b, c in counts.items()]
+        norm = math.sqrt(sum(v * v for v in weighted)) or 1.0
+        return {name: v / norm for name, v in zip(names, weighted, strict=True)}
 
 
 class _Buckets(base.Transformer):

@@ -1,6 +1,9 @@
 """What the model sees of one exchange: a flat, JSON-serialisable river feature dict.
 
-``features()`` is pure and cheap (it runs on every chat request). The texts stay as
+``features()`` is pure and cheap (it runs on every chat request), and its cost stops
+growing with the reply: of a long reply it reads a bounded part (``read``: the first
+``READ_HEAD_CHARS`` and the last ``READ_TAIL_CHARS`` characters, cut between words),
+tokenised once and shared with the model's text transform. The texts stay as
 strings under ``"reply"`` and ``"question"``; the model's pipeline turns them into
 word features, so the vocabulary is the model's business. The store keeps the dict
 ``without_text``: the texts are in the exchange's own columns, once.
@@ -10,16 +13,22 @@ a signal is missing), so the anomaly detector sees a fixed-width vector.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
     "NUMERIC_KEYS",
     "QUESTION_CHARS",
+    "READ_HEAD_CHARS",
+    "READ_TAIL_CHARS",
     "TEXT_KEYS",
     "ExchangeView",
+    "Reading",
     "features",
+    "read",
     "without_text",
     "word_spans",
     "words",
@@ -28,9 +37,14 @@ __all__ = [
 #: The features that are raw text: stored once, in the exchange's own columns, never
 #: again inside ``features_json`` (the learner puts them back from those columns).
 TEXT_KEYS = ("reply", "question")
-#: How much of the question (and of each earlier turn) the features read, and the
-#: ``question`` column keeps: the whole request is already in ``request_json``.
+#: How much of the question the features read, and the ``question`` column keeps: the
+#: whole request is already in ``request_json``.
 QUESTION_CHARS = 4000
+#: How much of a long text (a reply, an earlier bot turn) features and the model read:
+#: the first and the last this many characters (about 130 and 65 words of prose), each
+#: cut at whitespace so no word is split. The length features still count the whole.
+READ_HEAD_CHARS = 800
+READ_TAIL_CHARS = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +127,27 @@ _APOLOGIES = ("sorry", "i apologize", "i apologise", "my apologies")
 
 
 def _phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern[str]:
+    # No lookbehind for the start of a word: ``_count`` checks it, so the regex engine
+    # can skip ahead on the phrases' first letters (twice as fast as a lookbehind).
     alternatives = sorted((re.escape(p) for p in phrases), key=len, reverse=True)
-    return re.compile(r"(?<![\w'])(?:" + "|".join(alternatives) + r")(?![\w'])")
+    return re.compile(r"(?:" + "|".join(alternatives) + r")(?![\w'])")
+
+
+_WORDISH_RE = re.compile(r"[\w']")
+
+
+def _count(pattern: re.Pattern[str], text: str) -> int:
+    r"""How many times ``pattern``'s phrases occur in ``text`` as whole words, leftmost
+    first, without overlap: ``findall`` of the pattern behind ``(?<![\w'])``."""
+    n = pos = 0
+    while (m := pattern.search(text, pos)) is not None:
+        start = m.start()
+        if start and _WORDISH_RE.match(text, start - 1):
+            pos = start + 1  # inside a word: look again from the next character
+            continue
+        n += 1
+        pos = m.end()
+    return n
 
 
 _HEDGE_RE = _phrase_pattern(_HEDGES)
@@ -123,31 +156,123 @@ _APOLOGY_RE = _phrase_pattern(_APOLOGIES)
 _WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 _BOT_ROLES = frozenset({"assistant", "bot"})
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
+# ASCII text keeps its letters only: str.translate's fast path, ten times sum(isalpha)
+_ONLY_ALPHA = str.maketrans("", "", "".join(c for c in map(chr, range(128)) if not c.isalpha()))
+
+
+def _alpha(text: str) -> int:
+    return sum(map(str.isalpha, text))
+
 
 # A user's rate is shrunk toward a neutral 0.5 by this many pseudo-votes, so one early
 # thumb does not read as a verdict on the user.
 _RATE_PSEUDO_VOTES = 2.0
 
 
+def _fold(text: str) -> str:
+    """Lower-cased, curly apostrophes and backticks made straight."""
+    if not text.isascii():
+        text = text.translate(_APOSTROPHES)
+    return text.replace("`", "'").lower()
+
+
 def word_spans(text: str) -> list[tuple[int, int]] | None:
     """Where each of ``words(text)`` lies in ``text`` itself (None when lower-casing
     changes the text's length, so positions would not line up)."""
-    folded = text.translate(_APOSTROPHES).lower()
+    folded = _fold(text)
     if len(folded) != len(text):
         return None
     return [m.span() for m in _WORD_RE.finditer(folded)]
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased word tokens, contractions whole ("i'm"); the model's tokenizer too."""
-    return _WORD_RE.findall(text.translate(_APOSTROPHES).lower())
+    """Lower-cased word tokens, contractions whole ("i'm"): the whole text's tokens."""
+    return _WORD_RE.findall(_fold(text))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Reading:
+    """The part of a text that features and the model read, folded and tokenised once.
+
+    A text of at most ``READ_HEAD_CHARS + READ_TAIL_CHARS`` characters is read whole
+    (``tail`` is empty); a longer one as its start (``head``) and its end (``tail``),
+    cut at whitespace, so ``head`` is the first ``len(head)`` of ``words(text)`` and
+    ``tail`` the last ``len(tail)`` (no word pair spans the gap between them). Compared
+    by identity: ``read`` hands out one object per text while it is cached.
+    """
+
+    head: tuple[str, ...]
+    tail: tuple[str, ...]
+    folded: str  # the folded head, and the folded tail after a newline when there is one
+    #: the whole text's length without surrounding whitespace, and its words: counted
+    #: when read whole, else estimated from the characters per word of the part read
+    chars: int
+    words: int
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return self.head + self.tail
+
+
+def _last_space(text: str, end: int) -> int:
+    """Where to end a head of at most ``end`` characters: at its last space or newline
+    within its last quarter (-1 when there is none: then a cut at ``end`` splits a word)."""
+    return max(text.rfind(" ", end * 3 // 4, end), text.rfind("\n", end * 3 // 4, end))
+
+
+def _first_space(text: str, start: int) -> int:
+    """Where to begin a tail at ``start`` or later: at its first space or newline within
+    its first quarter (-1 when there is none)."""
+    stop = start + READ_TAIL_CHARS // 4
+    found = [i for i in (text.find(" ", start, stop), text.find("\n", start, stop)) if i >= 0]
+    return min(found) if found else -1
+
+
+def read(text: str) -> Reading:
+    """The part of ``text`` that is read (see ``Reading``); cost bounded whatever its length."""
+    if len(text) <= READ_HEAD_CHARS + READ_TAIL_CHARS:
+        return _read(text, None, len(text))
+    head_end = _last_space(text, READ_HEAD_CHARS)
+    tail_start = _first_space(text, len(text) - READ_TAIL_CHARS)
+    head = text[: READ_HEAD_CHARS if head_end < 0 else head_end]
+    tail = text[len(text) - READ_TAIL_CHARS if tail_start < 0 else tail_start :]
+    # Without whitespace near a cut, the word the cut splits is not read.
+    return _read(head, tail, len(text), head_end < 0, tail_start < 0)
+
+
+@functools.lru_cache(maxsize=4096)
+def _read(
+    head: str, tail: str | None, length: int, split_head: bool = False, split_tail: bool = False
+) -> Reading:
+    # A reply is read when it is scored and again when its label is learned, often soon
+    # after: the cache (keyed by the bounded slices) makes that one tokenisation.
+    folded_head = _fold(head)
+    head_tokens = _WORD_RE.findall(folded_head)
+    if tail is None:
+        n_chars = len(folded_head.strip())
+        return Reading(tuple(head_tokens), (), folded_head, n_chars, len(head_tokens))
+    folded_tail = _fold(tail)
+    tail_tokens = _WORD_RE.findall(folded_tail)
+    if split_head and head_tokens:
+        head_tokens.pop()
+    if split_tail and tail_tokens:
+        tail_tokens.pop(0)
+    lead = len(head) - len(head.lstrip())
+    trail = len(tail) - len(tail.rstrip())
+    n_chars = max(length - lead - trail, 0)
+    n_read = len(head_tokens) + len(tail_tokens)
+    read_chars = len(head) + len(tail)
+    estimate = n_read + round((length - read_chars) * n_read / read_chars)
+    return Reading(
+        tuple(head_tokens), tuple(tail_tokens), folded_head + "\n" + folded_tail, n_chars, estimate
+    )
 
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _overlap(tokens: list[str], other: set[str]) -> float:
+def _overlap(tokens: Sequence[str], other: set[str]) -> float:
     """Share of the distinct ``tokens`` that also occur in ``other``."""
     mine = set(tokens)
     if not mine or not other:
@@ -156,22 +281,23 @@ def _overlap(tokens: list[str], other: set[str]) -> float:
 
 
 def features(ex: ExchangeView) -> dict[str, float | str]:
-    reply = ex.reply.translate(_APOSTROPHES).lower()
+    reading = read(ex.reply)
+    reply = reading.folded
     question_text = ex.question[:QUESTION_CHARS]
-    question = question_text.translate(_APOSTROPHES).lower()
-    # Already lower-cased and straightened: tokenise directly rather than through words().
-    reply_words = _WORD_RE.findall(reply)
+    question = _fold(question_text)
+    reply_words = reading.tokens
     question_words = _WORD_RE.findall(question)
     earlier_bot: set[str] = set()
     for role, text in ex.history:
         if role in _BOT_ROLES:
-            earlier_bot.update(words(text[:QUESTION_CHARS]))
+            earlier_bot.update(read(text).tokens)
 
     logprob = _finite(ex.logprob_mean)
     retrieval = _finite(ex.retrieval_score)
     stripped = reply.strip()
-    n_chars = len(stripped)
-    alpha = sum(map(str.isalpha, stripped))
+    alpha = len(stripped.translate(_ONLY_ALPHA)) if stripped.isascii() else _alpha(stripped)
+    # the joining newline of a long reply's two parts is no character of the reply
+    n_read = len(stripped) - (1 if reading.tail else 0)
     votes = max(ex.user_votes, 0)
     user_rate = _finite(ex.user_helpful_rate)
     known = user_rate is not None and votes > 0
@@ -185,17 +311,17 @@ def features(ex: ExchangeView) -> dict[str, float | str]:
         "model": ex.model or "unknown",
         "finish_reason": ex.finish_reason or "none",
         # log scale: the difference between 2 and 20 words matters, not 200 and 220
-        "reply_words": math.log1p(len(reply_words)),
-        "reply_chars": math.log1p(n_chars),
+        "reply_words": math.log1p(reading.words),
+        "reply_chars": math.log1p(reading.chars),
         "question_words": math.log1p(len(question_words)),
-        "hedges": float(len(_HEDGE_RE.findall(reply))),
-        "refusals": float(len(_REFUSAL_RE.findall(reply))),
-        "apologies": float(len(_APOLOGY_RE.findall(reply))),
+        "hedges": float(_count(_HEDGE_RE, reply)),
+        "refusals": float(_count(_REFUSAL_RE, reply)),
+        "apologies": float(_count(_APOLOGY_RE, reply)),
         "echo": _overlap(reply_words, set(question_words)),
         "self_repeat": _overlap(reply_words, earlier_bot),
         "reply_is_question": 1.0 if stripped.endswith("?") else 0.0,
         "word_variety": len(set(reply_words)) / len(reply_words) if reply_words else 0.0,
-        "non_alpha": 1.0 - alpha / n_chars if n_chars else 1.0,
+        "non_alpha": 1.0 - alpha / n_read if n_read else 1.0,
         "tool_calls": float(max(ex.tool_calls, 0)),
         "finish_length": 1.0 if ex.finish_reason == "length" else 0.0,
         "logprob_mean": 0.0 if logprob is None else logprob,

@@ -12,8 +12,15 @@ from river.base import Classifier
 from middleware.learning.brain import Brain
 from middleware.learning.explain import STOP_WORDS, TRAITS, contributions, reasons
 from middleware.learning.model import learn, make_model, predict
-from middleware.scoring.features import words
-from tests.learning.test_model import NEW_HEDGING, NEW_PLAIN, NEW_QUESTION, stream, x_of
+from middleware.scoring.features import read, words
+from tests.learning.test_model import (
+    LONG_REPLY,
+    NEW_HEDGING,
+    NEW_PLAIN,
+    NEW_QUESTION,
+    stream,
+    x_of,
+)
 from tests.learning.test_model import trained as trained
 
 
@@ -21,7 +28,9 @@ def logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-@pytest.mark.parametrize("reply", [NEW_HEDGING, NEW_PLAIN, "", "the the the and", "x " * 300])
+@pytest.mark.parametrize(
+    "reply", [NEW_HEDGING, NEW_PLAIN, "", "the the the and", "x " * 300, LONG_REPLY]
+)
 def test_the_parts_and_the_intercept_add_up_to_the_log_odds(
     trained: Classifier, reply: str
 ) -> None:
@@ -37,6 +46,19 @@ def test_the_parts_and_the_intercept_add_up_to_the_log_odds(
     # The heatmap's words share out exactly the reply's words and word pairs.
     assert sum(v for _, v in e.words) == pytest.approx(sum(v for _, v in e.tokens), abs=1e-9)
     assert [w for w, _ in e.words] == words(reply)
+
+
+def test_the_words_a_long_reply_was_not_read_for_have_no_share(trained: Classifier) -> None:
+    e = contributions(trained, x_of(NEW_QUESTION, LONG_REPLY))
+    assert e is not None
+    reading = read(LONG_REPLY)
+    head, tail = len(reading.head), len(reading.tail)
+    assert head and tail and head + tail < len(e.words)
+    middle = e.words[head : len(e.words) - tail]
+    assert middle and all(value == 0.0 for _, value in middle)
+    assert any(value != 0.0 for _, value in e.words[:head])
+    assert any(value != 0.0 for _, value in e.words[len(e.words) - tail :])
+    assert "not sure" not in dict(e.tokens)  # only in the middle
 
 
 def test_each_list_is_strongest_first(trained: Classifier) -> None:

@@ -1,3 +1,4 @@
+import collections
 import itertools
 import json
 import pickle
@@ -10,12 +11,24 @@ from river.base import Classifier
 from middleware.learning.model import (
     CANDIDATES,
     DEFAULT_MODEL,
+    DIGEST_PREFIX,
     HashedTFIDF,
+    _bucket_counts,
+    _ngrams,
     learn,
     make_model,
     predict,
+    text_digest,
 )
-from middleware.scoring.features import ExchangeView, features
+from middleware.scoring.features import (
+    READ_HEAD_CHARS,
+    READ_TAIL_CHARS,
+    ExchangeView,
+    features,
+    read,
+    without_text,
+    words,
+)
 
 TOPICS = [
     ("What is the capital of France?", "Paris"),
@@ -165,3 +178,52 @@ def test_hashed_words_are_stable_and_bounded() -> None:
     assert len(keys) <= 8
     assert f"reply#{zlib.crc32(b'one two') % 8}" in keys  # the same bucket in every process
     assert sum(v * v for v in keys.values()) == pytest.approx(1.0)
+
+
+LONG_REPLY = (
+    "Paris is the capital of France. " * 30
+    + "Maybe, I'm not sure. I can't say. " * 40
+    + "Its population is about two million people. " * 12
+)
+
+
+@pytest.mark.parametrize("text", [NEW_HEDGING, LONG_REPLY, "naïve café, it\u2019s ok. " * 80])
+def test_buckets_are_crc32_of_the_words_and_pairs_read(text: str) -> None:
+    # The chained crc32 of a pair is the crc32 of the joined pair, as before.
+    grams = list(_ngrams(text, (1, 2)))
+    expected = collections.Counter(zlib.crc32(g.encode()) % 1024 for g in grams)
+    assert dict(_bucket_counts(text, (1, 2), 1024)) == dict(expected)
+    vectorizer = HashedTFIDF(on="reply", ngram_range=(1, 2), n_buckets=1024)
+    assert all(vectorizer.bucket(g) == zlib.crc32(g.encode()) % 1024 for g in grams)
+
+
+def test_a_long_texts_digest_counts_the_part_read_and_learns_the_same() -> None:
+    x = x_of(NEW_QUESTION, LONG_REPLY)
+    digest = text_digest(x)["~reply"]
+    assert digest["read"] == [READ_HEAD_CHARS, READ_TAIL_CHARS]
+    counted = sum(digest["1"][1::2])
+    assert counted == len(read(LONG_REPLY).tokens) < len(words(LONG_REPLY))
+    from_text, from_digest = make_model(), make_model()
+    purged = {**without_text(x), **text_digest(x)}
+    for _ in range(3):
+        learn(from_text, x, False, 1.0)
+        learn(from_digest, purged, False, 1.0)
+    assert predict(from_text, x) == predict(from_digest, x)
+
+
+def test_an_old_digest_of_the_whole_text_is_read_as_its_counts() -> None:
+    # Made before the bound: crc32 counts of every word and pair, no "read".
+    seq = words(LONG_REPLY)
+    flat = {
+        n: collections.Counter(
+            zlib.crc32(" ".join(seq[i : i + n]).encode()) % 65536 for i in range(len(seq) - n + 1)
+        )
+        for n in (1, 2)
+    }
+    old = {
+        "buckets": 65536,
+        **{str(n): [v for kv in c.items() for v in kv] for n, c in flat.items()},
+    }
+    vectorizer = HashedTFIDF(on="reply", ngram_range=(1, 2))
+    counts = vectorizer._counts({"reply": "", DIGEST_PREFIX + "reply": old})
+    assert counts == dict(flat[1] + flat[2])

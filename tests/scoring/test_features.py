@@ -4,7 +4,15 @@ import math
 import pytest
 
 from middleware.scoring.completion import content_text
-from middleware.scoring.features import NUMERIC_KEYS, ExchangeView, features, words
+from middleware.scoring.features import (
+    NUMERIC_KEYS,
+    READ_HEAD_CHARS,
+    READ_TAIL_CHARS,
+    ExchangeView,
+    features,
+    read,
+    words,
+)
 
 
 @pytest.mark.parametrize(
@@ -274,3 +282,45 @@ def test_hedging_and_plain_differ_where_the_model_can_see_it() -> None:
     plain = features(ExchangeView(question="Capital of France?", reply=PLAIN))
     assert plain["hedges"] == 0.0
     assert hedging["hedges"] == 3.0
+
+
+# A long reply: a hedge and a refusal in the middle, which is not read.
+LONG_START = "Paris is the capital of France. " * 30  # 960 characters
+LONG_MIDDLE = "Maybe, I'm not sure. I can't say. " * 40
+LONG_END = "Its population is about two million people. " * 12
+
+
+def test_a_long_reply_is_read_at_its_start_and_its_end() -> None:
+    reply = LONG_START + LONG_MIDDLE + LONG_END
+    reading = read(reply)
+    seq = words(reply)
+    assert len(reading.head) > 0 and len(reading.tail) > 0
+    assert list(reading.head) == seq[: len(reading.head)]
+    assert list(reading.tail) == seq[len(seq) - len(reading.tail) :]
+    assert len(reading.folded) <= READ_HEAD_CHARS + READ_TAIL_CHARS + 1
+    x = features(ExchangeView(question="What is the capital of France?", reply=reply))
+    assert x["reply"] == reply
+    assert x["hedges"] == x["refusals"] == 0.0  # in the middle: not read
+    # The length features still count the whole reply (its words estimated).
+    assert x["reply_chars"] == pytest.approx(math.log1p(len(reply.strip())))
+    assert x["reply_words"] == pytest.approx(math.log1p(len(seq)), abs=0.1)
+
+
+def test_a_reply_within_the_bound_is_read_whole() -> None:
+    reply = "word " * ((READ_HEAD_CHARS + READ_TAIL_CHARS) // 5)
+    reading = read(reply)
+    assert list(reading.head) == words(reply) and reading.tail == ()
+    assert reading.words == len(words(reply))
+
+
+def test_a_cut_without_whitespace_drops_the_word_it_splits() -> None:
+    reply = "x" * 2000 + " end"
+    reading = read(reply)
+    assert reading.head == () and reading.tail == ("end",)
+
+
+def test_features_cost_stops_growing_with_the_reply() -> None:
+    # Everything read of a reply is within the bound, however long the reply.
+    short = read(LONG_START + LONG_MIDDLE + LONG_END)
+    long = read(LONG_START + LONG_MIDDLE * 50 + LONG_END)
+    assert short.tokens == long.tokens and long.words > 10 * short.words
