@@ -9,7 +9,6 @@ Only here, and only when Slack is on, does the gateway import slack-bolt.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ from middleware.review.outbox import LogChannel, Outbox
 from middleware.review.privacy import Redactor
 from middleware.secrets import Secrets
 from middleware.settings import Settings
+from middleware.tasks import cancelled
 
 if TYPE_CHECKING:
     from adapters.slack.channel import ReviewerCheck, SlackReviewChannel
@@ -94,9 +94,7 @@ class ReviewSide:
         if self.socket is not None:
             await self.socket.stop()
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancelled(task)
         await outbox.stop()
         if self.slack is not None:
             await self.slack.aclose()

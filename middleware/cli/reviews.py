@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from middleware.errors import UnknownReply
+from middleware.reporting.format import short
 from middleware.settings import Settings
 from middleware.vocabulary import REASONS, VERDICTS
 
@@ -51,8 +52,7 @@ def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _one_line(text: str, limit: int = 70) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
+    return short(" ".join(text.split()), limit)
 
 
 def cmd_reviews(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:

@@ -10,7 +10,6 @@ processes may each run it: a purge only touches text that is still there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from feedback_store.purge import Purged, Scope, purge_text
 from middleware.learning.explain import WORDS_REASON
 from middleware.learning.model import text_digest
 from middleware.scoring.features import TEXT_KEYS, without_text
+from middleware.tasks import cancelled
 
 log = logging.getLogger("hitl.privacy")
 
@@ -123,8 +123,5 @@ class Retention:
             self._task = asyncio.create_task(self.run(), name="hitl-retention")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancelled(self._task)
+        self._task = None

@@ -13,6 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from middleware.tasks import cancelled
+
 log = logging.getLogger("hitl")
 
 Closer = Callable[[], Awaitable[None]]
@@ -51,11 +53,8 @@ class Draining:
             self._chain_signals()
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
+        await cancelled(self._watch)
+        self._watch = None
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()

@@ -9,8 +9,6 @@ from ``[report] admin_token_env`` when that variable is set: ``Authorization: Be
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -18,7 +16,6 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -32,7 +29,7 @@ from feedback_store.report import (
     load_rows,
     parse_when,
 )
-from middleware.http.auth import bearer, matches_any
+from middleware.http.auth import matches_any, presented_token
 from middleware.http.responses import error_response, json_response
 from middleware.metrics import Metrics
 from middleware.reporting import render_csv, render_html
@@ -45,22 +42,6 @@ PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-
-
-def supplied_token(headers: Headers) -> str | None:
-    """The token of ``Bearer <token>``, or the password of HTTP Basic credentials."""
-    token = bearer(headers)
-    if token is not None:
-        return token
-    scheme, _, encoded = headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    _, sep, password = decoded.partition(":")
-    return password if sep and password else None
 
 
 class ReportEndpoints:
@@ -89,7 +70,7 @@ class ReportEndpoints:
 
     def _refused(self, request: Request) -> Response | None:
         if self.admin_token is None or matches_any(
-            supplied_token(request.headers), (self.admin_token,)
+            presented_token(request.headers), (self.admin_token,)
         ):
             return None
         return error_response(

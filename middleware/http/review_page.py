@@ -12,7 +12,6 @@ would attach the reviewer's saved credentials to it.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Protocol
 from urllib.parse import parse_qs, quote
 
 from starlette.requests import Request
@@ -23,7 +22,7 @@ from middleware.errors import Refused, store_errors
 from middleware.flows.decision import DecisionFlow
 from middleware.http.responses import error_response, json_response
 from middleware.http.reviewers import Reviewers, Signed
-from middleware.learning.explain import Explanation
+from middleware.http.reviews import Explains
 from middleware.review.items import build_item, model_input
 from middleware.review.page import QueueEntry, render_queue
 from middleware.vocabulary import REASONS, VERDICTS
@@ -35,10 +34,6 @@ PAGE_CSP = (
     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 REALM = 'Basic realm="hitl review", charset="UTF-8"'
-
-
-class Explains(Protocol):
-    def contributions(self, x: dict[str, Any]) -> Explanation | None: ...
 
 
 def cross_site(request: Request) -> bool:

@@ -9,8 +9,6 @@ decision then names the reviewer the request gives).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 from dataclasses import dataclass
 
@@ -18,6 +16,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from middleware.errors import ConfigError
+from middleware.http.auth import presented_token
 from middleware.http.responses import error_response
 
 #: the name a request signed in with the admin token goes by
@@ -59,24 +58,6 @@ def parse_tokens(raw: str | None, *, variable: str) -> dict[str, str]:
         names.add(name)
         tokens[token] = name
     return tokens
-
-
-def presented(headers: Headers) -> str | None:
-    """The token a request presents: a Bearer token, or HTTP Basic's password."""
-    scheme, _, value = headers.get("authorization", "").partition(" ")
-    value = value.strip()
-    if not value:
-        return None
-    if scheme.lower() == "bearer":
-        return value
-    if scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        password = decoded.partition(":")[2]
-        return password or None
-    return None
 
 
 class Reviewers:
@@ -122,7 +103,7 @@ class Reviewers:
         return bool(self.tokens) or self.admin_token is not None
 
     def identify(self, headers: Headers) -> Signed | None:
-        token = presented(headers)
+        token = presented_token(headers)
         if token is None:
             return None
         found: str | None = None

@@ -28,6 +28,7 @@ from typing import Any
 from feedback_store import Store, StoreError
 from feedback_store.leadership import Leadership, SoleLeader
 from middleware.learning.brain import Brain, DriftEvent
+from middleware.tasks import cancelled
 
 log = logging.getLogger("hitl.learner")
 
@@ -226,11 +227,8 @@ class Learner:
         self._task = asyncio.create_task(self.run(), name="hitl-learner")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancelled(self._task)
+        self._task = None
         if self.leading:
             with contextlib.suppress(StoreError):
                 await self.step()

@@ -36,6 +36,7 @@ from middleware.errors import (
     ReviewChannelRetryable,
 )
 from middleware.ports import PostedCard, ReviewChannel, ReviewItem
+from middleware.tasks import cancelled
 
 log = logging.getLogger("hitl.outbox")
 
@@ -188,11 +189,8 @@ class Outbox:
             self._task = asyncio.create_task(self._run(), name="hitl-review-outbox")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancelled(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -6,7 +6,6 @@ Each answer is asserted in the OpenAI error shape and never as a 500 with a trac
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.support.processes import free_port
 from tests.support.servers import ServerThread
 
 CHAT = "/v1/chat/completions"
@@ -52,14 +52,6 @@ def post_stream(gw: ServerThread, payload: dict[str, Any]) -> httpx.Response:
     with httpx.stream("POST", gw.url + CHAT, json={**payload, "stream": True}, timeout=10) as r:
         r.read()
     return r
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @pytest.fixture

@@ -83,7 +83,7 @@ async def test_a_reviewer_clears_the_queue_by_keyboard(browser: Any, tmp_path: P
         # Every reply is escalated while the model knows nothing (prior 0.1); then votes
         # on some teach the model a little, so the reply's words carry weight.
         taught = [await chat(gw, f"How do I send a thumbs down? ({i})") for i in range(6)]
-        first = await chat(gw, "How do I approve a held reply?")
+        await chat(gw, "How do I approve a held reply?")
         await chat(gw, MARKUP)
         for i, hitl in enumerate(taught):
             await vote(gw, hitl, "down" if i % 2 else "up")
@@ -134,7 +134,6 @@ async def test_a_reviewer_clears_the_queue_by_keyboard(browser: Any, tmp_path: P
         assert await marked.locator("img").count() == 0
         assert await page.evaluate("window.pwned") is None
         assert problems == []
-        assert first["reply_id"]
 
 
 async def test_a_second_reviewer_is_told_who_decided_first(browser: Any, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from middleware.review.items import ReviewItems
 from middleware.review.outbox import LogChannel, Outbox, RetryPolicy, may_be_in_channel
 from middleware.settings import settings_from_mapping
 from tests.support.outbox import FAST, decisions, escalate, eventually, row_when
+from tests.support.processes import free_port
 from tests.support.servers import ServerThread
 from tests.support.slack import ADMIN, ESCALATE_ALL, SECRET, card_update, click
 from tests.support.slack_standin import BOT_ID, CHANNEL, TOKEN, SlackStandin
@@ -403,14 +404,6 @@ settings = settings_from_mapping(spec["settings"], source="test")
 app = create_app(settings, environ=spec["environ"], retry=RetryPolicy(**spec["retry"]))
 uvicorn.run(app, host="127.0.0.1", port=spec["port"], log_level="warning")
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def db_rows(tmp_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
