@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from feedback_store import Store
 from middleware.errors import Refused, store_errors
 from middleware.flows.decision import DecisionFlow
+from middleware.http.bodies import BodyTooLarge, read_body
 from middleware.http.responses import error_response, json_response
 from middleware.http.reviewers import Reviewers, Signed
 from middleware.http.reviews import Explains
@@ -139,11 +140,10 @@ class ReviewPage:
 
 async def _read_form(request: Request) -> tuple[dict[str, str], tuple[str, str] | None]:
     """The urlencoded form, one value per name, or what is wrong with it."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            return {}, ("body", f"the form is larger than {MAX_FORM_BYTES} bytes")
+    try:
+        body = await read_body(request, MAX_FORM_BYTES)
+    except BodyTooLarge:
+        return {}, ("body", f"the form is larger than {MAX_FORM_BYTES} bytes")
     try:
         parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError:

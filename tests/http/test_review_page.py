@@ -162,3 +162,14 @@ def test_held_items_come_first(gw: ServerThread, gateway_factory: GatewayFactory
     ids = order(page)
     assert len(ids) == 2 and ids[1] == plain
     assert "held: the user waits for you" in page.split(plain)[0]
+
+
+def test_a_form_over_the_limit_is_refused_unread(gw: ServerThread) -> None:
+    reply_id = chat(gw, "one")["reply_id"]
+    r = httpx.post(
+        f"{gw.url}/review/{reply_id}",
+        data={"decision": "correct", "correction": "x" * 70_000},
+        headers={**AUTH, "accept": "application/json"},
+    )
+    assert r.status_code == 422 and r.json()["error"]["param"] == "body"
+    assert "larger than 65536 bytes" in r.json()["error"]["message"]
