@@ -196,6 +196,23 @@ def _keys(prefix: str, buckets: Iterable[int]) -> list[str]:
     return out
 
 
+#: what a transform reads of a text: its feature names, buckets and counts, in order
+_Terms = tuple[tuple[str, ...], tuple[int, ...], tuple[float, ...]]
+
+
+# Cached beside ``_reading_counts`` for the same reason: the request path scores a reply
+# and the learner learns it soon after, and neither should name its buckets again.
+@functools.lru_cache(maxsize=2048)
+def _reading_terms(
+    reading: Reading, ngram_range: tuple[int, int], n_buckets: int, prefix: str
+) -> _Terms:
+    return _terms_of(dict(_reading_counts(reading, ngram_range, n_buckets)), prefix)
+
+
+def _terms_of(counts: dict[int, int], prefix: str) -> _Terms:
+    return tuple(_keys(prefix, counts)), tuple(counts), tuple(map(float, counts.values()))
+
+
 class HashedTFIDF(base.Transformer):
     """TF-IDF of the word n-grams of ``x[on]``, hashed into ``n_buckets`` keys ``"{prefix}#{b}"``.
 
@@ -232,28 +249,47 @@ class HashedTFIDF(base.Transformer):
     def key(self, bucket: int) -> str:
         return _keys(self.prefix, (bucket,))[0]
 
-    def _counts(self, x: dict[str, Any]) -> dict[int, int]:
+    def _terms(self, x: dict[str, Any]) -> _Terms:
         text = x.get(self.on)
         if not isinstance(text, str) or not text:
             # A purged exchange keeps what its text counted (``text_digest``).
-            return _digest_counts(x.get(DIGEST_PREFIX + self.on), self.ngram_range, self.n_buckets)
-        return dict(_bucket_counts(text, self.ngram_range, self.n_buckets))
+            counts = _digest_counts(
+                x.get(DIGEST_PREFIX + self.on), self.ngram_range, self.n_buckets
+            )
+            return _terms_of(counts, self.prefix)
+        return _reading_terms(read(text), self.ngram_range, self.n_buckets, self.prefix)
+
+    def _log_dfs(self) -> dict[int, float]:
+        """``ln(1 + df)`` by bucket, kept beside ``dfs`` so that scoring takes no logarithm
+        per word; left out of pickles (``__getstate__``) and rebuilt on first use."""
+        logs: dict[int, float] | None = self.__dict__.get("_logs")
+        if logs is None:
+            logs = self.__dict__["_logs"] = {b: math.log1p(d) for b, d in self.dfs.items()}
+        return logs
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_logs", None)
+        return state
 
     def learn_one(self, x: dict) -> None:
         if self.idf:
             self.n_docs += 1
-            self.dfs.update(self._counts(x).keys())
+            buckets = self._terms(x)[1]
+            self.dfs.update(buckets)
+            logs, dfs = self._log_dfs(), self.dfs
+            for bucket in buckets:
+                logs[bucket] = math.log1p(dfs[bucket])
 
     def transform_one(self, x: dict) -> dict:
-        counts = self._counts(x)
-        names = _keys(self.prefix, counts)
+        names, buckets, counts = self._terms(x)
         if not self.idf:
-            return dict(zip(names, map(float, counts.values()), strict=True))
-        n = 1 + self.n_docs
-        df, log = self.dfs.get, math.log
-        weighted = [c * (log(n / (1 + df(b, 0))) + 1.0) for b, c in counts.items()]
-        norm = math.sqrt(sum(v * v for v in weighted)) or 1.0
-        return {name: v / norm for name, v in zip(names, weighted, strict=True)}
+            return dict(zip(names, counts, strict=True))
+        # ln((1 + n) / (1 + df)) + 1 as ln(1 + n) + 1 - ln(1 + df)
+        base, logs = math.log1p(self.n_docs) + 1.0, self._log_dfs()
+        weighted = [c * (base - logs.get(b, 0.0)) for b, c in zip(buckets, counts, strict=True)]
+        scale = 1.0 / (math.hypot(*weighted) or 1.0)
+        return dict(zip(names, [v * scale for v in weighted], strict=True))
 
 
 class _Buckets(base.Transformer):

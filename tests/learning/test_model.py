@@ -1,6 +1,7 @@
 import collections
 import itertools
 import json
+import math
 import pickle
 import zlib
 from typing import Any
@@ -225,5 +226,32 @@ def test_an_old_digest_of_the_whole_text_is_read_as_its_counts() -> None:
         **{str(n): [v for kv in c.items() for v in kv] for n, c in flat.items()},
     }
     vectorizer = HashedTFIDF(on="reply", ngram_range=(1, 2))
-    counts = vectorizer._counts({"reply": "", DIGEST_PREFIX + "reply": old})
-    assert counts == dict(flat[1] + flat[2])
+    _, buckets, counts = vectorizer._terms({"reply": "", DIGEST_PREFIX + "reply": old})
+    assert dict(zip(buckets, counts, strict=True)) == dict(flat[1] + flat[2])
+
+
+def test_the_tfidf_kept_logarithms_follow_learning_and_pickles() -> None:
+    # Scoring reads ln(1 + df) kept beside the document frequencies; it must give what
+    # the formula gives from the frequencies themselves, after learning and after a
+    # snapshot (the kept logarithms are not pickled, they are rebuilt).
+    vectorizer = HashedTFIDF(on="reply", ngram_range=(1, 2))
+    texts = ["the reset link is in the e-mail", "the e-mail never came", "try the link again"]
+    for text in texts:
+        vectorizer.learn_one({"reply": text})
+    x = {"reply": "the link in the e-mail"}
+
+    def by_formula(model: HashedTFIDF) -> dict[str, float]:
+        _, buckets, counts = model._terms(x)
+        n = 1 + model.n_docs
+        weights = [
+            c * (math.log(n / (1 + model.dfs.get(b, 0))) + 1)
+            for b, c in zip(buckets, counts, strict=True)
+        ]
+        norm = math.sqrt(sum(w * w for w in weights))
+        return {model.key(b): w / norm for b, w in zip(buckets, weights, strict=True)}
+
+    for model in (vectorizer, pickle.loads(pickle.dumps(vectorizer))):
+        got, want = model.transform_one(x), by_formula(model)
+        assert got.keys() == want.keys()
+        assert all(math.isclose(got[k], want[k], rel_tol=1e-12) for k in want)
+    assert "_logs" not in pickle.loads(pickle.dumps(vectorizer)).__dict__
