@@ -20,7 +20,9 @@ RATINGS: tuple[Rating, ...] = ("up", "down")
 Reason = Literal["incorrect", "incomplete", "unsafe", "off-topic", "tone", "other"]
 REASONS: tuple[Reason, ...] = ("incorrect", "incomplete", "unsafe", "off-topic", "tone", "other")
 
-ReviewState = Literal["pending", "posted", "approved", "rejected", "corrected", "expired", "failed"]
+ReviewState = Literal[
+    "pending", "posted", "approved", "rejected", "corrected", "expired", "failed", "replayed"
+]
 REVIEW_STATES: tuple[ReviewState, ...] = (
     "pending",
     "posted",
@@ -29,6 +31,7 @@ REVIEW_STATES: tuple[ReviewState, ...] = (
     "corrected",
     "expired",
     "failed",
+    "replayed",
 )
 #: waiting for a reviewer: not yet in the channel, or posted there
 AWAITING_STATES: tuple[ReviewState, ...] = ("pending", "posted")
@@ -38,6 +41,11 @@ DECIDED_STATES: tuple[ReviewState, ...] = ("approved", "rejected", "corrected")
 FAILED_STATE: ReviewState = "failed"
 #: nothing more will happen to the review: decided, timed out (a hold) or dead-lettered
 FINAL_STATES: tuple[ReviewState, ...] = (*DECIDED_STATES, "expired", FAILED_STATE)
+#: an escalation ``hitl replay`` recorded: what the policy would have sent to people,
+#: kept for the figures, never posted nor queued (nobody is waiting for it)
+REPLAYED_STATE: ReviewState = "replayed"
+#: the route ``hitl replay`` records its exchanges on (live ones are on "chat")
+REPLAY_ROUTE = "replay"
 
 #: a reviewer's vote, as ``review_vote.verdict`` keeps it: approve is one side, reject
 #: and correct the other (a correction counts as a rejection plus its text)

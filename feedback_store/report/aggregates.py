@@ -23,6 +23,7 @@ from feedback_store.vocabulary import (
     AWAITING_STATES,
     DECIDED_STATES,
     DECISION_KINDS,
+    REPLAYED_STATE,
     REVIEWED_DECISIONS,
 )
 
@@ -127,6 +128,8 @@ def review_summary(
         "pending": sum(states[s] for s in AWAITING_STATES),
         "expired": states["expired"],
         "dead_letter": states["failed"],
+        # recorded by ``hitl replay``: what the policy would have sent, never put to people
+        "replayed": states[REPLAYED_STATE],
         "median_seconds_to_decision": quantile(waits, 0.5),
         "p90_seconds_to_decision": quantile(waits, 0.9),
         "agreement": cohen_kappa(agreement_pairs(verdicts)),

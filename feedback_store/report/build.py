@@ -17,7 +17,7 @@ from feedback_store.report.model import model_summary
 from feedback_store.report.periods import timeline
 from feedback_store.report.rows import ReportRows, ReviewRow, VoteRow
 from feedback_store.report.topics import complaints, topics
-from feedback_store.vocabulary import DECIDED_STATES
+from feedback_store.vocabulary import DECIDED_STATES, REPLAY_ROUTE
 
 CSV_COLUMNS = (
     "reply_id",
@@ -57,6 +57,9 @@ def build_report(
         "period": {"from": iso(start), "until": iso(end)},
         "generated_at": iso(now),
         "exchanges": len(rows.exchanges),
+        # from ``hitl replay``, timed when they were replayed (a recorded stream has no
+        # clock of its own): the page says so
+        "replayed": sum(e.route == REPLAY_ROUTE for e in rows.exchanges),
         "feedback": feedback_summary(rows.votes),
         "decisions": decision_counts(rows.exchanges),
         "reviews": review_summary(rows.reviews, rows.votes, rows.ballots),

@@ -11,7 +11,12 @@ import numpy as np
 from feedback_store.report.aggregates import user_votes, waiting_times
 from feedback_store.report.metrics import iso, quantile, rate
 from feedback_store.report.rows import ReportRows
-from feedback_store.vocabulary import AWAITING_STATES, DECIDED_STATES, REVIEWED_DECISIONS
+from feedback_store.vocabulary import (
+    AWAITING_STATES,
+    DECIDED_STATES,
+    REPLAY_ROUTE,
+    REVIEWED_DECISIONS,
+)
 
 #: nice time-bucket widths in seconds; the report picks the first giving few enough buckets
 BUCKET_WIDTHS = (
@@ -43,7 +48,15 @@ def bucket_width(span_seconds: float, *, max_buckets: int = MAX_BUCKETS) -> int:
 
 
 def timeline(rows: ReportRows, *, start: float, end: float) -> dict[str, Any]:
-    """Per time bucket: volume, votes, escalations, decisions, time to decision, backlog."""
+    """Per time bucket: volume, votes, escalations, decisions, time to decision, backlog.
+
+    Votes and decisions follow their exchange, as the period's cards count them: a
+    decision taken after the period's last exchange counts in its reply's bucket (with
+    the time it took), not in a bucket past the chart's end. The backlog is the one
+    figure by the clock: what was still waiting when each bucket ended. Exchanges from
+    ``hitl replay`` count in the volume (``replayed``), but their escalations were never
+    put to people: they are not among the escalated.
+    """
     width = bucket_width(max(end - start, 1.0))
     first = math.floor(start / width) * width
     count = max(1, math.floor((end - first) / width) + 1)
@@ -55,6 +68,7 @@ def timeline(rows: ReportRows, *, start: float, end: float) -> dict[str, Any]:
 
     exchanges = [0] * count
     escalated = [0] * count
+    replayed = [0] * count
     up = [0] * count
     down = [0] * count
     decided = [0] * count
@@ -66,15 +80,18 @@ def timeline(rows: ReportRows, *, start: float, end: float) -> dict[str, Any]:
             continue
         bucket_of[e.id] = i
         exchanges[i] += 1
-        escalated[i] += e.decision in REVIEWED_DECISIONS
+        if e.route == REPLAY_ROUTE:
+            replayed[i] += 1
+        else:
+            escalated[i] += e.decision in REVIEWED_DECISIONS
     for v in user_votes(rows.votes):
         i = bucket_of.get(v.reply_id)
         if i is not None:
             up[i] += v.rating == "up"
             down[i] += v.rating == "down"
     for r in rows.reviews:
-        if r.state in DECIDED_STATES and r.decided_at is not None:
-            i = index(r.decided_at)
+        if r.state in DECIDED_STATES:
+            i = bucket_of.get(r.reply_id)
             if i is not None:
                 decided[i] += 1
                 waits[i].extend(waiting_times([r]))
@@ -90,6 +107,7 @@ def timeline(rows: ReportRows, *, start: float, end: float) -> dict[str, Any]:
             "start": iso(starts[i]),
             "ts": starts[i],
             "exchanges": exchanges[i],
+            "replayed": replayed[i],
             "up": up[i],
             "down": down[i],
             "helpful_rate": rate(up[i], up[i] + down[i]),

@@ -7,6 +7,11 @@ tally, for each budget in ``BUDGETS``, what a policy with ``escalate_below = 1.0
 no hourly cap (a stream has no clock) would have sent to people: the model does not
 depend on what was escalated, so one pass scores every budget, each with its own
 ``ReviewBudget``.
+
+Into a real store (``--store``), the replayed exchanges are on route "replay" and their
+escalations in state "replayed": the report counts them apart, the review queue and the
+outbox (Slack) never see them. They are timed when they were replayed: a recorded
+stream has no usable clock of its own (ConvAI's order is its only order).
 """
 
 from __future__ import annotations
@@ -195,6 +200,9 @@ def exchange_of(item: Recorded, started: float) -> ChatExchange:
         summary=ReplySummary(text=item.reply, finish_reason="stop"),
         signals={},
         model="replay",
+        # What the policy sends to people is kept as "replayed": nobody waits for a
+        # recorded reply, so no card is posted and the review queue stays as it was.
+        replayed=True,
     )
 
 

@@ -35,6 +35,7 @@ from middleware.review.privacy import Redactor
 from middleware.scoring.completion import ReplySummary, read_conversation
 from middleware.scoring.features import QUESTION_CHARS, without_text
 from middleware.scoring.scorer import Assessment, Scorer
+from middleware.vocabulary import REPLAY_ROUTE, REPLAYED_STATE
 
 log = logging.getLogger("hitl.chat")
 
@@ -58,6 +59,9 @@ class ChatExchange:
     status: str = "complete"
     upstream_status: int = 200
     upstream_ms: float = 0.0
+    #: from ``hitl replay``: stored on route "replay", and an escalation is kept as
+    #: "replayed" (for the figures), never queued for people or posted
+    replayed: bool = False
 
 
 class _Kept(NamedTuple):
@@ -163,7 +167,7 @@ class ReplyFlow:
             id=exchange.reply_id,
             created_at=now,
             model=str(payload.get("model") or "")[:200],
-            route="chat",
+            route=REPLAY_ROUTE if exchange.replayed else "chat",
             end_user=exchange.end_user,
             stream=exchange.stream,
             request_json=orjson.dumps(payload).decode(),
@@ -187,7 +191,7 @@ class ReplyFlow:
         if decision.reviewed:
             escalation = NewEscalation(
                 reply_id=exchange.reply_id,
-                state="pending",
+                state=REPLAYED_STATE if exchange.replayed else "pending",
                 hold=decision.kind == "hold",
                 # A confident reply goes to people only because it looks unlike the rest.
                 trigger="outlier"
@@ -202,7 +206,7 @@ class ReplyFlow:
             raise StoreUnavailable(
                 f"the exchange could not be stored ({exc}); the reply was not delivered"
             ) from exc
-        if escalation is not None:
+        if escalation is not None and not exchange.replayed:
             self.hooks.review_queued()
 
     def _log(
@@ -219,17 +223,22 @@ class ReplyFlow:
             "upstream_ms": round(exchange.upstream_ms, 2),
             "total_ms": round(total_ms, 2),
         }
+        held = assessment.decision.held_back
+        if held is not None:  # a review candidate the budget kept from people
+            fields["held_back"] = held.rule
+            fields["held_back_why"] = held.message
         if self.log_bodies:  # off by default: questions and answers may hold personal data
             fields["question"] = kept.question
             # A held reply's text goes only to reviewers until one decides.
             if decision != "hold":
                 fields["reply"] = kept.summary.text
         log.info(
-            "reply %s %s confidence=%.3f upstream_ms=%.1f total_ms=%.1f",
+            "reply %s %s confidence=%.3f upstream_ms=%.1f total_ms=%.1f%s",
             exchange.reply_id,
             decision,
             assessment.confidence,
             exchange.upstream_ms,
             total_ms,
+            "" if held is None else f" held_back={held.rule} ({held.message})",
             extra={"fields": fields},
         )

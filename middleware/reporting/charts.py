@@ -8,6 +8,7 @@ segment names) is escaped by matplotlib's SVG writer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,12 +24,14 @@ from middleware.reporting.figures import (
     WIDE,
     axes,
     bucket_bars,
+    count_axis,
     datetimes,
     drift_lines,
     figure,
     finish_time_chart,
-    legend,
+    legend_above,
     time_axis,
+    time_span,
     to_svg,
 )
 from middleware.reporting.format import num, short
@@ -41,23 +44,41 @@ def chart_volume(timeline: dict[str, Any]) -> str | None:
     x = datetimes(b["ts"] for b in buckets)
     fig = figure(WIDE)
     ax = axes(fig)
-    bars = bucket_bars(ax, timeline, "exchanges", hatch="///", label="exchanges")
+    replayed = [b.get("replayed", 0) for b in buckets]
+    if any(replayed):
+        live = [b["exchanges"] - r for b, r in zip(buckets, replayed, strict=True)]
+        bars = bucket_bars(ax, timeline, "", values=live, hatch="///", label="live exchanges")
+        extra = [
+            bucket_bars(
+                ax,
+                timeline,
+                "",
+                values=replayed,
+                bottom=live,
+                hatch="...",
+                label="replayed (hitl replay)",
+            )
+        ]
+    else:
+        bars = bucket_bars(ax, timeline, "exchanges", hatch="///", label="exchanges")
+        extra = []
     ax.set_ylabel("exchanges", fontsize=9)
+    count_axis(ax.yaxis)
     time_axis(ax)
+    time_span(ax, timeline)
     rate = ax.twinx()
     rate.spines[["top"]].set_visible(False)
     rate.tick_params(labelsize=9)
-    voted = [
-        (xi, b["helpful_rate"])
-        for xi, b in zip(x, buckets, strict=True)
-        if b["helpful_rate"] is not None
-    ]
-    handles = [bars]
-    if voted:
-        mid = [xi.timestamp() + timeline["bucket_seconds"] / 2 for xi, _ in voted]
+    handles = (
+        [bars, *extra] if any(b["exchanges"] > b.get("replayed", 0) for b in buckets) else extra
+    )
+    if any(b["helpful_rate"] is not None for b in buckets):
+        # A bucket without votes breaks the line (NaN): no slope drawn across a gap.
+        mid = [xi.timestamp() + timeline["bucket_seconds"] / 2 for xi in x]
+        rates = [math.nan if b["helpful_rate"] is None else b["helpful_rate"] for b in buckets]
         (line,) = rate.plot(
             datetimes(mid),
-            [r for _, r in voted],
+            rates,
             color=BLUE,
             marker="o",
             markersize=4,
@@ -115,9 +136,11 @@ def chart_learning(model: dict[str, Any]) -> str | None:
             marks.append(float(reached[-1]))
     handles += drift_lines(ax, marks, as_dates=False)
     ax.set_ylim(0.0, 1.0)
+    count_axis(ax.xaxis, top=max(n))
     ax.set_xlabel("labels learned", fontsize=9)
     ax.set_ylabel("ROC AUC", fontsize=9)
-    legend(ax, handles, loc="lower right", ncols=2)
+    # Above the plot: inside, at any corner, it would hide the curve's start or end.
+    legend_above(fig, handles)
     return to_svg(fig, "learning")
 
 
@@ -136,6 +159,7 @@ def chart_calibration(model: dict[str, Any]) -> str | None:
         edgecolor="#d5dbe1",
         linewidth=0.6,
     )
+    count_axis(counts.yaxis)
     counts.set_ylabel("labels in bin", fontsize=8.5, color=GREY)
     counts.tick_params(labelsize=8, colors=GREY)
     counts.spines[["top"]].set_visible(False)
@@ -186,6 +210,7 @@ def chart_confidence(model: dict[str, Any]) -> str | None:
             )
         )
     ax.set_xlim(0, 1)
+    count_axis(ax.yaxis)
     ax.set_xlabel("confidence at reply time", fontsize=9)
     ax.set_ylabel("labels", fontsize=9)
     fig.legend(handles=handles, loc="outside upper left", fontsize=8.5, frameon=False)
@@ -198,31 +223,40 @@ def chart_reviews(timeline: dict[str, Any]) -> str | None:
         return None
     fig = figure(WIDE)
     ax = axes(fig)
+    width = timeline["bucket_seconds"]
     handles = [bucket_bars(ax, timeline, "escalated", hatch="xxx", label="escalated")]
-    ends = datetimes(b["ts"] + timeline["bucket_seconds"] for b in buckets)
+    # Decided inside its bucket's bar, half as wide: of that bucket's escalations, how
+    # many a person has decided (whenever they did).
+    handles.append(
+        ax.bar(
+            datetimes(b["ts"] + width / 4 for b in buckets),
+            [b["decided"] for b in buckets],
+            width=width / 2 / 86400.0,
+            align="edge",
+            color="white",
+            edgecolor=GREEN,
+            hatch="...",
+            linewidth=0.9,
+            label="of them decided",
+        )
+    )
+    # Each bucket's step is level with what still waited at its end; the last step is
+    # drawn to the last bucket's end, not left as a bare rise at the chart's edge.
+    backlog = [b["backlog"] for b in buckets]
+    steps = datetimes([*(b["ts"] for b in buckets), buckets[-1]["ts"] + width])
     handles += ax.plot(
-        ends,
-        [b["backlog"] for b in buckets],
+        steps,
+        [*backlog, backlog[-1]],
         color=PURPLE,
         drawstyle="steps-post",
         linestyle="-",
         linewidth=1.8,
-        marker="s",
-        markersize=3.5,
-        label="backlog (waiting)",
-    )
-    handles += ax.plot(
-        ends,
-        [b["decided"] for b in buckets],
-        color=GREEN,
-        linestyle="--",
-        linewidth=1.4,
-        marker="^",
-        markersize=4,
-        label="decided",
+        label="backlog (waiting at the end)",
     )
     ax.set_ylabel("escalations", fontsize=9)
+    count_axis(ax.yaxis)
     time_axis(ax)
+    time_span(ax, timeline)
     return finish_time_chart(fig, ax, handles, timeline, "reviews")
 
 
@@ -236,20 +270,23 @@ def chart_review_time(timeline: dict[str, Any]) -> str | None:
         return None
     fig = figure(WIDE)
     ax = axes(fig)
-    minutes = [s / 60.0 for _, s in points]
+    # Seconds when every median is under two minutes: "0.02 minutes" reads as nothing.
+    unit, per = ("seconds", 1.0) if max(s for _, s in points) < 120 else ("minutes", 60.0)
+    values = [s / per for _, s in points]
     handles = ax.plot(
         datetimes(t for t, _ in points),
-        minutes,
+        values,
         color=BLUE,
         linestyle="-.",
         linewidth=1.6,
         marker="D",
         markersize=4,
-        label="median minutes to decision",
+        label=f"median {unit} to decision",
     )
-    ax.set_ylim(bottom=0)
-    ax.set_ylabel("minutes", fontsize=9)
+    ax.set_ylim(0, max(max(values) * 1.15, 1.0))
+    ax.set_ylabel(unit, fontsize=9)
     time_axis(ax)
+    time_span(ax, timeline)
     return finish_time_chart(fig, ax, handles, timeline, "review-time")
 
 
@@ -271,6 +308,7 @@ def chart_topics(topics: Sequence[dict[str, Any]]) -> str | None:
         linewidth=0.8,
         height=0.6,
     )
+    count_axis(ax.xaxis)
     ax.set_xlabel("complaints (thumbs-down, rejected or corrected)", fontsize=9)
     return to_svg(fig, "topics")
 
@@ -314,5 +352,5 @@ def chart_segments(segments: Sequence[dict[str, Any]]) -> str | None:
     ax.set_yticks(y, [short(f"{s['segment']} ({s['exchanges']})", 40) for s in shown])
     ax.set_xlim(0, 1)
     ax.set_xlabel("rate", fontsize=9)
-    legend(ax, [bars, esc], loc="lower right")
+    legend_above(fig, [bars, esc])
     return to_svg(fig, "segments")

@@ -8,6 +8,7 @@ drawn, never at import.
 from __future__ import annotations
 
 import io
+import math
 import re
 import unicodedata
 import warnings
@@ -93,7 +94,33 @@ def time_axis(ax: Any) -> None:
 
     locator = dates.AutoDateLocator(minticks=3, maxticks=8)
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(dates.ConciseDateFormatter(locator))
+    # Ticks seconds apart (a replay, a test) read as times of day, not as bare "13, 14".
+    formats = ["%Y", "%b", "%d", "%H:%M", "%H:%M", "%H:%M:%S"]
+    ax.xaxis.set_major_formatter(dates.ConciseDateFormatter(locator, formats=formats))
+
+
+def count_axis(axis: Any, *, top: float | None = None) -> None:
+    """A count axis (``ax.yaxis`` or ``ax.xaxis``): whole-number ticks from 0, and room
+    for a count of 1 when every count is 0 or one value (never 2.85 to 3.15)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(nbins="auto", integer=True, min_n_ticks=2))
+    drawn = float(axis.get_data_interval()[1])  # -inf when nothing is drawn
+    high = max(drawn * 1.08 if math.isfinite(drawn) else 0.0, top or 0.0, 1.0)
+    if axis is axis.axes.yaxis:
+        axis.axes.set_ylim(0, high)
+    else:
+        axis.axes.set_xlim(0, high)
+
+
+def time_span(ax: Any, timeline: dict[str, Any]) -> None:
+    """The x axis over the timeline's buckets exactly: one bucket is a few seconds wide,
+    not the days matplotlib puts around a single date."""
+    buckets = timeline.get("buckets") or []
+    if buckets:
+        first = buckets[0]["ts"]
+        last = buckets[-1]["ts"] + timeline["bucket_seconds"]
+        ax.set_xlim(*datetimes((first, last)))
 
 
 def drift_lines(ax: Any, drift: Sequence[float], *, as_dates: bool = True) -> list[Any]:
@@ -124,13 +151,24 @@ def legend_above(fig: Any, handles: list[Any]) -> None:
         )
 
 
-def bucket_bars(ax: Any, timeline: dict[str, Any], key: str, *, hatch: str, label: str) -> Any:
-    """One hatched bar per time bucket, each as wide as its bucket, of the buckets' ``key``."""
+def bucket_bars(
+    ax: Any,
+    timeline: dict[str, Any],
+    key: str,
+    *,
+    hatch: str,
+    label: str,
+    values: Sequence[float] | None = None,
+    bottom: Sequence[float] | None = None,
+) -> Any:
+    """One hatched bar per time bucket, each as wide as its bucket, of the buckets' ``key``
+    (or of ``values``, stacked on ``bottom``)."""
     buckets = timeline["buckets"]
     return ax.bar(
         datetimes(b["ts"] for b in buckets),
-        [b[key] for b in buckets],
+        [b[key] for b in buckets] if values is None else values,
         width=timeline["bucket_seconds"] / 86400.0,
+        bottom=bottom,
         align="edge",
         color=LIGHT,
         edgecolor=GREY,

@@ -22,7 +22,7 @@ from middleware.reporting.charts import (
     chart_topics,
     chart_volume,
 )
-from middleware.reporting.format import duration, num, pct
+from middleware.reporting.format import duration, num, pct, period, when
 
 
 def _e(value: Any) -> str:
@@ -80,14 +80,20 @@ def _glance(report: dict[str, Any]) -> str:
         report["decisions"],
     )
     total = report["exchanges"]
-    reviewed = decisions.get("escalate", 0) + decisions.get("hold", 0)
+    replayed = reviews.get("replayed", 0)
+    # A replayed escalation was never sent: nobody was asked (``hitl replay``).
+    reviewed = decisions.get("escalate", 0) + decisions.get("hold", 0) - replayed
+    not_sent = f" · {replayed:,} replayed, not sent" if replayed else ""
+    live = total - report.get("replayed", 0)
+    of_live = "of live exchanges" if report.get("replayed", 0) else "of exchanges"
     cards = [
         _card("Exchanges", f"{total:,}", f"{decisions.get('ask', 0):,} asked for a vote"),
         _card("Helpful rate", pct(fb["helpful_rate"]), f"{fb['up']:,} up · {fb['down']:,} down"),
         _card(
             "Sent to people",
             f"{reviewed:,}",
-            f"{pct(reviewed / total if total else None)} of exchanges · {reviews['holds']} held",
+            f"{pct(reviewed / live if live else None)} {of_live} · {reviews['holds']} held"
+            + not_sent,
         ),
         _card(
             "Reviews",
@@ -114,6 +120,20 @@ def _glance(report: dict[str, Any]) -> str:
     return '<div class="cards">' + "".join(cards) + "</div>"
 
 
+def _replayed_note(report: dict[str, Any]) -> str:
+    """Say which exchanges came from ``hitl replay``, and that their times are the replay's."""
+    replayed = report.get("replayed", 0)
+    if not replayed:
+        return ""
+    escalations = report["reviews"].get("replayed", 0)
+    return (
+        f'<p class="replayed">{replayed:,} of these {report["exchanges"]:,} exchanges were '
+        "replayed from a recorded stream (<code>hitl replay</code>, route "
+        "<code>replay</code>): they are timed when they were replayed, and the "
+        f"{escalations:,} the policy would have escalated were never sent to reviewers.</p>"
+    )
+
+
 STYLE = """
 :root { color-scheme: light; --ink: #1f2933; --muted: #52606d; --line: #d9e2ec; }
 * { box-sizing: border-box; }
@@ -126,6 +146,8 @@ h2 { font-size: 1.2rem; margin: 2rem 0 .5rem; border-bottom: 2px solid var(--lin
 h3 { font-size: .8rem; text-transform: uppercase; letter-spacing: .04em; margin: 0;
      color: var(--muted); }
 .period { color: var(--muted); margin: 0; }
+.replayed { background: #fff8e6; border-left: 4px solid #E69F00; padding: .5rem .8rem;
+            margin: .75rem 0 0; }
 .verdict { font-size: 1.05rem; background: #fff; border-left: 4px solid #0072B2;
            padding: .6rem .9rem; margin: 1rem 0; }
 .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(12.5rem, 1fr));
@@ -161,7 +183,7 @@ def render_html(
 ) -> str:
     step = progress or (lambda _name: None)
     model, timeline, reviews = report["model"], report["timeline"], report["reviews"]
-    period = report["period"]
+    span = report["period"]
     step("charts")
     volume = _figure_html(
         chart_volume(timeline),
@@ -189,13 +211,14 @@ def render_html(
     )
     escalations = _figure_html(
         chart_reviews(timeline),
-        "Escalations per period (bars), reviews decided (dashed) and the backlog still "
+        "Escalations per period (wide bars), how many of them a reviewer has decided so "
+        "far (narrow dotted bars, whenever the decision came) and the backlog still "
         "waiting at the end of each period (steps).",
         "No escalations in this period.",
     )
     review_time = _figure_html(
         chart_review_time(timeline),
-        "Median reviewer time to decision, by when the decision was made.",
+        "Median reviewer time to decision, by when the reply was escalated.",
         "No reviewer decisions in this period.",
     )
     topics_chart = _figure_html(
@@ -271,8 +294,10 @@ def render_html(
         "style-src 'unsafe-inline'; img-src data:\">",
         f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>",
         f"<header><h1>{_e(title)}</h1>",
-        f'<p class="period">{_e(period["from"] or "n/a")} to {_e(period["until"] or "n/a")}'
-        f" · generated {_e(report.get('generated_at') or '')}</p></header>",
+        f'<p class="period">{_e(period(span["from"], span["until"]))}'
+        f" · generated {_e(when(report.get('generated_at')))}</p>",
+        _replayed_note(report),
+        "</header>",
         "<main>",
         '<p class="verdict"><strong>Is the model learning?</strong> '
         f"{_e(learning_verdict(model))}</p>",

@@ -28,6 +28,44 @@
   const user = endUserId();
   let answers = 0;
 
+  // The page follows the conversation as it grows (a streamed answer, its notice, its
+  // thumbs), as chat apps do, while the reader is at the bottom. Scrolling up to read
+  // stops following; scrolling back to the bottom, or asking again, resumes it.
+  const NEAR_BOTTOM_PX = 24;
+  let following = true;
+  let followedTo = 0;
+  const bottom = () => document.documentElement.scrollHeight - window.innerHeight;
+  window.addEventListener(
+    "scroll",
+    () => {
+      // At the bottom first: a page that got shorter clamps the scroll upward, which is
+      // no reader scrolling up.
+      if (window.scrollY >= bottom() - NEAR_BOTTOM_PX) {
+        following = true;
+        followedTo = window.scrollY;
+      } else if (window.scrollY < followedTo - 2) {
+        following = false;
+      }
+    },
+    { passive: true },
+  );
+  // Every change to the conversation (text, notices, thumbs, late answers) is one place
+  // to follow from, rather than a scroll call beside each of them.
+  new MutationObserver(() => follow()).observe(messages, {
+    subtree: true,
+    childList: true,
+    characterData: true,
+    attributes: true,
+    attributeFilter: ["hidden"],
+  });
+
+  function follow() {
+    if (!following) return;
+    // Instant: a smooth scroll's own steps would read as the reader scrolling up.
+    if (bottom() > window.scrollY) window.scrollTo({ top: bottom(), behavior: "instant" });
+    followedTo = window.scrollY;
+  }
+
   keyInput.value = sessionStorage.getItem("hitl-api-key") || "";
   keyInput.addEventListener("change", () => {
     sessionStorage.setItem("hitl-api-key", keyInput.value.trim());
@@ -45,6 +83,7 @@
     const text = question.value.trim();
     if (!text || send.disabled) return;
     question.value = "";
+    following = true;
     await ask(text);
     question.focus();
   });
@@ -416,7 +455,6 @@
     const item = $("answer-turn").content.firstElementChild.cloneNode(true);
     item.dataset.turn = String(answers);
     messages.append(item);
-    item.scrollIntoView({ block: "end", behavior: "smooth" });
     return item;
   }
 
