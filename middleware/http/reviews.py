@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,6 +26,7 @@ from middleware.http.responses import error_response, json_response
 from middleware.http.reviewers import Reviewers, Signed
 from middleware.learning.explain import Explanation
 from middleware.review.items import model_input
+from middleware.scoring.policy import held_back_of
 from middleware.scoring.tokens import TokenSigner
 from middleware.vocabulary import Reason, Verdict
 
@@ -100,6 +102,17 @@ def released_view(escalation: EscalationRow | None) -> dict[str, Any] | None:
     }
 
 
+def held_back_view(exchange: ExchangeRow) -> dict[str, str] | None:
+    """Which rule of the review budget kept a review candidate from people, and why
+    (None: it was not a candidate, or it was escalated)."""
+    try:
+        reasons = orjson.loads(exchange.reasons_json or "[]")
+    except orjson.JSONDecodeError:
+        return None
+    held = held_back_of(reasons) if isinstance(reasons, list) else None
+    return None if held is None else {"rule": held.rule, "message": held.message}
+
+
 def reply_view(
     exchange: ExchangeRow,
     escalation: EscalationRow | None,
@@ -112,6 +125,7 @@ def reply_view(
         "decision": exchange.decision,
         "confidence": round(float(exchange.confidence), 4),
         "held": bool(escalation is not None and escalation.hold),
+        "held_back": held_back_view(exchange),
         "review": review_view(escalation, votes),
         "answer": answer_view(exchange, escalation),
         "released": released_view(escalation),

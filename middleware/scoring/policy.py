@@ -11,6 +11,10 @@ user's asks); ``downgrade()`` is what it becomes when a claim is refused.
 | (confidence < escalate_below or outlier), budget allows | escalate  |
 | uncertain (near the boundary) or sampled, may ask       | ask       |
 | otherwise                                               | deliver   |
+
+A candidate the budget refused carries the rule that held it back (``HeldBack``: one of
+``BUDGET_RULES`` and a sentence), on the decision and in its reasons, so the log line,
+the stored exchange and ``GET /v1/replies/{id}`` can say why it was not escalated.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from __future__ import annotations
 import bisect
 import contextlib
 import math
+import re
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from middleware.vocabulary import REVIEWED_DECISIONS, DecisionKind
 
@@ -45,11 +51,50 @@ class DecisionContext:
     drifting: bool = False
 
 
+#: Which limit of the review budget kept a candidate from people (stable names: logs,
+#: ``GET /v1/replies/{id}`` and stored reasons spell them).
+BudgetRule = Literal[
+    "no_review_budget",  # [policy] review_budget = 0
+    "hourly_cap",  # this process reached max_reviews_per_hour
+    "review_share",  # the escalated share of recent decisions would pass the budget
+    "least_confident",  # not among the least confident of recent scores
+    "fleet_hourly_cap",  # the fleet's shared hourly cap refused its slot
+]
+BUDGET_RULES: tuple[BudgetRule, ...] = get_args(BudgetRule)
+
+
 @dataclass(frozen=True, slots=True)
 class BudgetState:
     #: the review budget (share of recent decisions, hourly cap, running quantile)
     #: has room for this reply
     allows_review: bool = True
+    #: when it has not: the limit that is reached, and how (a clause for a person)
+    refused_by: BudgetRule | None = None
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldBack:
+    """Why a review candidate was not escalated: a rule of ``BUDGET_RULES`` and a sentence."""
+
+    rule: BudgetRule
+    message: str
+
+    def reason(self) -> str:
+        """As one of a decision's stored reasons (``held_back_of`` reads it back)."""
+        return f"held back ({self.rule}): {self.message}"
+
+
+_HELD_BACK = re.compile(r"held back \(([a-z_]+)\): (.+)", re.DOTALL)
+
+
+def held_back_of(reasons: Iterable[object]) -> HeldBack | None:
+    """The ``HeldBack`` among stored reasons (pure; None when there is none)."""
+    for reason in reasons:
+        match = _HELD_BACK.fullmatch(reason) if isinstance(reason, str) else None
+        if match and match[1] in BUDGET_RULES:
+            return HeldBack(match[1], match[2])
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +102,8 @@ class Decision:
     kind: DecisionKind
     ask_feedback: bool
     reasons: tuple[str, ...] = field(default=())
+    #: a review candidate the budget kept from people: which rule, and why
+    held_back: HeldBack | None = None
 
     @property
     def reviewed(self) -> bool:
@@ -96,9 +143,26 @@ def decide(
         reasons.append("outlier")
     if reasons and budget.allows_review:
         return Decision("escalate", ask, tuple(reasons))
+    held = _held_back(reasons, budget)
+    kept = () if held is None else (held.reason(),)
     if ask:
-        return Decision("ask", True, ("uncertain",) if uncertain else ("sampled",))
-    return Decision("deliver", False, ())
+        return Decision("ask", True, ("uncertain" if uncertain else "sampled", *kept), held)
+    return Decision("deliver", False, kept, held)
+
+
+def _held_back(candidate: list[str], budget: BudgetState) -> HeldBack | None:
+    """A candidate (why it is one: ``candidate``) that the budget refused, and the rule."""
+    if not candidate or budget.allows_review or budget.refused_by is None:
+        return None
+    why = f", but {budget.why}" if budget.why else ", but the review budget had no room"
+    return HeldBack(budget.refused_by, f"{' and '.join(candidate)} made it a review candidate{why}")
+
+
+#: what ``downgrade`` says when the fleet refused an escalation its slot
+FLEET_CAP_WHY = (
+    "the fleet's hourly review cap ([policy] max_reviews_per_hour) is used up, "
+    "or the fleet's shared counters did not answer in time"
+)
 
 
 def downgrade(
@@ -115,12 +179,16 @@ def downgrade(
     used up. A refused claim decides again exactly as if this process's own cap or the
     user's allowance had been reached; a hold stays a hold (the budget never limits it).
     """
-    return decide(
-        confidence,
-        replace(context, may_ask=context.may_ask and ask),
-        BudgetState(allows_review=decision.kind == "escalate" and review),
-        thresholds,
-    )
+    context = replace(context, may_ask=context.may_ask and ask)
+    if decision.kind == "escalate":
+        budget = BudgetState() if review else _refused("fleet_hourly_cap", FLEET_CAP_WHY)
+        return decide(confidence, context, budget, thresholds)
+    again = decide(confidence, context, BudgetState(allows_review=False), thresholds)
+    held = decision.held_back
+    if held is None:
+        return again
+    # Not escalated here either: still held back by the rule that held it back.
+    return replace(again, reasons=(*again.reasons, held.reason()), held_back=held)
 
 
 ComplaintAction = Literal["skip", "open", "redraw"]
@@ -184,20 +252,41 @@ class ReviewBudget:
         return self._sorted[index]
 
     def allows(self, confidence: float, now: float) -> bool:
+        return self.check(confidence, now).allows_review
+
+    def check(self, confidence: float, now: float) -> BudgetState:
+        """Whether a candidate scored ``confidence`` may go to people now, and if not,
+        which limit keeps it back."""
         if self.share <= 0.0:
-            return False
+            return _refused("no_review_budget", "[policy] review_budget is 0: nothing is escalated")
         if self.per_hour is not None:
             while self._hour and self._hour[0] <= now - 3600.0:
                 self._hour.popleft()
             if len(self._hour) >= self.per_hour:
-                return False
+                return _refused(
+                    "hourly_cap",
+                    f"{len(self._hour)} replies were already escalated in the last hour "
+                    f"([policy] max_reviews_per_hour = {self.per_hour})",
+                )
         if self.share >= 1.0:
-            return True
+            return BudgetState()
         n = len(self._decisions) + 1
         if (self._escalated + 1) / n > self.share + self.slack:
-            return False
+            return _refused(
+                "review_share",
+                f"escalating it would make {self._escalated + 1} of the last {n} decisions "
+                f"escalations, above [policy] review_budget = {self.share:g} plus "
+                f"review_budget_slack = {self.slack:g}",
+            )
         # Too few scores for a quantile: the share limit alone decides.
-        return len(self._sorted) < 20 or confidence <= self.threshold()
+        if len(self._sorted) < 20 or confidence <= self.threshold():
+            return BudgetState()
+        return _refused(
+            "least_confident",
+            f"under the review budget only the least confident go to people, and its "
+            f"confidence {confidence:.2f} is above {self.threshold():.2f}, the "
+            f"{self.share:.0%} quantile of the last {len(self._sorted)} scores",
+        )
 
     def record(self, confidence: float, escalated: bool, now: float) -> None:
         self._decisions.append(escalated)
@@ -228,6 +317,10 @@ class ReviewBudget:
     @property
     def escalated_share(self) -> float:
         return self._escalated / len(self._decisions) if self._decisions else 0.0
+
+
+def _refused(rule: BudgetRule, why: str) -> BudgetState:
+    return BudgetState(allows_review=False, refused_by=rule, why=why)
 
 
 class AskLimiter:

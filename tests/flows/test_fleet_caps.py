@@ -85,10 +85,12 @@ async def test_the_hourly_cap_holds_for_two_processes(fleet: Any) -> None:
     decisions = [(await (a, b)[i % 2].replies(exchange())).decision for i in range(10)]
     assert [d.kind for d in decisions].count("escalate") == 3
     # The rest are what this process's own cap, reached, decides: asked (at the prior,
-    # right on the boundary), nothing more.
-    assert {(d.kind, d.reasons) for d in decisions if d.kind != "escalate"} == {
-        ("ask", ("uncertain",))
-    }
+    # right on the boundary), nothing more; each says which cap held it back.
+    rest = [d for d in decisions if d.kind != "escalate"]
+    assert {(d.kind, d.reasons[0]) for d in rest} == {("ask", "uncertain")}
+    assert {d.held_back.rule for d in rest if d.held_back} <= {"hourly_cap", "fleet_hourly_cap"}
+    assert all(d.held_back for d in rest)
+    assert any(d.held_back and d.held_back.rule == "fleet_hourly_cap" for d in rest)
     stored = [await p.store.count_rows(Escalation) for p in (a, b)]
     assert sum(stored) == 3 and all(stored)  # both processes escalated some
     # Each process counts as escalated only what the fleet granted it.

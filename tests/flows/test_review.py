@@ -209,6 +209,7 @@ def test_reply_state_through_the_review_api(gw: ServerThread, tmp_path: Path) ->
         "decision": "escalate",
         "confidence": hitl["confidence"],
         "held": False,
+        "held_back": None,
         "review": {
             "state": "pending",
             "by": None,

@@ -9,10 +9,12 @@ import pytest
 
 from middleware.scoring.completion import ReplySummary
 from middleware.scoring.policy import (
+    FLEET_CAP_WHY,
     AskLimiter,
     BudgetState,
     Decision,
     DecisionContext,
+    HeldBack,
     ReviewBudget,
     Thresholds,
     decide,
@@ -26,21 +28,47 @@ SURE_LOW = 0.05  # a candidate far from the boundary
 PLAIN = DecisionContext()
 
 
+def fleet_refused(kind: str, ask: bool, reasons: tuple[str, ...], candidate: str) -> Decision:
+    """What an escalation refused its fleet slot becomes: held back by the fleet's cap."""
+    held = HeldBack(
+        "fleet_hourly_cap", f"{candidate} made it a review candidate, but {FLEET_CAP_WHY}"
+    )
+    return Decision(kind, ask, (*reasons, held.reason()), held)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("confidence", "context", "review", "ask", "expected"),
     [
         # An escalation refused its slot: what the reached cap decides.
-        (UNCERTAIN, PLAIN, False, True, Decision("ask", True, ("uncertain",))),
+        (
+            UNCERTAIN,
+            PLAIN,
+            False,
+            True,
+            fleet_refused("ask", True, ("uncertain",), "confidence 0.28 < 0.3"),
+        ),
         (
             SURE_LOW,
             DecisionContext(sampled=True),
             False,
             True,
-            Decision("ask", True, ("sampled",)),
+            fleet_refused("ask", True, ("sampled",), "confidence 0.05 < 0.3"),
         ),
-        (SURE_LOW, PLAIN, False, True, Decision("deliver", False, ())),
+        (
+            SURE_LOW,
+            PLAIN,
+            False,
+            True,
+            fleet_refused("deliver", False, (), "confidence 0.05 < 0.3"),
+        ),
         # ... refused its slot and its ask.
-        (UNCERTAIN, PLAIN, False, False, Decision("deliver", False, ())),
+        (
+            UNCERTAIN,
+            PLAIN,
+            False,
+            False,
+            fleet_refused("deliver", False, (), "confidence 0.28 < 0.3"),
+        ),
         # Its slot granted, its ask refused: still escalated, nobody asked.
         (UNCERTAIN, PLAIN, True, False, Decision("escalate", False, ("confidence 0.28 < 0.3",))),
         # An outlier that is sure of itself goes to people for being an outlier.
@@ -82,18 +110,25 @@ def test_downgrade(
 def test_a_refused_claim_is_exactly_the_local_limit_reached() -> None:
     """Over every kind of reply: refusing the slot is ``decide`` with the budget spent,
     refusing the ask is ``decide`` with the user's asks spent; a decision that claimed
-    nothing is left as it was."""
+    nothing is left as it was. A candidate the local budget held back stays held back by
+    the same rule; one the fleet refused is held back by the fleet's cap."""
+    local = BudgetState(False, "review_share", "the share is used")
     for confidence, outlier, risky, sampled, may_ask, drifting, allows in itertools.product(
         (0.05, 0.15, 0.25, 0.35, 0.5, 0.6, 0.95),
         *([(False, True)] * 6),
     ):
         context = DecisionContext(outlier, risky, sampled, may_ask, drifting)
-        decision = decide(confidence, context, BudgetState(allows), T)
+        decision = decide(confidence, context, BudgetState() if allows else local, T)
         for review, ask in itertools.product((False, True), repeat=2):
+            budget = local
+            if allows:
+                budget = BudgetState(False, "fleet_hourly_cap", FLEET_CAP_WHY)
+                if review or decision.kind != "escalate":
+                    budget = BudgetState()
             expected = decide(
                 confidence,
                 DecisionContext(outlier, risky, sampled, may_ask and ask, drifting),
-                BudgetState(allows and review),
+                budget,
                 T,
             )
             got = downgrade(decision, confidence, context, T, review=review, ask=ask)
@@ -163,7 +198,9 @@ def test_the_scorer_takes_back_what_the_fleet_refused() -> None:
     assert not budget.allows(0.28, 100.0) and not asker.may_ask("alice", 100.0)
     refused = s.refused(first, review=False, ask=False)
     assert (refused.decision.kind, refused.decision.ask_feedback) == ("deliver", False)
-    assert refused.reasons == [] and refused.confidence == first.confidence
+    held = refused.decision.held_back
+    assert held is not None and held.rule == "fleet_hourly_cap"
+    assert refused.reasons == [held.reason()] and refused.confidence == first.confidence
     # ... until the fleet refused them: then they are free again.
     assert budget.allows(0.28, 100.0) and asker.may_ask("alice", 100.0)
     assert budget.escalated_share == 0.0

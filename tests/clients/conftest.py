@@ -1,0 +1,3 @@
+from tests.docs.gateway import gateway
+
+__all__ = ["gateway"]
