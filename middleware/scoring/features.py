@@ -8,7 +8,8 @@ strings under ``"reply"`` and ``"question"``; the model's pipeline turns them in
 word features, so the vocabulary is the model's business. The store keeps the dict
 ``without_text``: the texts are in the exchange's own columns, once.
 Every numeric key in ``NUMERIC_KEYS`` is always present (0.0 plus a ``has_*`` flag when
-a signal is missing), so the anomaly detector sees a fixed-width vector.
+a signal is missing), so the model and the anomaly detector (``REPLY_KEYS``) see a
+fixed-width vector. The conversation's features come from ``conversation``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,20 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from middleware.scoring.conversation import (
+    CONVERSATION_KEYS,
+    Sibling,
+    Thumbs,
+    conversation_features,
+)
+
 __all__ = [
+    "FEATURES_VERSION",
     "NUMERIC_KEYS",
     "QUESTION_CHARS",
     "READ_HEAD_CHARS",
     "READ_TAIL_CHARS",
+    "REPLY_KEYS",
     "TEXT_KEYS",
     "ExchangeView",
     "Reading",
@@ -33,6 +43,10 @@ __all__ = [
     "word_spans",
     "words",
 ]
+
+#: What ``features()`` yields: 2 added the conversation's (``conversation.CONVERSATION_KEYS``);
+#: a model learned on an older version lacks their weights.
+FEATURES_VERSION = 2
 
 #: The features that are raw text: stored once, in the exchange's own columns, never
 #: again inside ``features_json`` (the learner puts them back from those columns).
@@ -60,9 +74,13 @@ class ExchangeView:
     model: str = ""
     user_helpful_rate: float | None = None  # this end user's running helpful rate
     user_votes: int = 0
+    thumbs: Thumbs | None = None  # this end user's last thumb and fast-moving average
+    sibling: Sibling | None = None  # an earlier reply to the same conversation
 
 
-NUMERIC_KEYS: tuple[str, ...] = (
+#: The reply's own numeric signals: what the outlier detector reads (the conversation
+#: around a reply, a user's bad mood say, does not make the reply unlike others).
+REPLY_KEYS: tuple[str, ...] = (
     "reply_words",
     "reply_chars",
     "question_words",
@@ -85,6 +103,8 @@ NUMERIC_KEYS: tuple[str, ...] = (
     "user_votes",
     "user_known",
 )
+#: Every numeric feature: what the model reads.
+NUMERIC_KEYS: tuple[str, ...] = (*REPLY_KEYS, *CONVERSATION_KEYS)
 
 # Matched on whole words of the lower-cased reply with curly apostrophes made straight.
 _HEDGES = (
@@ -332,6 +352,14 @@ def features(ex: ExchangeView) -> dict[str, float | str]:
         "user_logit": math.log(smoothed / (1.0 - smoothed)),
         "user_votes": math.log1p(votes),
         "user_known": 1.0 if known else 0.0,
+        **conversation_features(
+            reply_tokens=reply_words,
+            reply_words=reading.words,
+            question_words=len(question_words),
+            history=ex.history,
+            thumbs=ex.thumbs,
+            sibling=ex.sibling,
+        ),
     }
 
 

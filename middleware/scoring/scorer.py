@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from middleware.scoring.completion import ReplySummary
-from middleware.scoring.features import ExchangeView, features
+from middleware.scoring.conversation import Sibling, SiblingIndex, Thumbs, sibling_key
+from middleware.scoring.features import ExchangeView, features, read
 from middleware.scoring.policy import (
     AskLimiter,
     BudgetState,
@@ -42,6 +43,8 @@ class Brain(Protocol):
     def is_outlier(self, x: dict[str, Any]) -> bool: ...
 
     def user_rate(self, user: str | None) -> tuple[float | None, int]: ...
+
+    def recent_thumbs(self, user: str | None) -> Thumbs | None: ...
 
     def drifting(self, now: float) -> bool: ...
 
@@ -74,6 +77,7 @@ class Scorer:
         ask_sample_rate: float,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        siblings: SiblingIndex | None = None,
     ) -> None:
         self.brain = brain
         self.prior = prior
@@ -83,6 +87,7 @@ class Scorer:
         self.ask_sample_rate = ask_sample_rate
         self.rng = rng or random.Random()
         self.clock = clock
+        self.siblings = SiblingIndex() if siblings is None else siblings
 
     def assess(
         self,
@@ -99,6 +104,7 @@ class Scorer:
         now = self.clock()
         brain = self.brain
         rate, votes = brain.user_rate(end_user) if brain is not None else (None, 0)
+        key = sibling_key(end_user, question, history)
         view = ExchangeView(
             question=question,
             reply=reply.text,
@@ -111,14 +117,20 @@ class Scorer:
             model=model,
             user_helpful_rate=rate,
             user_votes=votes,
+            thumbs=brain.recent_thumbs(end_user) if brain is not None else None,
+            sibling=self.siblings.get(key),
         )
         x = features(view)
         predicted = brain.predict(x) if brain is not None else None
         confidence = self.prior if predicted is None else predicted
+        if key is not None:
+            reading = read(reply.text)  # cached: the one ``features`` just made
+            self.siblings.put(key, Sibling(frozenset(reading.tokens), reading.words, confidence))
         outlier = brain.is_outlier(x) if brain is not None else False
         drifting = brain.drifting(now) if brain is not None else False
         candidate = is_candidate(confidence, outlier, self.thresholds)
-        allows = candidate and self.budget.allows(confidence, now)
+        # Only a candidate asks the budget; what refuses it is said on the decision.
+        room = self.budget.check(confidence, now) if candidate else BudgetState(False)
         context = DecisionContext(
             outlier=outlier,
             risky=risky,
@@ -126,7 +138,7 @@ class Scorer:
             may_ask=self.asker.may_ask(end_user, now),
             drifting=drifting,
         )
-        decision = decide(confidence, context, BudgetState(allows_review=allows), self.thresholds)
+        decision = decide(confidence, context, room, self.thresholds)
         self.budget.record(confidence, decision.kind == "escalate", now)
         if decision.ask_feedback:
             self.asker.record(end_user, now)

@@ -153,7 +153,7 @@ snapshot_every_labels = 50
         proc.wait(timeout=15)
 
 
-def _write_stream(path: Path, rows: list[tuple[str, int]], user: str = "u1") -> None:
+def _write_stream(path: Path, rows: list[tuple[str, int]], user: str | None = "u1") -> None:
     with path.open("w") as out:
         for i, (reply, label) in enumerate(rows):
             out.write(
@@ -165,7 +165,7 @@ def _write_stream(path: Path, rows: list[tuple[str, int]], user: str = "u1") -> 
                         "history": [{"role": "user", "text": "hello"}],
                         "reply": reply,
                         "label": label,
-                        "meta": {"user": f"{user}-{i % 7}"},
+                        "meta": {} if user is None else {"user": f"{user}-{i % 7}"},
                     }
                 )
                 + "\n"
@@ -220,7 +220,9 @@ def test_shifted_stream_records_drift_and_outliers(tmp_path: Path) -> None:
     rows += [(hedging(i), 1) if i % 2 else (plain(i), 0) for i in range(400)]
     rows += [(" ".join(["zzz?!"] * 400), i % 2) for i in range(30)]
     stream = tmp_path / "shift.jsonl"
-    _write_stream(stream, rows)
+    # Anonymous: each of seven users' thumbs alternates here, so their last thumb (a
+    # conversation feature) would foretell the next label through the turnaround.
+    _write_stream(stream, rows, user=None)
     db = tmp_path / "shift.db"
     _replay(str(stream), "--store", f"sqlite:///{db}", "--no-baseline", cwd=tmp_path)
     con = sqlite3.connect(db)
