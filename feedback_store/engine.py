@@ -229,10 +229,13 @@ class Store:
         """Labels newer than ``label_id``, oldest first, with what was predicted."""
         return await self.read(lambda conn: exchanges.labels_after(conn, label_id, limit))
 
-    async def save_snapshot(self, blob: bytes, *, last_label_id: int, labels: int) -> None:
-        await self.write(
+    async def save_snapshot(
+        self, blob: bytes, *, last_label_id: int, labels: int, meta: dict[str, Any] | None = None
+    ) -> bool:
+        """False when a newer ``meta["generation"]`` (a promotion) is stored: not written."""
+        return await self.write(
             lambda conn: exchanges.save_snapshot(
-                conn, blob, last_label_id=last_label_id, labels=labels, at=time.time()
+                conn, blob, last_label_id=last_label_id, labels=labels, at=time.time(), meta=meta
             )
         )
 

@@ -8,8 +8,9 @@ work.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 
@@ -182,20 +183,38 @@ def labels_after(conn: Connection, label_id: int, limit: int) -> list[LabelRow]:
 
 
 def save_snapshot(
-    conn: Connection, blob: bytes, *, last_label_id: int, labels: int, at: float
-) -> None:
+    conn: Connection,
+    blob: bytes,
+    *,
+    last_label_id: int,
+    labels: int,
+    at: float,
+    meta: Mapping[str, Any] | None = None,
+) -> bool:
+    """Insert a snapshot unless a newer generation is stored (a promotion or rollback the
+    writer has not adopted yet): False then, and nothing is written."""
+    meta = dict(meta or {})
+    generation = int(meta.get("generation", 0))
+    newest = conn.execute(select(func.max(snapshot_t.c.generation))).scalar()
+    if newest is not None and newest > generation:
+        return False
     conn.execute(
         insert(snapshot_t).values(
-            created_at=at, last_label_id=last_label_id, labels=labels, blob=blob
+            created_at=at, last_label_id=last_label_id, labels=labels, blob=blob, **meta
         )
     )
-    # Snapshots are a cache: keep the newest few.
-    keep = select(snapshot_t.c.id).order_by(snapshot_t.c.id.desc()).limit(3).scalar_subquery()
+    # Snapshots are a cache: keep the newest few (what went live is kept in model_version).
+    keep = select(snapshot_t.c.id).order_by(*_NEWEST_SNAPSHOT).limit(3).scalar_subquery()
     conn.execute(snapshot_t.delete().where(snapshot_t.c.id.not_in(keep)))
+    return True
+
+
+#: the live snapshot: of the newest generation, the newest
+_NEWEST_SNAPSHOT = (snapshot_t.c.generation.desc(), snapshot_t.c.id.desc())
 
 
 def latest_snapshot(conn: Connection) -> SnapshotRow | None:
-    row = conn.execute(select(snapshot_t).order_by(snapshot_t.c.id.desc()).limit(1)).first()
+    row = conn.execute(select(snapshot_t).order_by(*_NEWEST_SNAPSHOT).limit(1)).first()
     return None if row is None else SnapshotRow.from_row(row)
 
 
@@ -253,4 +272,5 @@ def count_rows(conn: Connection, table: Table) -> int:
 
 def latest_snapshot_id(conn: Connection) -> int | None:
     """The newest snapshot's id, without its blob: what a follower polls."""
-    return conn.execute(select(func.max(snapshot_t.c.id))).scalar()
+    query = select(snapshot_t.c.id).order_by(*_NEWEST_SNAPSHOT).limit(1)
+    return conn.execute(query).scalar()

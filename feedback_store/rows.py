@@ -210,6 +210,27 @@ class SnapshotRow(Columns):
     last_label_id: int
     labels: int
     blob: bytes
+    #: +1 at every promotion or rollback; the newest generation is live
+    generation: int = 0
+    #: the model version it continues, and the settings it was built with
+    version: int = 1
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelVersionRow(Columns):
+    """A model that went live (``model_version``); ``blob`` is for rollback."""
+
+    id: int
+    created_at: float
+    kind: str  # online | retrain
+    fingerprint: str
+    settings_json: str
+    figures_json: str
+    created_by: str
+    last_label_id: int
+    labels: int
+    blob: bytes = b""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -143,6 +143,32 @@ class ModelSnapshot(SQLModel, table=True):
     last_label_id: int = 0
     labels: int = 0
     blob: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    #: +1 at every promotion or rollback: the newest generation is the live model
+    generation: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    #: the model version (``model_version.id``) this snapshot continues
+    version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    #: the feature and model settings it was built with (``learning.versions``)
+    fingerprint: str = Field(default="", max_length=80, sa_column_kwargs={"server_default": ""})
+
+
+class ModelVersion(SQLModel, table=True):
+    """A model that went live: the online one, each promoted retrain. Kept for rollback:
+    ``blob`` is the model as it was when it last stopped being live (or went live)."""
+
+    __tablename__: ClassVar[str] = "model_version"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: float
+    kind: str = Field(max_length=20)  # online | retrain
+    fingerprint: str = Field(default="", max_length=80)
+    #: JSON: the settings the fingerprint is made of
+    settings_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    #: JSON: the comparison that promoted it (or that it lost to its successor)
+    figures_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    created_by: str = Field(default="", max_length=200)
+    last_label_id: int = 0
+    labels: int = 0
+    blob: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class Event(SQLModel, table=True):
@@ -190,6 +216,7 @@ label_t: Table = Label.__table__  # type: ignore[attr-defined]
 escalation_t: Table = Escalation.__table__  # type: ignore[attr-defined]
 review_vote_t: Table = ReviewVote.__table__  # type: ignore[attr-defined]
 snapshot_t: Table = ModelSnapshot.__table__  # type: ignore[attr-defined]
+model_version_t: Table = ModelVersion.__table__  # type: ignore[attr-defined]
 event_t: Table = Event.__table__  # type: ignore[attr-defined]
 kv_t: Table = KeyValue.__table__  # type: ignore[attr-defined]
 quota_hit_t: Table = QuotaHit.__table__  # type: ignore[attr-defined]

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from middleware.errors import ConfigError
+from middleware.learner_settings import LearnerSettings
+from middleware.scoring_settings import ScoringSettings
 
 MiB = 1024 * 1024
 KiB = 1024
@@ -144,17 +146,6 @@ class StoreSettings(_Section):
         return value
 
 
-class LearnerSettings(_Section):
-    user_weight: float = Field(1.0, gt=0)
-    reviewer_weight: float = Field(3.0, gt=0)
-    snapshot_every_labels: int = Field(200, gt=0)
-    snapshot_interval_s: float = Field(60.0, gt=0)
-    rolling_window: int = Field(500, gt=1)
-    #: on PostgreSQL, while labels arrive, the fleet's learner publishes a snapshot at
-    #: most this often; serving processes look for a new one every second
-    publish_interval_s: float = Field(1.0, gt=0, le=60)
-
-
 class PolicySettings(_Section):
     prior: float = Field(0.5, ge=0, le=1)
     escalate_below: float = Field(0.3, ge=0, le=1)
@@ -245,6 +236,7 @@ class Settings(_Section):
     store: StoreSettings = StoreSettings()
     learner: LearnerSettings = LearnerSettings()
     policy: PolicySettings = PolicySettings()
+    scoring: ScoringSettings = ScoringSettings()
     slack: SlackSettings = SlackSettings()
     review: ReviewSettings = ReviewSettings()
     privacy: PrivacySettings = PrivacySettings()

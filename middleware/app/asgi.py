@@ -61,6 +61,11 @@ def model_version(parts: Parts) -> dict[str, Any]:
         "last_label_id": brain.last_label_id,
         "learner": "leading" if learner.leading else "following",
         "snapshot_id": learner.follower.snapshot_id,
+        # ``hitl models``: the version served, the promotion or rollback it came from
+        "version": brain.version,
+        "generation": brain.generation,
+        "fingerprint": brain.fingerprint,
+        "settings_differ": learner.mismatch is not None,
     }
 
 

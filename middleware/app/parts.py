@@ -31,6 +31,7 @@ from middleware.http.draining import Draining
 from middleware.http.ratelimit import RateLimit, per_minute
 from middleware.learning.brain import Brain
 from middleware.learning.learner import Learner
+from middleware.learning.versions import built_with
 from middleware.metrics import Metrics
 from middleware.ports import ReviewOutcome, Upstream
 from middleware.quotas import FleetCaps, Guarded, MemoryQuotas, Quotas, StoreQuotas
@@ -244,7 +245,7 @@ def build_parts(
         asks_per_user_per_hour=policy.ask_per_user_per_hour,
     )
     signer = TokenSigner()
-    brain = Brain(rolling_window=learning.rolling_window)
+    brain = Brain(model_name=learning.model, rolling_window=learning.rolling_window)
     budget = ReviewBudget(
         share=policy.review_budget,
         per_hour=policy.max_reviews_per_hour,
@@ -299,6 +300,9 @@ def build_parts(
         leadership=leadership_for(store, learns=role != "serve"),
         # Only a fleet (PostgreSQL) has followers to publish to.
         publish_s=0.0 if is_sqlite(store.url) else learning.publish_interval_s,
+        mode=learning.mode,
+        batch_every_s=learning.batch_every_s,
+        configured=built_with(learning.model),
     )
 
     def review_decided(outcome: ReviewOutcome) -> None:

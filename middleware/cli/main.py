@@ -237,9 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[..., None]]:
     """Subcommands that live in their own modules (replay, report, export...)."""
-    from middleware.cli import purge, replay, report, reviews
+    from middleware.cli import models, purge, replay, report, retrain, reviews
 
-    return [replay.register, report.register, purge.register, reviews.register]
+    registers = [replay.register, report.register, purge.register, reviews.register]
+    return [*registers, retrain.register, models.register]
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -23,7 +23,9 @@ from feedback_store import LabelRow
 from middleware.learning.explain import Explanation, contributions, reasons
 from middleware.learning.model import DEFAULT_MODEL, learn, make_model, predict
 from middleware.learning.progress import Progress
-from middleware.scoring.features import NUMERIC_KEYS
+from middleware.learning.versions import LEGACY_FEATURES_VERSION, built_with, fingerprint
+from middleware.scoring.conversation import RecentThumbs, Thumbs
+from middleware.scoring.features import REPLY_KEYS
 
 # 2: progress is bounded (rolling windows and counters). 1: it kept every label; it is
 # read by mapping its classes from their old home (``_MOVED``) and keeping the windows.
@@ -77,6 +79,12 @@ class Brain:
     ) -> None:
         self.model_name = model_name
         self.model = make_model(model_name)
+        #: the settings the model was built with, their fingerprint, the model version it
+        #: is (``model_version``) and the snapshot generation it continues (promotions)
+        self.built_with = built_with(model_name)
+        self.fingerprint = fingerprint(self.built_with)
+        self.version = 1
+        self.generation = 0
         # Half-space trees split [0, 1]. Min-max scaling would map a new extreme to the
         # same edge as the old maximum; standardising then squashing keeps ordinary
         # replies in the middle and sends extremes to sparsely populated corners.
@@ -97,6 +105,7 @@ class Brain:
         self.labels = 0
         self.last_label_id = 0
         self.users: dict[str, list[int]] = {}
+        self.thumbs = RecentThumbs()
         # Numeric features of scored replies wait here for the learner (not the request
         # path) to teach the outlier detector. Losing them in a crash costs nothing, and
         # under heavy traffic the bound keeps the freshest: the detector learns from a
@@ -115,7 +124,7 @@ class Brain:
 
         Also queues them (with their score) for the learner to teach the detector.
         """
-        numeric = {k: float(x[k]) for k in NUMERIC_KEYS if k in x}
+        numeric = {k: float(x[k]) for k in REPLY_KEYS if k in x}
         score = self.detector.score_one(numeric)
         self.unlabelled.append((numeric, score))
         return len(self.anomaly_scores) >= self.outlier_warmup and score > self._outlier_threshold
@@ -125,6 +134,9 @@ class Brain:
             return None, 0
         helpful, total = self.users[user]
         return helpful / total, total
+
+    def recent_thumbs(self, user: str | None) -> Thumbs | None:
+        return self.thumbs.get(user)
 
     def drifting(self, now: float) -> bool:
         return now < self.drift_until
@@ -179,6 +191,7 @@ class Brain:
             counts = self.users.setdefault(row.end_user, [0, 0])
             counts[0] += y
             counts[1] += 1
+            self.thumbs.record(row.end_user, bool(y))
         self.labels += 1
         self.last_label_id = max(self.last_label_id, row.id)
         return event
@@ -207,6 +220,11 @@ class Brain:
             state["progress"] = Progress.from_v1(state["progress"])
         elif version != SNAPSHOT_FORMAT:
             raise ValueError(f"snapshot format {version} is not {SNAPSHOT_FORMAT}")
+        if "built_with" not in state:  # from before model versions
+            legacy = built_with(state["model_name"], features_version=LEGACY_FEATURES_VERSION)
+            state.update(built_with=legacy, fingerprint=fingerprint(legacy))
+            state.update(version=1, generation=0)
         brain = cls.__new__(cls)
+        state.setdefault("thumbs", RecentThumbs())  # snapshots from before the thumbs
         brain.__dict__.update(state)
         return brain

@@ -25,9 +25,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from feedback_store import Store, StoreError
 from feedback_store.leadership import Leadership, SoleLeader
+from feedback_store.versions import ModelVersions
 from middleware.learning.brain import Brain, DriftEvent
+from middleware.learning.retrain import retired
+from middleware.learning.versions import mismatch
 from middleware.tasks import cancelled
 
 log = logging.getLogger("hitl.learner")
@@ -50,8 +55,21 @@ class Learner:
         publish_s: float = 0.0,
         lead_check_s: float = 1.0,
         gap_grace_s: float = 10.0,
+        mode: str = "online",
+        batch_every_s: float = 3600.0,
+        configured: dict[str, object] | None = None,
     ) -> None:
         self.store = store
+        self.versions = ModelVersions(store)
+        #: online: learn each label as it commits; batch: every ``batch_every_s``
+        self.mode = mode
+        self.batch_every_s = batch_every_s
+        #: the settings this process would build a model with (``versions.built_with``)
+        self.configured = configured
+        #: why the model served was built with other settings than configured (or None)
+        self.mismatch: str | None = None
+        self._generation_at = -math.inf
+        self._batch_at = clock()
         self.brain = brain
         self.leadership = leadership or SoleLeader()
         #: > 0: while labels arrive, a snapshot at most this often, for the followers
@@ -75,7 +93,7 @@ class Learner:
         self._idle.set()
 
     def wake(self) -> None:
-        if not self.leading:
+        if not self.leading or self.mode == "batch":
             return  # a follower's model comes from the leader's snapshots, on its poll
         self._wake.set()
         self._idle.clear()
@@ -85,10 +103,25 @@ class Learner:
         replayed), or follow the leader's newest snapshot."""
         if await self._leads():
             self.leading = True
-            return await self.restore()
-        await self.follower.step()
-        log.info("another process is the fleet's learner; serving its newest model")
-        return 0
+            replayed = await self.restore()
+            await self._record_mode()
+        else:
+            await self.follower.step()
+            log.info("another process is the fleet's learner; serving its newest model")
+            replayed = 0
+        if self.configured is not None:
+            self.mismatch = mismatch(self.brain.built_with, self.configured)
+            if self.mismatch:
+                log.warning("%s", self.mismatch)
+        return replayed
+
+    async def _record_mode(self) -> None:
+        """An event when the learning mode differs from the last one recorded (the report
+        shows which mode ran when)."""
+        modes = await self.store.events("learner_mode")
+        now = {"mode": self.mode, "batch_every_s": self.batch_every_s}
+        if not modes or orjson.loads(modes[-1].data_json) != now:
+            await self.store.add_event("learner_mode", now, at=self.clock())
 
     async def _leads(self, *, now: float | None = None) -> bool:
         """Whether we lead, checking the lock at most every ``lead_check_s``."""
@@ -109,7 +142,15 @@ class Learner:
             self.leading = False
             log.warning("no longer the fleet's learner; following the newest snapshot")
         if self.leading:
-            await self.step()
+            await self._adopt_promoted()
+            if self.mode == "online":
+                await self.step()
+            elif self.clock() - self._batch_at >= self.batch_every_s:
+                self._batch_at = self.clock()
+                learned = await self.step()
+                log.info("batch: %d labels learned", learned)
+                if learned:
+                    await self.snapshot()
             await self._maybe_snapshot()
         else:
             await self.follower.step()
@@ -126,7 +167,9 @@ class Learner:
                 )
             else:
                 self.brain.__dict__.update(brain.__dict__)
-        replayed = await self.step()
+                self.brain.generation, self.brain.version = snapshot.generation, snapshot.version
+        # In batch mode every batch ends in a snapshot: labels after it wait for the next.
+        replayed = await self.step() if self.mode == "online" else 0
         self._snapshot_labels = self.brain.labels
         if replayed:
             await self.snapshot()
@@ -184,11 +227,48 @@ class Learner:
                 await result
 
     async def snapshot(self) -> None:
-        await self.store.save_snapshot(
-            self.brain.to_bytes(), last_label_id=self.brain.last_label_id, labels=self.brain.labels
+        brain = self.brain
+        meta = {
+            "generation": brain.generation,
+            "version": brain.version,
+            "fingerprint": brain.fingerprint,
+        }
+        saved = await self.store.save_snapshot(
+            brain.to_bytes(), last_label_id=brain.last_label_id, labels=brain.labels, meta=meta
         )
-        self._snapshot_labels = self.brain.labels
+        if not saved:  # a promotion or rollback came first: adopt it on the next pass
+            self._generation_at = -math.inf
+        self._snapshot_labels = brain.labels
         self._snapshot_at = self.clock()
+
+    async def _adopt_promoted(self, *, now: float | None = None) -> bool:
+        """Adopt a model a promotion or rollback made live (a newer generation), keeping
+        this model's exact state under its version for a rollback; checked at most every
+        ``lead_check_s``. The labels after the new model's are then learned as usual."""
+        now = time.monotonic() if now is None else now
+        if now - self._generation_at < self.lead_check_s:
+            return False
+        self._generation_at = now
+        if await self.versions.live_generation() <= self.brain.generation:
+            return False
+        snapshot = await self.store.latest_snapshot()
+        if snapshot is None or snapshot.generation <= self.brain.generation:
+            return False
+        brain = await asyncio.to_thread(Brain.from_bytes, snapshot.blob)
+        old = self.brain
+        await self.versions.keep(retired(old, version=old.version, blob=old.to_bytes()))
+        self.brain.adopt(brain)
+        self.brain.generation, self.brain.version = snapshot.generation, snapshot.version
+        self.follower.snapshot_id = snapshot.id
+        self._snapshot_labels = self.brain.labels
+        log.warning(
+            "model version %d is live (generation %d): learning on from it",
+            snapshot.version,
+            snapshot.generation,
+        )
+        if self.configured is not None:
+            self.mismatch = mismatch(self.brain.built_with, self.configured)
+        return True
 
     async def _maybe_snapshot(self) -> None:
         due_labels = self.brain.labels - self._snapshot_labels >= self.snapshot_every_labels
@@ -231,7 +311,8 @@ class Learner:
         self._task = None
         if self.leading:
             with contextlib.suppress(StoreError):
-                await self.step()
+                if self.mode == "online":
+                    await self.step()
                 if self.brain.labels != self._snapshot_labels:
                     await self.snapshot()
         self.leading = False
@@ -264,5 +345,6 @@ class Follower:
             self.snapshot_id = snapshot.id
             return False
         self.brain.adopt(brain)
+        self.brain.generation, self.brain.version = snapshot.generation, snapshot.version
         self.snapshot_id = snapshot.id
         return True

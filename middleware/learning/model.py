@@ -11,14 +11,11 @@ score (the fast-learner requirement), and on the ConvAI 2017 stream it ranks bes
 the candidates (``bench/learning_candidates.py`` prints the comparison).
 
 Words are hashed (crc32, stable across processes and pickles) into a fixed number of
-buckets, so the vocabulary, the weights and the snapshots stay bounded however long the
-gateway runs. The transform reads the same bounded part of a long text as the features
-(``features.read``: its start and its end), from the same tokenisation, so its cost
-stops growing with the reply; a word's crc32 is computed once per process, and a word
-pair's is continued from its first word's, giving the very buckets of crc32 over the
-joined pair (models and digests made before stay valid). ``predict`` never mutates the
-model (river learns unsupervised parts in ``learn_one`` only), so a request can score
-against the live model or a snapshot.
+buckets, so vocabulary, weights and snapshots stay bounded. The transform reads the
+bounded part of a long text the features read (``features.read``), so its cost stops
+growing with the reply; a word pair's crc32 continues its first word's (the buckets of
+crc32 over the joined pair: older models and digests stay valid). ``predict`` never
+mutates the model, so a request can score against the live model or a snapshot.
 """
 
 from __future__ import annotations
@@ -196,7 +193,7 @@ def _keys(prefix: str, buckets: Iterable[int]) -> list[str]:
     return out
 
 
-#: what a transform reads of a text: its feature names, buckets and counts, in order
+#: a text as a transform reads it: feature names, buckets and counts, in order
 _Terms = tuple[tuple[str, ...], tuple[int, ...], tuple[float, ...]]
 
 
@@ -268,9 +265,7 @@ class HashedTFIDF(base.Transformer):
         return logs
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_logs", None)
-        return state
+        return {k: v for k, v in self.__dict__.items() if k != "_logs"}
 
     def learn_one(self, x: dict) -> None:
         if self.idf:
