@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from feedback_store import escalations, exchanges, queue, reviews
+from feedback_store.connect import Sync, create_store_engine
 from feedback_store.errors import OPEN, READ, WRITE, StoreError, describe
 from feedback_store.queue import QueuedItem
 from feedback_store.rows import (
@@ -45,7 +46,7 @@ from feedback_store.rows import (
     VoteResult,
 )
 from feedback_store.schema import ensure_schema_async
-from feedback_store.urls import is_sqlite, redact_url, sync_url
+from feedback_store.urls import redact_url
 from feedback_store.writer import Writer
 
 T = TypeVar("T")
@@ -60,13 +61,16 @@ class Store:
         *,
         commit_batch: int = 256,
         config_hint: str = "config.toml",
-        durable: bool = True,
+        sync: Sync = "full",
     ):
-        """``durable=False`` (SQLite only) skips the fsync per commit and runs the
-        statements on the event loop: for throwaway stores such as ``hitl replay``'s,
-        never for a gateway's."""
+        """``sync``: "full", a commit is on disk before it is acknowledged; "normal", on
+        the OS only (SQLite ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit=off``:
+        a power cut may lose the last commits, a crash of the gateway loses nothing);
+        "off" (SQLite only) no fsync at all, statements on the event loop: for throwaway
+        stores such as ``hitl replay``'s, never for a gateway's."""
         self.url = url
-        self.durable = durable
+        self.sync = sync
+        self.durable = sync != "off"
         self.commit_batch = commit_batch
         self.config_hint = config_hint
         self._engine: Engine | None = None
@@ -92,35 +96,9 @@ class Store:
         with self._mapped(OPEN):
             if migrate:
                 await ensure_schema_async(self.url, config_hint=self.config_hint)
-            self._engine = self._create_engine()
+            self._engine = create_store_engine(self.url, self.sync)
         self._read_threads = ThreadPoolExecutor(4, thread_name_prefix="hitl-store-reader")
         self._writer = Writer(self._engine, commit_batch=self.commit_batch, threaded=self.durable)
-
-    def _create_engine(self) -> Engine:
-        kwargs: dict[str, Any] = {"pool_size": 6, "max_overflow": 10}
-        if is_sqlite(self.url):
-            kwargs["connect_args"] = {"check_same_thread": False}
-        else:
-            # A database host that does not answer must not hold a request for minutes.
-            kwargs["pool_pre_ping"] = True
-            kwargs["connect_args"] = {"connect_timeout": 5}
-        engine = create_engine(sync_url(self.url), **kwargs)
-        if is_sqlite(self.url):
-            durable = self.durable
-
-            @event.listens_for(engine, "connect")
-            def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-                cursor = dbapi_connection.cursor()
-                cursor.execute("PRAGMA journal_mode=WAL")
-                # FULL: a commit is on disk before we acknowledge it, even on power loss.
-                cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
-                cursor.execute("PRAGMA busy_timeout=10000")
-                # Freed space is zeroed, so text that is purged leaves the file too.
-                cursor.execute("PRAGMA secure_delete=ON")
-                cursor.execute("PRAGMA foreign_keys=ON")
-                cursor.close()
-
-        return engine
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -267,6 +245,14 @@ class Store:
     async def get_or_create_value(self, key: str, factory: Callable[[], str]) -> str:
         """The stored value for ``key``; the first caller's ``factory()`` wins."""
         return await self.write(lambda conn: exchanges.get_or_create_value(conn, key, factory))
+
+    async def value(self, key: str) -> str | None:
+        """The stored value for ``key``, or None."""
+        return await self.read(lambda conn: exchanges.value(conn, key))
+
+    async def put_value(self, key: str, value: str) -> None:
+        """Store ``value`` under ``key``, replacing what was there."""
+        await self.write(lambda conn: exchanges.put_value(conn, key, value))
 
     async def count_rows(self, model: type[Any]) -> int:
         return await self.read(lambda conn: exchanges.count_rows(conn, model.__table__))

@@ -109,6 +109,9 @@ class UpstreamSettings(_Section):
 class StoreSettings(_Section):
     url: str = "sqlite:///hitl.db"
     commit_batch: int = Field(256, gt=0)
+    #: true: a commit goes to the OS, not to disk, before it is acknowledged (saves the
+    #: fsync's wait on every reply and vote; a power cut may lose the last commits)
+    lose_recent_on_power_loss: bool = False
     #: where a fleet keeps its shared counters (review cap, asks, votes per client);
     #: empty: in PostgreSQL when the store is there, else in the one process's memory
     redis_url: str = ""

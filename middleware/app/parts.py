@@ -155,9 +155,10 @@ def startup_line(parts: Parts) -> str:
     )
     policy = settings.policy
     learner = "learning here" if parts.learner.leading else "following the fleet's learner"
+    unsafe = " (commits not forced to disk)" if settings.store.lose_recent_on_power_loss else ""
     return (
         f"hitl-gateway ({parts.role}): upstream {upstream.kind} {where} · store "
-        f"{describe_url(settings.store.url)} · review: {review} · policy: review below "
+        f"{describe_url(settings.store.url)}{unsafe} · review: {review} · policy: review below "
         f"{policy.escalate_below:g}, hold below {policy.hold_below:g}, budget "
         f"{policy.review_budget:.0%}, {policy.max_reviews_per_hour} an hour · model: "
         f"{parts.brain.labels} labels learned, {learner}"
@@ -235,6 +236,7 @@ def build_parts(
     store = store or Store(
         settings.store.url,
         commit_batch=settings.store.commit_batch,
+        sync="normal" if settings.store.lose_recent_on_power_loss else "full",
         config_hint=settings.source if settings.source != "built-in defaults" else "config.toml",
     )
     upstream = upstream or build_upstream(settings)

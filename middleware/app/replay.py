@@ -170,7 +170,7 @@ def run_baseline(items: list[Recorded], slack: float) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def _store(url: str | None) -> AsyncIterator[Store]:
     with tempfile.TemporaryDirectory(prefix="hitl-replay-") as tmp:
-        yield Store(url or f"sqlite:///{Path(tmp) / 'replay.db'}", durable=url is not None)
+        yield Store(url or f"sqlite:///{Path(tmp) / 'replay.db'}", sync="full" if url else "off")
 
 
 def replay_settings(settings: Settings) -> Settings:
