@@ -141,26 +141,26 @@ class OpenAIUpstream:
         return self._session
 
     async def _open(self, request: UpstreamRequest) -> aiohttp.ClientResponse:
+        """Send ``request`` and read the answer's headers (the caller bounds the time)."""
         url = self.base_url + request.path + (f"?{request.query}" if request.query else "")
         try:
-            async with asyncio.timeout(self.timeout_s):
-                for attempt in range(_STALE_RETRIES + 1):
-                    try:
-                        return await self.session.request(
-                            request.method,
-                            url,
-                            headers=request.headers,
-                            data=_payload(request.body),
-                        )
-                    except aiohttp.ServerDisconnectedError:
-                        # Almost always a pooled keep-alive connection the server closed
-                        # as we reused it, before reading the request: sent again on a
-                        # fresh connection it goes through (urllib3 and httpcore retry
-                        # this too). A server that really drops every request is asked
-                        # twice and then reported as unreachable.
-                        if attempt == _STALE_RETRIES:
-                            raise
-                raise AssertionError("unreachable")  # pragma: no cover
+            for attempt in range(_STALE_RETRIES + 1):
+                try:
+                    return await self.session.request(
+                        request.method,
+                        url,
+                        headers=request.headers,
+                        data=_payload(request.body),
+                    )
+                except aiohttp.ServerDisconnectedError:
+                    # Almost always a pooled keep-alive connection the server closed as
+                    # we reused it, before reading the request: sent again on a fresh
+                    # connection it goes through (urllib3 and httpcore retry this too).
+                    # A server that really drops every request is asked twice and then
+                    # reported as unreachable.
+                    if attempt == _STALE_RETRIES:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _map_error(exc, self.base_url, self.timeout_s) from exc
         except ValueError as exc:  # aiohttp refused to build the request (a URL it can't use)
@@ -171,8 +171,7 @@ class OpenAIUpstream:
 
     async def _read(self, response: aiohttp.ClientResponse) -> UpstreamReply:
         try:
-            async with asyncio.timeout(self.timeout_s):
-                body = await response.read()
+            body = await response.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _map_error(exc, self.base_url, self.timeout_s) from exc
         finally:
@@ -180,12 +179,21 @@ class OpenAIUpstream:
         return UpstreamReply(status=response.status, headers=_response_headers(response), body=body)
 
     async def send(self, request: UpstreamRequest) -> UpstreamReply:
-        return await self._read(await self._open(request))
+        # One deadline for the whole exchange, request to last byte: one timer per reply.
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._read(await self._open(request))
+        except TimeoutError as exc:
+            raise _map_error(exc, self.base_url, self.timeout_s) from exc
 
     async def open_stream(self, request: UpstreamRequest) -> _Stream | UpstreamReply:
-        response = await self._open(request)
-        if response.status >= 300:
-            return await self._read(response)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                response = await self._open(request)
+                if response.status >= 300:
+                    return await self._read(response)
+        except TimeoutError as exc:
+            raise _map_error(exc, self.base_url, self.timeout_s) from exc
         if response.content_type != "text/event-stream":
             # A JSON or HTML page where events were asked for: relayed, it would be an
             # empty reply recorded as complete.
