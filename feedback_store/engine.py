@@ -5,12 +5,11 @@ write goes through one writer, grouped into few commits). Its query methods are 
 the SQL lives in ``exchanges.py``, ``escalations.py`` and ``reviews.py`` as plain functions of a
 connection, and what comes back is a frozen row from ``rows.py``.
 
-Reads run on a small thread pool. Database work crosses to a thread once per batch
-or read rather than once per statement, which is what the async drivers cost.
+Reads run on a small thread pool: database work crosses to a thread once per batch
+or read, not once per statement as with the async drivers.
 
-Every read, write and start goes through ``_mapped``: SQLAlchemy's and the driver's
-errors become ``StoreError`` there and nowhere else, so nothing above the store
-handles a database library's exceptions.
+Every read, write and start goes through ``_mapped``: database errors become
+``StoreError`` there and nowhere else, so nothing above the store handles them.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ from feedback_store.rows import (
     VoteResult,
 )
 from feedback_store.schema import ensure_schema_async
-from feedback_store.urls import redact_url
+from feedback_store.urls import is_sqlite, redact_url
 from feedback_store.writer import Writer
 
 T = TypeVar("T")
@@ -76,6 +75,8 @@ class Store:
         self._engine: Engine | None = None
         self._writer: Writer | None = None
         self._read_threads: ThreadPoolExecutor | None = None
+        #: SQLite only: the connection ``ping`` asks on the event loop
+        self._pinger: Any = None
 
     def __repr__(self) -> str:
         return f"Store({redact_url(self.url)!r})"
@@ -107,6 +108,9 @@ class Store:
         if self._read_threads is not None:
             self._read_threads.shutdown(wait=True)
             self._read_threads = None
+        if self._pinger is not None:
+            self._pinger.close()
+            self._pinger = None
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
@@ -153,6 +157,16 @@ class Store:
             return await self._writer.submit(job)
 
     async def ping(self) -> bool:
+        """Whether the database answers (asked before every stream starts). SQLite, a
+        file, on the loop on a connection of its own: no thread hop, no pool checkout."""
+        if is_sqlite(self.url) and self._engine is not None:
+            try:
+                with self._mapped(READ):  # a plain SELECT opens no transaction in sqlite3
+                    self._pinger = self._pinger or self._engine.raw_connection()
+                    self._pinger.cursor().execute("SELECT 1").fetchone()
+                return True
+            except StoreError:
+                return False
         try:
             async with asyncio.timeout(2.0):
                 await self.read(lambda conn: conn.execute(text("SELECT 1")).scalar())

@@ -66,3 +66,28 @@ async def test_the_setting_reaches_the_store_and_the_startup_line(
         assert said is risky
     finally:
         await parts.store.close()
+
+
+class _NoThreads:
+    """An executor that fails the test if anything is handed to it."""
+
+    def submit(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("the SQLite ping crossed to a reader thread")
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+async def test_a_sqlite_ping_answers_on_the_loop_without_a_thread(tmp_path: Path) -> None:
+    # Every streamed reply pings before it starts: on SQLite that must cost no thread hop.
+    store = Store(f"sqlite:///{tmp_path / 'h.db'}")
+    await store.start()
+    real = store._read_threads
+    store._read_threads = _NoThreads()  # type: ignore[assignment]
+    try:
+        assert await store.ping() is True
+        assert await store.ping() is True  # the ping's own connection, reused
+    finally:
+        store._read_threads = real
+        await store.close()
+    assert await store.ping() is False  # closed: it says so rather than raising
