@@ -8,6 +8,7 @@ share one computation and a test can hand in a few rows it wrote itself:
 - ``aggregates``: feedback, decisions, reviews, segments
 - ``panel``: several reviewers on one item (kappa between them, agreement with decisions)
 - ``model``: is the model learning (progressive AUC, calibration, drift)
+- ``versions``: promotions, rollbacks and the learner's mode, over the period
 - ``topics``: what users complain about, clustered
 - ``periods``: time buckets, the timeline, and parsing the points in time users write
 - ``build``: the whole report, and its table of exchanges (the CSV)
@@ -59,6 +60,7 @@ from feedback_store.report.rows import (
     load_rows,
 )
 from feedback_store.report.topics import complaints, topics
+from feedback_store.report.versions import learner_modes, model_changes
 
 __all__ = [
     "BUCKET_WIDTHS",
@@ -85,9 +87,11 @@ __all__ = [
     "exchange_table",
     "feedback_summary",
     "iso",
+    "learner_modes",
     "learning_curve",
     "load_rows",
     "log_loss",
+    "model_changes",
     "model_summary",
     "panel_summary",
     "parse_when",

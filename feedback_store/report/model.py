@@ -1,4 +1,4 @@
-"""Is the model learning? Progressive ROC AUC, calibration and drift, from the labels.
+"""Is the model learning? Progressive ROC AUC, calibration, drift and model versions.
 
 Each label is judged by the confidence stored at reply time, before the model learned
 it: the report measures the model the gateway actually ran.
@@ -15,6 +15,7 @@ import numpy as np
 
 from feedback_store.report.metrics import iso, log_loss, rate, roc_auc, rounded
 from feedback_store.report.rows import EventRow, LabelPoint
+from feedback_store.report.versions import learner_modes, model_changes
 
 
 def learning_curve(
@@ -92,7 +93,11 @@ def confidence_by_outcome(labels: Sequence[LabelPoint], *, bins: int = 10) -> di
 
 
 def model_summary(
-    labels: Sequence[LabelPoint], events: Sequence[EventRow], *, window: int = 200
+    labels: Sequence[LabelPoint],
+    events: Sequence[EventRow],
+    *,
+    window: int = 200,
+    start: float | None = None,
 ) -> dict[str, Any]:
     ordered = sorted(labels, key=lambda label: label.id)
     y = [label.value for label in ordered]
@@ -110,6 +115,9 @@ def model_summary(
         "rolling_roc_auc": roc_auc(y[recent], p[recent]),
         "drift_events": len(drifts),
         "drifts": [{"at": iso(e.created_at), "ts": e.created_at, **e.data} for e in drifts],
+        # promotions and rollbacks, and the learner's modes (``start``: the period's)
+        "versions": model_changes(ordered, events),
+        "learner_modes": learner_modes(events, start),
         "learning_curve": learning_curve(ordered, window=window),
         "calibration": calibration(ordered),
         "confidence_by_outcome": confidence_by_outcome(ordered),

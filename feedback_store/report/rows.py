@@ -6,7 +6,8 @@ dict, not JSON), so a test can hand in a few rows it wrote itself.
 
 A period selects exchanges by their creation time; votes, labels and reviews follow
 their exchange (a vote cast on Tuesday for Monday's reply counts for Monday), and
-events (drift) are selected by their own time.
+events (drift, promotions) are selected by their own time, with the learner's mode
+running when the period began.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, or_, select
 
 from feedback_store.tables import (
     escalation_t,
@@ -204,7 +205,8 @@ def _queries(since: float | None, until: float | None) -> list[Any]:
         ballots = ballots.where(rv.reply_id.in_(in_period))
     events = select(ev.created_at, ev.kind, ev.data_json).order_by(ev.created_at)
     if since is not None:
-        events = events.where(ev.created_at >= since)
+        # The learner's mode from before the period too: the one running when it began.
+        events = events.where(or_(ev.created_at >= since, ev.kind == "learner_mode"))
     if until is not None:
         events = events.where(ev.created_at < until)
     return [exchanges, votes, labels, reviews, events, ballots]

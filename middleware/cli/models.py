@@ -21,6 +21,21 @@ def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     rollback = action.add_parser("rollback", help="make an earlier model version live again")
     rollback.add_argument("version", type=int, metavar="VERSION")
     rollback.add_argument("--by", metavar="NAME", help="who rolls back (default: the OS user)")
+    # Also after the word ``rollback``. SUPPRESS: unless given here, the subcommand sets
+    # nothing, so ``hitl models --config X rollback 1`` keeps X (argparse copies every
+    # attribute a subparser sets, its defaults included, over the parent's).
+    rollback.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="config file (default: $HITL_CONFIG, else ./config.toml, else built-in defaults)",
+    )
+    rollback.add_argument(
+        "--store",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="store URL (overrides [store] url)",
+    )
 
 
 def _row(version: Any, live: int) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import math
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -64,6 +65,30 @@ def who(name: str | None) -> str:
         return "unknown"
 
 
+def _enough(labels: int, holdout: float) -> bool:
+    from middleware.learning.retrain import held_out
+
+    # One to train on and two to judge with (a ROC AUC needs a pair to rank).
+    return labels > held_out(labels, holdout) >= 2
+
+
+def too_few(labels: int, holdout: float) -> str:
+    """Why ``labels`` are too few to compare on, how many would do, and a holdout that
+    would do with these."""
+    first = max(3, math.floor(1.5 / holdout))  # below it fewer than two are held out
+    need = next((n for n in range(first, first + 10**4) if _enough(n, holdout)), None)
+    said = "no labels" if not labels else f"{labels} label{'s' if labels > 1 else ''}"
+    shares = (s / 20 for s in range(1, 20))
+    other = next((h for h in shares if _enough(labels, h)), None)
+    return (
+        f"retrain: the store holds {said}; comparing needs "
+        + (f"at least {need}" if need else "more")
+        + f" at --holdout {holdout:g} (one or more to train on, two or more held out to "
+        "judge with). Collect more feedback (thumbs or reviewer verdicts) first"
+        + (f", or try --holdout {other:g}" if other is not None else "")
+    )
+
+
 def _cell(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -108,12 +133,9 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings, environ: Mapping[s
         store = await _open_store(settings)
         try:
             rebuilt = await retrain(store, plan)
-            if rebuilt.comparison.held_out < 2 or rebuilt.comparison.trained < 1:
-                raise ConfigError(
-                    "hitl retrain needs labels to train on and to judge with (the store "
-                    f"holds {rebuilt.comparison.trained + rebuilt.comparison.held_out}); "
-                    "collect more feedback first"
-                )
+            held, trained = rebuilt.comparison.held_out, rebuilt.comparison.trained
+            if held < 2 or trained < 1:
+                raise ConfigError(too_few(held + trained, args.holdout))
             out: dict[str, Any] = {"promoted": False, **rebuilt.comparison.as_dict()}
             if args.promote and rebuilt.comparison.better:
                 version, generation = await promote(store, rebuilt, by=who(args.by))

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -58,16 +58,20 @@ class Learner:
         mode: str = "online",
         batch_every_s: float = 3600.0,
         configured: dict[str, object] | None = None,
+        on_learned: Callable[[], None] | None = None,
+        on_snapshot: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``on_learned``: labels were learned (the deeper look learns them after the live
+        model); ``on_snapshot``: the live model was snapshotted (so is the deeper look)."""
         self.store = store
+        self.on_learned = on_learned
+        self.on_snapshot = on_snapshot
         self.versions = ModelVersions(store)
         #: online: learn each label as it commits; batch: every ``batch_every_s``
         self.mode = mode
         self.batch_every_s = batch_every_s
         #: the settings this process would build a model with (``versions.built_with``)
         self.configured = configured
-        #: why the model served was built with other settings than configured (or None)
-        self.mismatch: str | None = None
         self._generation_at = -math.inf
         self._batch_at = clock()
         self.brain = brain
@@ -109,11 +113,18 @@ class Learner:
             await self.follower.step()
             log.info("another process is the fleet's learner; serving its newest model")
             replayed = 0
-        if self.configured is not None:
-            self.mismatch = mismatch(self.brain.built_with, self.configured)
-            if self.mismatch:
-                log.warning("%s", self.mismatch)
+        if self.mismatch:
+            log.warning("%s", self.mismatch)
         return replayed
+
+    @property
+    def mismatch(self) -> str | None:
+        """Why the model served was built with other settings than configured (or None).
+        Of the model served now: it changes with every promotion, rollback or snapshot
+        this process adopts, as leader or as follower."""
+        if self.configured is None:
+            return None
+        return mismatch(self.brain.built_with, self.configured)
 
     async def _record_mode(self) -> None:
         """An event when the learning mode differs from the last one recorded (the report
@@ -203,6 +214,8 @@ class Learner:
             if len(rows) < 1000:
                 break
         self.brain.absorb_unlabelled()
+        if learned and self.on_learned is not None:
+            self.on_learned()
         return learned
 
     async def _record_drift(self, event: DriftEvent) -> None:
@@ -240,6 +253,8 @@ class Learner:
             self._generation_at = -math.inf
         self._snapshot_labels = brain.labels
         self._snapshot_at = self.clock()
+        if self.on_snapshot is not None:
+            await self.on_snapshot()
 
     async def _adopt_promoted(self, *, now: float | None = None) -> bool:
         """Adopt a model a promotion or rollback made live (a newer generation), keeping
@@ -266,8 +281,6 @@ class Learner:
             snapshot.version,
             snapshot.generation,
         )
-        if self.configured is not None:
-            self.mismatch = mismatch(self.brain.built_with, self.configured)
         return True
 
     async def _maybe_snapshot(self) -> None:

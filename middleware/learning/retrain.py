@@ -176,10 +176,15 @@ class Rebuilt:
     comparison: Comparison
 
 
+def held_out(labels: int, holdout: float) -> int:
+    """How many of the newest ``labels`` the candidate is judged on (at least one)."""
+    return max(1, round(labels * holdout)) if labels else 0
+
+
 def rebuild(rows: list[LabelRow], plan: RetrainPlan) -> Rebuilt:
     """The candidate taught all but the newest ``holdout`` share of ``rows`` (CPU-bound:
     run it on a thread), then judged on them against the stored predictions."""
-    held = max(1, round(len(rows) * plan.holdout)) if rows else 0
+    held = held_out(len(rows), plan.holdout)
     train, test = rows[: len(rows) - held], rows[len(rows) - held :]
     brain = Brain(model_name=plan.model, rolling_window=plan.rolling_window)
     rng = random.Random(plan.seed)

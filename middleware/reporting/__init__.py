@@ -1,7 +1,8 @@
 """The report for people and for spreadsheets: an HTML page with inline SVG charts, a CSV.
 
 ``page`` lays out the page, ``charts`` draws each chart (on ``figures``, the matplotlib
-plumbing), ``format`` prints the numbers, ``csv_export`` writes the exchange table.
+plumbing), ``format`` prints the numbers, ``versions`` says which model ran when,
+``csv_export`` writes the exchange table.
 The figures themselves come from ``feedback_store.report``.
 """
 

@@ -24,6 +24,7 @@ from middleware.reporting.figures import (
     WIDE,
     axes,
     bucket_bars,
+    change_lines,
     count_axis,
     datetimes,
     drift_lines,
@@ -33,8 +34,10 @@ from middleware.reporting.figures import (
     time_axis,
     time_span,
     to_svg,
+    with_titles,
 )
 from middleware.reporting.format import num, short
+from middleware.reporting.versions import change_label, change_title
 
 
 def chart_volume(timeline: dict[str, Any]) -> str | None:
@@ -135,13 +138,17 @@ def chart_learning(model: dict[str, Any]) -> str | None:
         if reached:
             marks.append(float(reached[-1]))
     handles += drift_lines(ax, marks, as_dates=False)
+    # Promotions and rollbacks at the label count reached when they went live.
+    changes = model.get("versions", [])
+    drawn = [{**c, "x": float(c["at_label"]), "text": change_label(c)} for c in changes]
+    handles += change_lines(ax, drawn)
     ax.set_ylim(0.0, 1.0)
     count_axis(ax.xaxis, top=max(n))
     ax.set_xlabel("labels learned", fontsize=9)
     ax.set_ylabel("ROC AUC", fontsize=9)
     # Above the plot: inside, at any corner, it would hide the curve's start or end.
     legend_above(fig, handles)
-    return to_svg(fig, "learning")
+    return with_titles(to_svg(fig, "learning"), "learning", [change_title(c) for c in changes])
 
 
 def chart_calibration(model: dict[str, Any]) -> str | None:

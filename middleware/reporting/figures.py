@@ -7,6 +7,7 @@ drawn, never at import.
 
 from __future__ import annotations
 
+import html
 import io
 import math
 import re
@@ -132,6 +133,47 @@ def drift_lines(ax: Any, drift: Sequence[float], *, as_dates: bool = True) -> li
         )
         handles.append(line)
     return handles[:1]
+
+
+def change_lines(ax: Any, changes: Sequence[dict[str, Any]]) -> list[Any]:
+    """Promotions (solid) and rollbacks (dash-dot), each a vertical line at ``x`` with
+    its version written beside it; one legend handle per kind. The line and the label
+    get gids ``change-<i>-line`` and ``-label``, where ``with_titles`` hangs a tooltip."""
+    handles: dict[str, Any] = {}
+    for i, change in enumerate(changes):
+        promotion = change["kind"] == "promotion"
+        color = GREEN if promotion else PURPLE
+        line = ax.axvline(
+            change["x"],
+            color=color,
+            linestyle="-" if promotion else "-.",
+            linewidth=1.8,
+            label=None if change["kind"] in handles else change["kind"],
+        )
+        line.set_gid(f"change-{i}-line")
+        handles.setdefault(change["kind"], line)
+        # At the bottom, where ROC AUC rarely goes; staggered so neighbours stay legible.
+        text = ax.annotate(
+            change["text"],
+            xy=(change["x"], 0.03 + 0.09 * (i % 3)),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, 0),
+            textcoords="offset points",
+            fontsize=7.5,
+            color=color,
+        )
+        text.set_gid(f"change-{i}-label")
+    return list(handles.values())
+
+
+def with_titles(svg: str, prefix: str, titles: Sequence[str]) -> str:
+    """Hang ``titles[i]`` as a tooltip (SVG ``<title>``, escaped) on change ``i``'s line
+    and label (their gids, as ``to_svg`` prefixed them)."""
+    for i, title in enumerate(titles):
+        for part in ("line", "label"):
+            group = f'<g id="{prefix}-change-{i}-{part}">'
+            svg = svg.replace(group, f"{group}<title>{html.escape(printable(title))}</title>", 1)
+    return svg
 
 
 def legend(ax: Any, handles: list[Any], **kwargs: Any) -> None:

@@ -23,6 +23,7 @@ from middleware.reporting.charts import (
     chart_volume,
 )
 from middleware.reporting.format import duration, num, pct, period, when
+from middleware.reporting.versions import changes_table, modes_line
 
 
 def _e(value: Any) -> str:
@@ -194,7 +195,9 @@ def render_html(
     learning = _figure_html(
         chart_learning(model),
         "Progressive ROC AUC: each label scored against the prediction made at reply "
-        "time, before the model learned it. Above the dotted chance line and rising: it learns.",
+        "time, before the model learned it. Above the dotted chance line and rising: it "
+        "learns. Vertical lines: a model made live (solid: promotion, dash-dot: rollback; "
+        "hover for who and when), dashed: detected drift.",
         "No labels yet: the model has nothing to be judged on.",
     )
     calibration = _figure_html(
@@ -310,6 +313,8 @@ def render_html(
         "</section>",
         '<section aria-labelledby="model"><h2 id="model">Is the model learning?</h2>',
         learning,
+        f'<p class="explain modes">{_e(modes_line(model.get("learner_modes", [])))}</p>',
+        changes_table(model["versions"]) if model.get("versions") else "",
         f'<div class="pair">{calibration}{confidence}</div>',
         f'<p class="explain">Log loss {num(model["log_loss"])} · accuracy at 0.5 '
         f"{pct(model['accuracy'])} · Brier score {num(model['brier'])}.</p>",

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from feedback_store import Store
+from middleware.scoring.features import ExchangeView, without_text
+from middleware.scoring.features import features as features_of
+from tests.support.builders import exchange_row
 from tests.support.processes import clean_env
 
 #: the words of questions whose reply did not help, and of those whose reply did
@@ -78,3 +82,28 @@ def filled(tmp: Path, model: str, n: int = 360) -> Path:
 def reply_only_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Filled while the reply-only model was live: its predictions are near chance."""
     return filled(tmp_path_factory.mktemp("reply-only"), "logreg-adagrad-reply")
+
+
+async def add_labels(store: Store, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        bad = i % 2 == 0
+        word = "refund" if bad else "hours"
+        features = without_text(features_of(ExchangeView(question=word, reply="here it is")))
+        row = exchange_row(
+            f"r{i}",
+            question=f"about the {word}",
+            reply_text="here it is",
+            features_json=json.dumps(features),
+            end_user=f"u{i}",
+            confidence=0.5,
+        )
+        await store.record_exchange(row)
+        await store.vote(
+            reply_id=f"r{i}",
+            voter=lambda user: f"user:{user}",
+            rating="down" if bad else "up",
+            reason=None,
+            comment=None,
+            correction=None,
+            weight=1.0,
+        )

@@ -14,38 +14,11 @@ from middleware.learning.brain import Brain
 from middleware.learning.learner import Follower, Learner
 from middleware.learning.model import CANDIDATES
 from middleware.learning.retrain import RetrainPlan, promote, retrain
-from middleware.scoring.features import ExchangeView, without_text
-from middleware.scoring.features import features as features_of
-from tests.support.builders import exchange_row
+from tests.retrain.conftest import add_labels
 
 
 def test_the_settings_name_every_model() -> None:
     assert set(MODEL_NAMES) == set(CANDIDATES)
-
-
-async def add_labels(store: Store, n: int, start: int = 0) -> None:
-    for i in range(start, start + n):
-        bad = i % 2 == 0
-        word = "refund" if bad else "hours"
-        features = without_text(features_of(ExchangeView(question=word, reply="here it is")))
-        row = exchange_row(
-            f"r{i}",
-            question=f"about the {word}",
-            reply_text="here it is",
-            features_json=json.dumps(features),
-            end_user=f"u{i}",
-            confidence=0.5,
-        )
-        await store.record_exchange(row)
-        await store.vote(
-            reply_id=f"r{i}",
-            voter=lambda user: f"user:{user}",
-            rating="down" if bad else "up",
-            reason=None,
-            comment=None,
-            correction=None,
-            weight=1.0,
-        )
 
 
 @pytest.fixture
