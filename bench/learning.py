@@ -1,12 +1,15 @@
 """The learning benchmark: ``hitl replay`` over a labelled stream, and predict + learn per label.
 
-    python bench/learning.py [STREAM.jsonl ...] [--micro N]
+    python bench/learning.py [STREAM.jsonl ...] [--micro N] [--deep]
 
 For each stream it runs the whole loop (``middleware.app.replay.replay``: features, model,
 policy, store, learner, with the baseline measured in the same process) and prints
 ROC AUC, caught-at-budget and labels/s next to the baseline's. Then it times the
 model alone: the median microseconds of one ``predict`` and one ``learn`` on the
 first stream's exchanges, after a warm-up, in this process.
+
+``--deep`` runs the deeper look too (``[scoring] deep = "minilm"``, the ``deep`` extra):
+the table then shows both tiers, the combined policy's figures and the live model's.
 
 The default stream is ``../shared/data/convai2017_thumbs.jsonl`` (ConvAI 2017 human
 evaluation; see that folder's README for where it comes from).
@@ -27,6 +30,7 @@ from middleware.app.replay import Recorded, read_stream, replay
 from middleware.learning.brain import Brain
 from middleware.learning.model import learn
 from middleware.scoring.features import ExchangeView, features
+from middleware.scoring_settings import ScoringSettings
 from middleware.settings import Settings
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "convai2017_thumbs.jsonl"
@@ -62,14 +66,24 @@ def micro(items: list[Recorded], n: int) -> tuple[float, float, float]:
     return statistics.median(predict_us), statistics.median(learn_us), statistics.median(both)
 
 
+def _live(r: dict[str, object]) -> dict[str, object]:
+    """A result row with the live model's own figures in place of the combined ones."""
+    live = r["live"]
+    assert isinstance(live, dict)
+    return {**r, **live}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("streams", nargs="*", type=Path, default=[DEFAULT])
     parser.add_argument("--micro", type=int, default=3000, help="labels for the micro-benchmark")
+    parser.add_argument("--deep", action="store_true", help='[scoring] deep = "minilm"')
     args = parser.parse_args()
     settings = Settings()
+    if args.deep:
+        settings = settings.model_copy(update={"scoring": ScoringSettings(deep="minilm")})
     rows = []
     first: list[Recorded] = []
     for path in args.streams:
@@ -89,6 +103,8 @@ def main() -> int:
     print()
     header = ("stream", "labels", "AUC", "base", "c@0.2", "base", "esc@0.2", "labels/s")
     widths = (34, 6, 6, 6, 6, 6, 7, 8)
+    if args.deep:  # the combined policy's row, then the live model's
+        rows = [row for name, r in rows for row in ((name, r), (f"{name} (live)", _live(r)))]
     print(
         " ".join(
             f"{h:{'<' if i == 0 else '>'}{w}}"

@@ -266,6 +266,16 @@ def get_or_create_value(conn: Connection, key: str, factory: Callable[[], str]) 
     return value
 
 
+def value(conn: Connection, key: str) -> str | None:
+    return conn.execute(select(kv_t.c.value).where(kv_t.c.key == key)).scalar()
+
+
+def put_value(conn: Connection, key: str, value: str) -> None:
+    """Set ``key`` to ``value`` (the last writer wins)."""
+    if conn.execute(update(kv_t).where(kv_t.c.key == key).values(value=value)).rowcount == 0:
+        conn.execute(insert(kv_t).values(key=key, value=value))
+
+
 def count_rows(conn: Connection, table: Table) -> int:
     return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 

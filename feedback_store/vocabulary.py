@@ -62,8 +62,8 @@ VERDICT_OF: dict[str, Verdict] = {
 Released = Literal["original", "correction", "fallback"]
 RELEASES: tuple[Released, ...] = ("original", "correction", "fallback")
 
-Trigger = Literal["policy", "outlier", "downvote", "api"]
-TRIGGERS: tuple[Trigger, ...] = ("policy", "outlier", "downvote", "api")
+Trigger = Literal["policy", "outlier", "downvote", "api", "deep"]
+TRIGGERS: tuple[Trigger, ...] = ("policy", "outlier", "downvote", "api", "deep")
 
 LabelSource = Literal["user", "reviewer"]
 LABEL_SOURCES: tuple[LabelSource, ...] = ("user", "reviewer")

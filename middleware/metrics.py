@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
@@ -81,6 +81,54 @@ class _StoreCollector(Collector):
                 yield GaugeMetricFamily(name, text, value=v[key])
 
 
+class DeepCounts(Protocol):
+    """What the deeper look has done so far (``middleware.flows.deep.DeepCounts``)."""
+
+    @property
+    def scored(self) -> int: ...
+    @property
+    def skipped(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def escalated(self) -> int: ...
+    @property
+    def released(self) -> int: ...
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def labels(self) -> int: ...
+
+
+class DeepLook(Protocol):
+    def counts(self) -> DeepCounts: ...
+
+
+_DEEP_COUNTERS = (
+    ("scored", "hitl_deep_scored", "replies the deeper look scored"),
+    ("skipped", "hitl_deep_skipped", "replies the deeper look skipped: traffic outran it"),
+    ("failed", "hitl_deep_failed", "replies left to the live model: the worker died"),
+    ("escalated", "hitl_deep_escalated", "delivered replies the deeper look sent to review"),
+    ("released", "hitl_deep_released", "held replies the deeper look released"),
+    ("restarts", "hitl_deep_worker_restarts", "restarts of the embedding worker"),
+)
+
+
+class _DeepCollector(Collector):
+    """The deeper look's counts, read at scrape time (no work on the request path)."""
+
+    def __init__(self, deep: DeepLook) -> None:
+        self.deep = deep
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.deep.counts()
+        for key, name, text in _DEEP_COUNTERS:
+            yield CounterMetricFamily(name, text, value=getattr(counts, key))
+        yield GaugeMetricFamily(
+            "hitl_deep_labels", "labels the deeper look has learned", value=counts.labels
+        )
+
+
 class Metrics:
     def __init__(
         self,
@@ -90,8 +138,10 @@ class Metrics:
         min_refresh_s: float = 1.0,
         learned: Callable[[], int | None] | None = None,
         clock: Callable[[], float] = time.time,
+        deep: DeepLook | None = None,
     ) -> None:
-        """``learned()`` is the id of the newest label the learner has learned."""
+        """``learned()`` is the id of the newest label the learner has learned; ``deep``
+        the deeper look, when it runs."""
         self.registry = registry if registry is not None else CollectorRegistry()
         self.auc_window = auc_window
         self.min_refresh_s = min_refresh_s
@@ -132,6 +182,8 @@ class Metrics:
         )
         self._store = _StoreCollector()
         r.register(self._store)
+        if deep is not None:
+            r.register(_DeepCollector(deep))
         # Children cached by label values: labels() takes a lock and builds a tuple.
         self._request_children: dict[tuple[str, int], Any] = {}
         self._learner_position = learned

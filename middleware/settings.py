@@ -269,7 +269,7 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]
         rest = name[5:].lower()
         for section, field in Settings.model_fields.items():
             model = field.annotation
-            if not (isinstance(model, type) and issubclass(model, _Section)):
+            if not (isinstance(model, type) and issubclass(model, _Section | ScoringSettings)):
                 continue
             key = rest.removeprefix(section + "_")
             if key == rest or key not in model.model_fields:

@@ -1,9 +1,8 @@
 """The composition root: every part built from the settings, and every "after X, do Y"
 wired here, in one visible place.
 
-``build_parts(settings)`` returns ``Parts``, a frozen value that ``hitl serve`` (through
-``build_app``), ``hitl replay`` and the tests all use. Nothing is set on a part after
-it is built: each gets what it calls as a constructor argument, in dependency order.
+``build_parts(settings)`` returns ``Parts``, which ``hitl serve``, ``hitl replay`` and
+the tests use. Each part gets what it calls as a constructor argument, in dependency order.
 Building opens nothing: long-lived resources (engine, HTTP pool, background tasks)
 open in ``Parts.start`` and close in ``Parts.stop``, which the app's lifespan calls.
 """
@@ -22,6 +21,7 @@ from typing import Literal
 from feedback_store import SchemaError, Store, StoreError
 from feedback_store.leadership import leadership_for
 from feedback_store.urls import describe_url, is_sqlite, redact_url
+from middleware.app.deep import DeepFlow, build_deep
 from middleware.app.review import ReviewSide, build_channel
 from middleware.errors import ConfigError, SchemaOutdated, StoreUnavailable
 from middleware.flows import ComplaintFlow, DecisionFlow, Hooks, ReplyFlow, VoteFlow
@@ -84,6 +84,7 @@ class Parts:
     draining: Draining
     #: purges text older than ``[privacy] retain_days``, hourly
     retention: Retention
+    deep: DeepFlow | None = None  # the deeper look ([scoring] deep), None when off
 
     async def start(self, *, serve: bool = True) -> None:
         """Open the store, learn what it holds, then (``serve``) open the rest."""
@@ -109,6 +110,8 @@ class Parts:
         self.draining.start()
         await self.upstream.start()
         await self.review.start(self.outbox)
+        if self.deep is not None:
+            await self.deep.start()
         log.info("%s", startup_line(self))
         # Everything built so far lives as long as the app: keep the cyclic garbage
         # collector from walking it again on every full collection (latency spikes).
@@ -122,6 +125,8 @@ class Parts:
                     await self.draining.stop()
                     await self.review.stop(self.outbox)
                     await self.upstream.aclose()
+                if self.deep is not None:
+                    await self.deep.stop()
                 await self.retention.stop()
                 await self.learner.close()
         finally:
@@ -161,7 +166,8 @@ def startup_line(parts: Parts) -> str:
         f"{describe_url(settings.store.url)}{unsafe} · review: {review} · policy: review below "
         f"{policy.escalate_below:g}, hold below {policy.hold_below:g}, budget "
         f"{policy.review_budget:.0%}, {policy.max_reviews_per_hour} an hour · model: "
-        f"{parts.brain.labels} labels learned, {learner}"
+        f"version {parts.brain.version} ({parts.brain.fingerprint}), {parts.brain.labels} "
+        f"labels learned, {learner}"
     )
 
 
@@ -267,7 +273,12 @@ def build_parts(
         rng=rng,
         clock=clock,
     )
-    metrics = Metrics(auc_window=learning.rolling_window, learned=lambda: brain.last_label_id)
+    deep = build_deep(
+        settings, role == "all", scorer, brain, lambda: outbox.wake(), caps, clock, store=store
+    )
+    metrics = Metrics(
+        auc_window=learning.rolling_window, learned=lambda: brain.last_label_id, deep=deep
+    )
     items = ReviewItems(
         store=store,
         threshold=policy.escalate_below,
@@ -305,6 +316,8 @@ def build_parts(
         mode=learning.mode,
         batch_every_s=learning.batch_every_s,
         configured=built_with(learning.model),
+        on_learned=None if deep is None else deep.wake,
+        on_snapshot=None if deep is None else deep.snapshot,
     )
 
     def review_decided(outcome: ReviewOutcome) -> None:
@@ -364,6 +377,7 @@ def build_parts(
             redact=redact,
             caps=caps,
             clock=clock,
+            deep=deep,
         ),
         votes=VoteFlow(
             store=store,
@@ -382,4 +396,5 @@ def build_parts(
         quotas=quotas,
         draining=Draining(settings.server.shutdown_grace_s),
         retention=Retention(store=store, retain_days=settings.privacy.retain_days, clock=clock),
+        deep=deep,
     )

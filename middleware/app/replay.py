@@ -29,6 +29,7 @@ import orjson
 
 from feedback_store import Store
 from feedback_store.report import roc_auc
+from middleware.app import replay_deep
 from middleware.app.parts import build_parts
 from middleware.flows import ChatExchange, Vote
 from middleware.learning.progress import WholeStream
@@ -101,11 +102,28 @@ class ReplayResult:
     summary: dict[str, Any] = field(default_factory=dict)
     tallies: dict[float, BudgetTally] = field(default_factory=dict)
     baseline: dict[str, Any] = field(default_factory=dict)
+    #: with the deeper look on, the live model's own figures (the rest are the combined)
+    live: dict[str, Any] | None = None
+    live_tallies: dict[float, BudgetTally] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         def share(n: int, d: int) -> float:
             return round(n / d, 4) if d else 0.0
 
+        live = {}
+        if self.live is not None:
+            live = {
+                "live": {
+                    **{k: _round(self.live.get(k)) for k in ("roc_auc", "log_loss", "accuracy")},
+                    "caught_at_budget": {
+                        str(b): share(t.caught, self.downs) for b, t in self.live_tallies.items()
+                    },
+                    "escalated_share": {
+                        str(b): share(t.escalated, self.labels)
+                        for b, t in self.live_tallies.items()
+                    },
+                }
+            }
         return {
             "labels": self.labels,
             "roc_auc": _round(self.summary.get("roc_auc")),
@@ -117,6 +135,7 @@ class ReplayResult:
             "escalated_share": {
                 str(b): share(t.escalated, self.labels) for b, t in self.tallies.items()
             },
+            **live,
             "baseline": self.baseline,
             "labels_per_second": round(self.labels / self.seconds, 1) if self.seconds else 0.0,
         }
@@ -221,13 +240,26 @@ async def replay(
     async with _store(store_url) as store:
         parts = build_parts(replay_settings(settings), environ={}, store=store)
         await parts.start(serve=False)
+        deep, ys, ps = parts.deep, [], []
         try:
             started = time.perf_counter()
+            if deep is not None:
+                result.live_tallies = _tallies(slack)
+                await replay_deep.prepare(deep, [t for i in items for t in (i.question, i.reply)])
             for item in items:
                 exchange = exchange_of(item, time.perf_counter())
                 assessment = await parts.replies(exchange)
                 # Tallied as a client sees it: the confidence in the hitl object.
-                _tally(result.tallies, round(assessment.confidence, 4), False, item.label)
+                live = round(assessment.confidence, 4)
+                score = live
+                if deep is not None:
+                    _tally(result.live_tallies, live, False, item.label)
+                    score = await replay_deep.look_at(
+                        deep, exchange.reply_id, item.question, item.reply, live
+                    )
+                    ys.append(item.label)
+                    ps.append(score)
+                _tally(result.tallies, score, False, item.label)
                 await parts.votes(
                     Vote(
                         reply_id=exchange.reply_id,
@@ -236,13 +268,19 @@ async def replay(
                     )
                 )
                 await parts.learner.step()
+                if deep is not None:
+                    await deep.catch_up()
                 result.labels += 1
                 result.downs += item.label == 0
                 if progress is not None:
                     progress(result.labels, parts.brain.progress)
             result.seconds = time.perf_counter() - started
             result.summary = (await WholeStream.from_store(store)).summary()
+            if deep is not None:
+                result.live, result.summary = result.summary, replay_deep.figures(ys, ps)
         finally:
+            if deep is not None:
+                deep.look.embedder.close()
             await parts.stop(serve=False)
     if baseline:
         result.baseline = await asyncio.to_thread(run_baseline, items, slack)

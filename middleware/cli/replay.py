@@ -65,6 +65,13 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, environ: Mapping[st
             f"caught @ {budget:<8} {caught}   escalated {out['escalated_share'][budget]}"
             f"   (baseline {base})"
         )
+    live = out.get("live")
+    if live is not None:  # the deeper look ran: the figures above are the combined policy's
+        lines.append(f"live model alone: ROC AUC {live['roc_auc']}")
+        for budget, caught in live["caught_at_budget"].items():
+            lines.append(
+                f"caught @ {budget:<8} {caught}   escalated {live['escalated_share'][budget]}"
+            )
     print("\n".join(lines))
     if args.json:
         print(orjson.dumps(out).decode())

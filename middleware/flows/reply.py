@@ -28,6 +28,7 @@ import orjson
 
 from feedback_store import NewEscalation, NewExchange, Store, StoreError
 from middleware.errors import StoreUnavailable
+from middleware.flows.deep import DeepFlow
 from middleware.flows.hooks import Hooks
 from middleware.metrics import ExchangeObserver, NoMetrics
 from middleware.quotas import FleetCaps
@@ -101,9 +102,10 @@ class ReplyFlow:
         redact: Redactor | None = None,
         caps: FleetCaps | None = None,
         clock: Callable[[], float] = time.time,
+        deep: DeepFlow | None = None,
     ) -> None:
         """``caps``: the fleet's shared review cap and asks (None: this process's own
-        limits are the whole fleet's)."""
+        limits are the whole fleet's); ``deep``: the deeper look, after the fast decision."""
         self.scorer = scorer
         self.store = store
         self.hooks = hooks
@@ -112,6 +114,7 @@ class ReplyFlow:
         self.redact = redact or Redactor(())
         self.caps = caps
         self.clock = clock
+        self.deep = deep
 
     async def __call__(self, exchange: ChatExchange) -> Assessment:
         """Score, decide and commit ``exchange``; raises ``StoreUnavailable`` if not stored."""
@@ -131,11 +134,19 @@ class ReplyFlow:
             end_user=exchange.end_user,
             risky=exchange.risky,
         )
+        deep = self.deep
+        held = assessment.decision.kind == "hold"
+        if deep is not None and held:  # a held reply waits anyway: for the deeper look too
+            assessment = await deep.hold(
+                exchange.reply_id, conversation.question, summary.text, assessment
+            )
         if self.caps is not None:
             assessment = await self._claim(assessment, self.caps)
         total_ms = (time.perf_counter() - exchange.started) * 1000
         kept = _Kept(payload, conversation.question, summary)
         await self._commit(exchange, kept, assessment, total_ms)
+        if deep is not None and not held and not exchange.replayed:
+            deep.submit(exchange.reply_id, conversation.question, summary.text, assessment)
         self.observer.exchange(
             decision=assessment.decision.kind,
             status=200,

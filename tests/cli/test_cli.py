@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -261,5 +262,5 @@ def test_serve_says_in_one_line_what_runs_and_keeps_library_chatter_quiet(
     assert f"store SQLite file {(tmp_path / 'hitl.db').resolve()}" in line
     assert "review: review API and /review page only (no Slack)" in line
     assert "review below 0.25, hold below 0.2, budget 10%, 120 an hour" in line
-    assert "model: 0 labels learned, learning here" in line
+    assert re.search(r"model: version 1 \(\w+\), 0 labels learned, learning here", line)
     assert "alembic" not in output, output

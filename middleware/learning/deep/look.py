@@ -17,7 +17,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from middleware.learning.deep.model import DeepModel
+import numpy as np
+
+from middleware.learning.deep.model import DeepModel, embedding_features, unit
 from middleware.learning.deep.worker import Embedder, EmbedderUnavailable
 
 log = logging.getLogger("hitl.deep")
@@ -62,10 +64,16 @@ class DeepLook:
         self._inflight: set[str] = set()
         self._wake = asyncio.Event()
         self._waiters: dict[str, asyncio.Future[DeepResult | None]] = {}
-        # what a reply's label is learned from, kept for the ``kept`` newest replies
-        self._features: OrderedDict[str, tuple[dict[str, float], list[float]]] = OrderedDict()
+        # what a reply's label is learned from, kept for the ``kept`` newest replies: its
+        # embedding (float32) and the scalar features, the embedding's part made again
+        self._features: OrderedDict[str, tuple[dict[str, float], np.ndarray]] = OrderedDict()
         self._kept = kept
         self.scored = self.skipped = self.failed = 0
+
+    @property
+    def pending(self) -> int:
+        """Replies waiting for the look."""
+        return len(self._pending)
 
     # -- the request path: no await ---------------------------------------------
 
@@ -144,13 +152,17 @@ class DeepLook:
             except EmbedderUnavailable as exc:
                 log.warning("%s", exc)
                 return False
-            kept = (self.model.features(q if question else [0.0] * len(r), r, live), r)
-        x, r = kept
+            x = self.model.features(q if question else [0.0] * len(r), r, live)
+        else:
+            scalars, vector = kept
+            x = {**embedding_features(unit(vector)), **scalars}
+            r = vector.tolist()
         self.model.learn(x, r, helpful, weight)
         return True
 
     def _keep(self, reply_id: str, x: dict[str, float], r: list[float]) -> None:
-        self._features[reply_id] = (x, r)
+        scalars = {k: v for k, v in x.items() if not k[1:].isdigit()}
+        self._features[reply_id] = (scalars, np.asarray(r, dtype=np.float32))
         if len(self._features) > self._kept:
             self._features.popitem(last=False)
 

@@ -21,10 +21,10 @@ from middleware.learning.model import learn as learn_weighted
 from middleware.learning.model import predict
 
 DEEP_SNAPSHOT_FORMAT = 1
-Vector = Sequence[float]
+Vector = Sequence[float] | np.ndarray
 
 
-def _unit(v: Vector) -> np.ndarray:
+def unit(v: Vector) -> np.ndarray:
     a = np.asarray(v, dtype=np.float32)
     norm = float(np.linalg.norm(a))
     return a / norm if norm > 0 else a
@@ -45,14 +45,14 @@ class NeighbourRing:
         return len(self._labels)
 
     def add(self, v: Vector, label: bool) -> None:
-        self._vectors.append(_unit(v))
+        self._vectors.append(unit(v))
         self._labels.append(1.0 if label else 0.0)
 
     def rate(self, v: Vector) -> float | None:
         """Mean label of the nearest ``k`` (None while the ring is empty)."""
         if not self._labels:
             return None
-        sims = np.stack(self._vectors) @ _unit(v)
+        sims = np.stack(self._vectors) @ unit(v)
         k = min(self.k, len(sims))
         nearest = np.argpartition(-sims, k - 1)[:k]
         labels = np.asarray(self._labels)
@@ -63,15 +63,25 @@ def deep_features(
     question: Vector, reply: Vector, neighbour_rate: float | None, live: float
 ) -> dict[str, float]:
     """What the second model reads of one reply (``question``: zeros when there is none)."""
-    r = _unit(reply)
-    q = _unit(question)
+    r = unit(reply)
+    return {**embedding_features(r), **scalar_features(unit(question), r, neighbour_rate, live)}
+
+
+def embedding_features(unit_reply: np.ndarray) -> dict[str, float]:
+    return {f"e{i}": float(value) for i, value in enumerate(unit_reply)}
+
+
+def scalar_features(
+    q: np.ndarray, r: np.ndarray, neighbour_rate: float | None, live: float
+) -> dict[str, float]:
+    """What ``deep_features`` adds to the embedding (unit vectors in)."""
     live = min(max(live, 1e-4), 1 - 1e-4)
-    x = {f"e{i}": float(value) for i, value in enumerate(r)}
-    x["cosine"] = float(q @ r)
-    x["neighbour_rate"] = 0.5 if neighbour_rate is None else neighbour_rate
-    x["has_neighbours"] = 0.0 if neighbour_rate is None else 1.0
-    x["live_logit"] = math.log(live / (1 - live))
-    return x
+    return {
+        "cosine": float(q @ r),
+        "neighbour_rate": 0.5 if neighbour_rate is None else neighbour_rate,
+        "has_neighbours": 0.0 if neighbour_rate is None else 1.0,
+        "live_logit": math.log(live / (1 - live)),
+    }
 
 
 def _classifier() -> base.Classifier:

@@ -17,6 +17,8 @@ import os
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from middleware.errors import HITLError
 
 #: what ``deep = "minilm"`` needs installed (the ``deep`` extra)
@@ -62,6 +64,17 @@ class Embedder:
         self._pool: ProcessPoolExecutor | None = None
         self.restarts = 0
         self.failures = 0
+        #: vectors made ahead of time (``prefetch``: ``hitl replay``), by text
+        self._ahead: dict[str, np.ndarray] = {}
+
+    async def prefetch(self, texts: list[str], *, batch: int = 256) -> None:
+        """Embed ``texts`` ahead in large batches (a recorded stream: every text is known
+        before it is scored), so that ``embed`` answers them without a round trip."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self._ahead))
+        for i in range(0, len(todo), batch):
+            chunk = todo[i : i + batch]
+            for text, vector in zip(chunk, await self.embed(chunk), strict=True):
+                self._ahead[text] = np.asarray(vector, dtype=np.float32)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -74,6 +87,9 @@ class Embedder:
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         """One vector per text; ``EmbedderUnavailable`` when the worker died meanwhile."""
+        ahead = self._ahead
+        if ahead and all(t in ahead for t in texts):
+            return [ahead[t].tolist() for t in texts]
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor(), _embed, texts)
