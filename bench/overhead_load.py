@@ -22,8 +22,8 @@ from overhead_procs import LOAD_CPU, BenchError
 from overhead_targets import FAMILIES, LABELS, Target
 from overhead_wire import request_body, wrk_script
 
+#: the connection count of the throughput targets, and of --profile
 ACCEPT_CONNS = 16
-ACCEPT_RATIO = 0.25
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Sample:
     target: str
     family: str
     mode: str
+    words: int
     conns: int
     run: int
     requests: int
@@ -90,6 +91,7 @@ def run_wrk(
         target=target.name,
         family=target.family,
         mode=target.mode,
+        words=target.words,
         conns=conns,
         run=run,
         requests=figures["requests"],
@@ -110,6 +112,7 @@ class Summary:
     target: str
     family: str
     mode: str
+    words: int
     conns: int
     runs: int
     rps: float
@@ -134,6 +137,7 @@ def summarise(samples: Sequence[Sample]) -> list[Summary]:
                 target=target,
                 family=group[0].family,
                 mode=group[0].mode,
+                words=group[0].words,
                 conns=conns,
                 runs=len(group),
                 rps=statistics.median(s.rps for s in group),
@@ -151,59 +155,34 @@ def summarise(samples: Sequence[Sample]) -> list[Summary]:
 
 
 def ratios(summaries: Sequence[Summary]) -> list[dict[str, Any]]:
-    """Each target's median req/s over the aiohttp floor's, per mode and connections."""
-    by_key = _by_key(summaries)
+    """Each target over the aiohttp floor in the same mode, reply length and connections:
+    req/s (target's over the floor's) and CPU per request (target's over the floor's:
+    >= 1 means costlier)."""
+    by_key = by_cell(summaries)
     rows = []
     for s in summaries:
-        floor = by_key.get(("aiohttp", s.mode, s.conns))
-        if floor is None or s.family in ("aiohttp", "direct") or not floor.rps:
+        floor = by_key.get(("aiohttp", s.mode, s.words, s.conns))
+        if floor is None or s.family in ("aiohttp", "direct"):
             continue
         rows.append(
             {
                 "target": s.target,
                 "family": s.family,
+                "mode": s.mode,
+                "words": s.words,
                 "conns": s.conns,
-                "ratio_to_aiohttp": s.rps / floor.rps,
-                # The same ratio from CPU time per request: what a core to itself would give.
-                "cpu_ratio_to_aiohttp": (
-                    floor.cpu_us_per_req / s.cpu_us_per_req if s.cpu_us_per_req else 0.0
+                "rps_ratio": s.rps / floor.rps if floor.rps else 0.0,
+                "cpu_ratio": (
+                    s.cpu_us_per_req / floor.cpu_us_per_req if floor.cpu_us_per_req else 0.0
                 ),
             }
         )
     return rows
 
 
-def _by_key(summaries: Sequence[Summary]) -> dict[tuple[str, str, int], Summary]:
-    return {(s.family, s.mode, s.conns): s for s in summaries}
-
-
-@dataclass(frozen=True)
-class Verdict:
-    evaluated: bool
-    passed: bool
-    text: str
-
-
-def acceptance(summaries: Sequence[Summary], *, duration: int, runs: int) -> Verdict:
-    by_key = _by_key(summaries)
-    gateway = by_key.get(("gateway", "json", ACCEPT_CONNS))
-    floor = by_key.get(("aiohttp", "json", ACCEPT_CONNS))
-    if gateway is None or floor is None or not floor.rps:
-        return Verdict(False, False, "not evaluated: needs gateway and aiohttp, json, -c16")
-    ratio = gateway.rps / floor.rps
-    clean = gateway.non_2xx == 0 and gateway.socket_errors == 0
-    passed = ratio >= ACCEPT_RATIO and clean
-    text = (
-        f"gateway-json {gateway.rps:,.0f} req/s / aiohttp-json {floor.rps:,.0f} req/s "
-        f"= {ratio:.3f} at -c{ACCEPT_CONNS} (needs >= {ACCEPT_RATIO}); "
-        f"non-2xx {gateway.non_2xx}, socket errors {gateway.socket_errors}: "
-        f"{'MET' if passed else 'NOT MET'}"
-    )
-    if (duration, runs) != (8, 3):
-        text += (
-            f" (indicative: acceptance is --duration 8 --runs 3, this was {duration} s x {runs})"
-        )
-    return Verdict(True, passed, text)
+def by_cell(summaries: Sequence[Summary]) -> dict[tuple[str, str, int, int], Summary]:
+    """Summaries by (family, mode, reply words, connections)."""
+    return {(s.family, s.mode, s.words, s.conns): s for s in summaries}
 
 
 # --- output --------------------------------------------------------------------------
@@ -211,23 +190,23 @@ def acceptance(summaries: Sequence[Summary], *, duration: int, runs: int) -> Ver
 
 def print_table(summaries: Sequence[Summary]) -> None:
     order = {family: i for i, family in enumerate(FAMILIES)}
-    rows = sorted(summaries, key=lambda s: (s.mode, s.conns, order[s.family]))
+    rows = sorted(summaries, key=lambda s: (s.mode, s.words, s.conns, order[s.family]))
     header = (
-        f"{'target':<20} {'conns':>5} {'req/s':>9} {'min-max':>15} "
+        f"{'target':<24} {'conns':>5} {'req/s':>9} {'min-max':>15} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'sock err':>8} "
         f"{'cpu us/req':>10} {'cpu':>5}"
     )
     print(header)
     print("-" * len(header))
-    previous: tuple[str, int] | None = None
+    previous: tuple[str, int, int] | None = None
     for s in rows:
-        if previous is not None and previous != (s.mode, s.conns):
+        if previous is not None and previous != (s.mode, s.words, s.conns):
             print()
-        previous = (s.mode, s.conns)
+        previous = (s.mode, s.words, s.conns)
         label = f"{LABELS[s.family]} {s.target}"
         flag = "  <-- errors" if s.non_2xx or s.socket_errors else ""
         print(
-            f"{label:<20} {s.conns:>5} {s.rps:>9,.0f} {s.rps_min:>7,.0f}-{s.rps_max:<7,.0f} "
+            f"{label:<24} {s.conns:>5} {s.rps:>9,.0f} {s.rps_min:>7,.0f}-{s.rps_max:<7,.0f} "
             f"{s.p50_ms:>8.2f} {s.p99_ms:>8.2f} {s.non_2xx:>8} {s.socket_errors:>8} "
             f"{s.cpu_us_per_req:>10.0f} {100 * s.cpu_share:>4.0f}%{flag}"
         )
@@ -237,14 +216,15 @@ def print_ratios(rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
     print(
-        "\nover the bare aiohttp passthrough (b), same mode and connections: req/s ratio, and"
-        "\nthe ratio of CPU time per request ((b)'s over the target's; less noisy when other"
-        "\nwork shares the core):"
+        "\nover the bare aiohttp passthrough (b), same mode, reply length and connections:"
+        "\nreq/s (target's over (b)'s) and CPU per request (target's over (b)'s: >= 1 means"
+        "\ncostlier; it moves less than req/s when other work shares the core):"
     )
     order = {family: i for i, family in enumerate(FAMILIES)}
-    for row in sorted(rows, key=lambda r: (-order[r["family"]], r["target"], r["conns"])):
+    rows = sorted(rows, key=lambda r: (-order[r["family"]], r["mode"], r["words"], r["conns"]))
+    for row in rows:
         label = f"{LABELS[row['family']]}/(b) {row['target']}"
         print(
-            f"  {label:<26} -c{row['conns']:<3} req/s {row['ratio_to_aiohttp']:6.3f}"
-            f"   cpu/req {row['cpu_ratio_to_aiohttp']:6.3f}"
+            f"  {label:<30} -c{row['conns']:<3} req/s {row['rps_ratio']:6.3f}"
+            f"   cpu/req {row['cpu_ratio']:6.3f}"
         )

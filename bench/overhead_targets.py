@@ -1,8 +1,9 @@
 """What the benchmark measures (bench/overhead.py): the targets, started and checked.
 
 Each target is a family (nginx direct, a bare passthrough, the gateway) in one mode
-(JSON or SSE). Before any load, one request per target checks the answer is the fake
-upstream's, relayed intact; each gateway is then given votes so its model scores.
+(JSON or SSE) fed one reply length. Before any load, one request per target checks the
+answer is the fake upstream's, relayed intact; each gateway is then given votes so its
+model scores.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from overhead_procs import (
     http,
     wait_until_up,
 )
-from overhead_wire import UPSTREAM_PATH, Payloads, request_body, write_nginx_files
+from overhead_wire import (
+    UPSTREAM_PATH,
+    Payloads,
+    request_body,
+    upstream_base,
+    upstream_path,
+    write_nginx_files,
+)
 
 BENCH = Path(__file__).resolve().parent
 PRIOR = 0.5  # [policy] prior in gateway_bench.toml
@@ -45,13 +53,15 @@ LABELS = {
 class Target:
     family: str
     mode: str
+    #: the upstream reply's length in words
+    words: int
     url: str
     #: the server process whose CPU time is counted (nginx's master for `direct`)
     pid: int
 
     @property
     def name(self) -> str:
-        return f"{self.family}-{self.mode}"
+        return f"{self.family}-{self.mode}-w{self.words}"
 
 
 def _sse_events(payload: bytes) -> list[str]:
@@ -146,13 +156,19 @@ def start_servers(
     families: Sequence[str],
     modes: Sequence[str],
     workdir: Path,
-    answers: Payloads,
+    answers: Sequence[Payloads],
 ) -> list[Target]:
-    """Start nginx and the servers under test; return the targets, each checked once."""
+    """Start nginx and the servers under test; return the targets, each checked once.
+
+    Every family gets a target per (mode, reply length); a passthrough serves all of
+    them from one process (it relays by path), the gateway needs one process each.
+    """
     port = free_port()
     upstream = f"http://127.0.0.1:{port}"
     template = (BENCH / "nginx_upstream.conf").read_text()
     conf = write_nginx_files(template, prefix=workdir, port=port, answers=answers)
+    by_words = {answer.words: answer for answer in answers}
+    cells = [(mode, words) for words in by_words for mode in modes]
     nginx = procs.start("nginx", ["nginx", "-p", str(workdir), "-c", str(conf)], cpu=LOAD_CPU)
     wait_until_up(procs, "nginx", nginx, upstream + "/v1/models", timeout_s=10)
 
@@ -166,42 +182,52 @@ def start_servers(
     for family in families:
         if family == "direct":
             targets += [
-                Target("direct", mode, upstream + UPSTREAM_PATH[mode], nginx.pid) for mode in modes
+                Target("direct", mode, words, upstream + upstream_path(mode, words), nginx.pid)
+                for mode, words in cells
             ]
         elif family in passthroughs:
             server_port = free_port()
             argv = [*passthroughs[family], "--upstream", upstream, "--port", str(server_port)]
             proc = procs.start(family, argv, cpu=SERVER_CPU)
             url = f"http://127.0.0.1:{server_port}"
-            wait_until_up(procs, family, proc, url + UPSTREAM_PATH["json"], body=b"{}")
-            targets += [Target(family, mode, url + UPSTREAM_PATH[mode], proc.pid) for mode in modes]
+            probe = url + upstream_path("json", cells[0][1])
+            wait_until_up(procs, family, proc, probe, body=b"{}")
+            targets += [
+                Target(family, mode, words, url + upstream_path(mode, words), proc.pid)
+                for mode, words in cells
+            ]
         elif family == "gateway":
-            targets += start_gateways(procs, modes, upstream, workdir)
+            targets += start_gateways(procs, cells, upstream, workdir)
     for target in targets:
-        check_answer(target, answers, *http(target.url, request_body(target.mode), timeout=10))
+        answer = http(target.url, request_body(target.mode), timeout=10)
+        check_answer(target, by_words[target.words], *answer)
     return targets
 
 
 def start_gateways(
-    procs: Processes, modes: Sequence[str], upstream: str, workdir: Path
+    procs: Processes, cells: Sequence[tuple[str, int]], upstream: str, workdir: Path
 ) -> list[Target]:
-    """One `hitl serve` per mode: the SSE one's upstream base_url is nginx's /sse/v1."""
+    """One `hitl serve` per (mode, reply length), its upstream base_url nginx's location
+    for that reply: /w50/v1, or /w50/sse/v1 for the streamed one."""
     hitl = shutil.which("hitl") or str(Path(sys.executable).with_name("hitl"))
     if not Path(hitl).exists():
         raise GatewayDown("no `hitl` command: install the project (pip install -e .) first")
-    targets = []
-    for mode in modes:
-        name = f"gateway-{mode}"
+    started = []
+    # All start at once (they load the same modules on one core), then each is awaited.
+    for mode, words in cells:
+        name = f"gateway-{mode}-w{words}"
         port = free_port()
-        base_url = upstream + UPSTREAM_PATH[mode].removesuffix("/chat/completions")
+        base_url = upstream + upstream_base(mode, words)
         argv = [hitl, "serve", "--config", str(BENCH / "gateway_bench.toml")]
         argv += ["--host", "127.0.0.1", "--port", str(port)]
         env = gateway_env(base_url, workdir / f"{name}.db")
         proc = procs.start(name, argv, cpu=SERVER_CPU, env=env, cwd=workdir)
-        url = f"http://127.0.0.1:{port}"
+        started.append((name, mode, words, proc, f"http://127.0.0.1:{port}"))
+    targets = []
+    for name, mode, words, proc, url in started:
         try:
             wait_until_up(procs, name, proc, url + "/healthz", timeout_s=90)
         except BenchError as exc:
             raise GatewayDown(str(exc)) from exc
-        targets.append(Target("gateway", mode, url + "/v1/chat/completions", proc.pid))
+        targets.append(Target("gateway", mode, words, url + UPSTREAM_PATH["json"], proc.pid))
     return targets

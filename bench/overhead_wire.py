@@ -1,18 +1,31 @@
 """What the benchmark's fake upstream answers and what wrk sends (bench/overhead.py).
 
-The completion and its SSE stream that nginx serves, the chat request wrk posts, and
-the two files written for them: nginx's config and wrk's Lua script.
+The completion and its SSE stream that nginx serves for each reply length, the chat
+request wrk posts, and the two files written for them: nginx's config and wrk's Lua
+script.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 MODES = ("json", "sse")
 UPSTREAM_PATH = {"json": "/v1/chat/completions", "sse": "/sse/v1/chat/completions"}
+
+
+def upstream_path(mode: str, words: int) -> str:
+    """Where nginx serves the `words`-word reply in `mode`: /w50/v1/..., /w50/sse/v1/..."""
+    return f"/w{words}{UPSTREAM_PATH[mode]}"
+
+
+def upstream_base(mode: str, words: int) -> str:
+    """The `[upstream] base_url` path of a gateway fed that reply (ends in /v1)."""
+    return upstream_path(mode, words).removesuffix("/chat/completions")
+
 
 REPLY = (
     'Set [upstream] kind = "openai" and base_url to your server\'s /v1 URL in config.toml, '
@@ -103,26 +116,45 @@ def request_body(mode: str) -> bytes:
     return _dumps({**REQUEST, "stream": True} if mode == "sse" else REQUEST).encode()
 
 
-def write_nginx_files(template: str, *, prefix: Path, port: int, answers: Payloads) -> Path:
-    """Write the answers and a config serving them under `prefix`; return the config."""
+def write_nginx_files(
+    template: str, *, prefix: Path, port: int, answers: Sequence[Payloads]
+) -> Path:
+    """Write each length's answers and a config serving them under `prefix`; return it."""
     # nginx's worker runs as an unprivileged user: it must be able to reach the files.
     www = prefix / "www"
     www.mkdir(exist_ok=True)
     prefix.chmod(0o711)
     www.chmod(0o755)
-    completion, sse = www / "completion.json", www / "stream.sse"
-    completion.write_bytes(answers.completion_body())
-    sse.write_bytes(answers.sse_body())
-    for path in (completion, sse):
-        path.chmod(0o644)
+    locations = []
+    for answer in answers:
+        folder = www / f"w{answer.words}"
+        folder.mkdir(exist_ok=True)
+        folder.chmod(0o755)
+        files = {"json": folder / "completion.json", "sse": folder / "stream.sse"}
+        files["json"].write_bytes(answer.completion_body())
+        files["sse"].write_bytes(answer.sse_body())
+        for mode, path in files.items():
+            path.chmod(0o644)
+            locations.append(_location(upstream_path(mode, answer.words), mode, path))
     conf = prefix / "nginx.conf"
     conf.write_text(
         template.replace("@PREFIX@", str(prefix))
         .replace("@PORT@", str(port))
-        .replace("@COMPLETION_FILE@", str(completion))
-        .replace("@SSE_FILE@", str(sse))
+        .replace("@REPLY_LOCATIONS@", "\n".join(locations).strip())
     )
     return conf
+
+
+def _location(path: str, mode: str, file: Path) -> str:
+    # The static module refuses POST with 405; `error_page 405 =200 $uri` serves the
+    # file anyway (the request body is read and discarded). Files, not `return 200
+    # '...'`, because nginx caps a config string at 4 KiB and replies are longer.
+    media = "application/json" if mode == "json" else "text/event-stream"
+    return f"""        location = {path} {{
+            default_type {media};
+            alias {file};
+            error_page 405 =200 $uri;
+        }}"""
 
 
 def wrk_script(body: bytes, report: Path) -> str:
