@@ -130,8 +130,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         metavar="SECONDS",
         default=0,
-        help="after the runs, py-spy the JSON gateway (first reply length) for SECONDS "
-        "under wrk -c16",
+        help="after the runs, py-spy the JSON gateway (else the streamed one; first reply "
+        "length) for SECONDS under wrk -c16",
     )
     parser.add_argument(
         "--labels",
@@ -248,8 +248,9 @@ def measure(args: argparse.Namespace, procs: Processes, workdir: Path, *, pin: b
             "load_average": [load_before, load_after],
         }
         print(json.dumps(figures, indent=1))
-    profiled = f"gateway-json-w{args.reply_words[0]}"
-    gateway = next((t for t in targets if t.name == profiled), None)
+    # The JSON gateway at the first reply length, or the streamed one when only it ran.
+    profiled = [f"gateway-{mode}-w{args.reply_words[0]}" for mode in ("json", "sse")]
+    gateway = next((t for name in profiled for t in targets if t.name == name), None)
     if args.profile and gateway is not None:
         profile_gateway(procs, gateway, args.profile, workdir, pin=pin)
     return exit_status(checks)

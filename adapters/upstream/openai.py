@@ -78,11 +78,12 @@ class _Stream:
         self._read_timeout_s = read_timeout_s
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        # The session's sock_read timeout (timeout_s) bounds each wait for data: a stream
+        # that stalls midway raises ServerTimeoutError here, with no timer of our own.
         content = self._response.content
         while True:
             try:
-                async with asyncio.timeout(self._read_timeout_s):
-                    chunk = await content.readany()
+                chunk = await content.readany()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise _map_error(exc, self._base_url, self._read_timeout_s) from exc
             if not chunk:

@@ -116,9 +116,11 @@ class StreamedReplies:
                     yield b"data: " + error_body(503, STORE_DOWN, "store_unavailable") + b"\n\n"
                     return
                 recorded = True
+                # One write for the last two events (each write costs the server a send).
                 if self.stream_hitl_chunk:
-                    yield self._hitl_chunk(ctx, folded, token, assessment, status)
-                yield DONE
+                    yield self._hitl_chunk(ctx, folded, token, assessment, status) + DONE
+                else:
+                    yield DONE
             finally:
                 if not recorded:
                     # The client left (or the task was cancelled) mid-stream: what it was

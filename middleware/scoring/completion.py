@@ -127,23 +127,32 @@ class StreamSummary:
 
 
 def split_events(buffer: bytearray) -> list[bytes]:
-    """Take every complete SSE event (ending in a blank line) off the front of ``buffer``."""
+    """Take every complete SSE event (ending in a blank line) off the front of ``buffer``.
+
+    One pass and one cut, however many events the buffer holds: an upstream often
+    sends a whole short reply in one read."""
     events: list[bytes] = []
+    start = 0
+    crlf_ends = b"\r\n\r\n" in buffer
     while True:
-        end = buffer.find(b"\n\n")
-        crlf = buffer.find(b"\r\n\r\n")
-        if crlf != -1 and (end == -1 or crlf < end):
-            cut = crlf + 4
-        elif end != -1:
-            cut = end + 2
-        else:
-            return events
-        events.append(bytes(buffer[:cut]))
-        del buffer[:cut]
+        end, size = buffer.find(b"\n\n", start), 2
+        if crlf_ends:
+            crlf = buffer.find(b"\r\n\r\n", start)
+            if crlf != -1 and (end == -1 or crlf < end):
+                end, size = crlf, 4
+        if end == -1:
+            break
+        events.append(bytes(buffer[start : end + size]))
+        start = end + size
+    if start:
+        del buffer[:start]
+    return events
 
 
 def event_data(event: bytes) -> bytes | None:
     """The ``data:`` payload of one SSE event (lines joined), or None if it has none."""
+    if event.startswith(b"data:") and event.find(b"\n") == len(event) - 2 and b"\r" not in event:
+        return event[5:-2].lstrip(b" ")  # one data line: what nearly every chunk is
     lines = [
         line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in event.splitlines()
     ]

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from adapters.upstream.openai import OpenAIUpstream
-from middleware.errors import UpstreamUnavailable
-from middleware.ports import UpstreamRequest
+from middleware.errors import UpstreamTimeout, UpstreamUnavailable
+from middleware.ports import UpstreamReply, UpstreamRequest
 
 BODY = b'{"id": "c", "object": "chat.completion", "choices": []}'
 ANSWER = (
@@ -116,3 +116,75 @@ async def test_a_server_that_drops_every_request_is_reported_unreachable_after_o
         finally:
             await upstream.aclose()
     assert server.requests == 2
+
+
+class StallingServer:
+    """Answers a stream's headers and first event (or a JSON answer's headers and half
+    its body), then sends nothing more: an upstream that hangs midway."""
+
+    def __init__(self, *, stream: bool) -> None:
+        self.stream = stream
+        self.server: asyncio.Server | None = None
+        self.release = asyncio.Event()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await _read_request(reader)
+            if self.stream:
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                    b"transfer-encoding: chunked\r\n\r\n"
+                )
+                first = b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n\n'
+                writer.write(f"{len(first):x}\r\n".encode() + first + b"\r\n")
+            else:
+                writer.write(ANSWER[: len(ANSWER) - len(BODY) // 2])
+            await writer.drain()
+            await self.release.wait()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.release.set()
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_a_stream_that_stalls_midway_times_out_after_its_first_event() -> None:
+    # No timer of the gateway's own per read: the session's sock_read bound ends it.
+    async with StallingServer(stream=True) as url:
+        upstream = OpenAIUpstream(base_url=url, timeout_s=0.5)
+        await upstream.start()
+        try:
+            stream = await upstream.open_stream(chat())
+            assert not isinstance(stream, UpstreamReply)
+            got: list[bytes] = []
+            with pytest.raises(UpstreamTimeout, match=r"did not answer within 0\.5 s"):
+                async with asyncio.timeout(10):  # the test's own bound, far above
+                    async for piece in stream.chunks():
+                        got.append(piece)
+            assert b"Hel" in b"".join(got)
+            await stream.aclose()
+        finally:
+            await upstream.aclose()
+
+
+async def test_a_json_answer_that_stalls_midway_times_out() -> None:
+    # One deadline for the whole exchange, request to last byte.
+    async with StallingServer(stream=False) as url:
+        upstream = OpenAIUpstream(base_url=url, timeout_s=0.5)
+        await upstream.start()
+        try:
+            with pytest.raises(UpstreamTimeout):
+                async with asyncio.timeout(10):
+                    await upstream.send(chat())
+        finally:
+            await upstream.aclose()
