@@ -141,10 +141,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "predicts on every request (default 20; 0 measures an untrained model, which "
         "skips prediction)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a gateway setting for this run, e.g. store.lose_recent_on_power_loss=true "
+        "(repeatable; given to each gateway as HITL_SECTION_KEY)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, dbs)")
     args = parser.parse_args(argv)
     args.duration = args.duration or (2 if args.quick else ACCEPT_DURATION)
     args.runs = args.runs or (1 if args.quick else ACCEPT_RUNS)
+    pairs = [item.partition("=") for item in args.set]
+    if any(not sep or "." not in name for name, sep, _ in pairs):
+        parser.error("--set takes SECTION.KEY=VALUE, e.g. store.lose_recent_on_power_loss=true")
+    args.set = [(name, value) for name, _, value in pairs]
     try:
         args.connections = _ints(args.connections)
         args.reply_words = _ints(args.reply_words)
@@ -169,7 +181,7 @@ def measure(args: argparse.Namespace, procs: Processes, workdir: Path, *, pin: b
     """Start, check and load every target; print the figures and the targets' verdicts."""
     answers = [payloads(reply_text(words)) for words in args.reply_words]
     try:
-        targets = start_servers(procs, args.targets, args.modes, workdir, answers)
+        targets = start_servers(procs, args.targets, args.modes, workdir, answers, args.set)
     except GatewayDown as exc:
         print(f"warning: {exc}\n-> measuring without the gateway", file=sys.stderr)
         procs.stop_all()

@@ -143,8 +143,14 @@ def seed_labels(target: Target, labels: int, timeout_s: float = 30.0) -> float:
         time.sleep(0.5)
 
 
-def gateway_env(base_url: str, store: Path) -> dict[str, str]:
+def gateway_env(
+    base_url: str, store: Path, settings: Sequence[tuple[str, str]] = ()
+) -> dict[str, str]:
+    """The gateway's environment: nothing of ours but the benchmark's own values, and
+    ``--set SECTION.KEY=VALUE`` as ``HITL_SECTION_KEY``."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("HITL_")}
+    for name, value in settings:
+        env["HITL_" + name.replace(".", "_").upper()] = value
     env["HITL_UPSTREAM_BASE_URL"] = base_url
     env["HITL_STORE_URL"] = f"sqlite:///{store}"
     env["HITL_BENCH_UPSTREAM_KEY"] = "bench-upstream-key"
@@ -157,6 +163,7 @@ def start_servers(
     modes: Sequence[str],
     workdir: Path,
     answers: Sequence[Payloads],
+    settings: Sequence[tuple[str, str]] = (),
 ) -> list[Target]:
     """Start nginx and the servers under test; return the targets, each checked once.
 
@@ -197,7 +204,7 @@ def start_servers(
                 for mode, words in cells
             ]
         elif family == "gateway":
-            targets += start_gateways(procs, cells, upstream, workdir)
+            targets += start_gateways(procs, cells, upstream, workdir, settings)
     for target in targets:
         answer = http(target.url, request_body(target.mode), timeout=10)
         check_answer(target, by_words[target.words], *answer)
@@ -205,7 +212,11 @@ def start_servers(
 
 
 def start_gateways(
-    procs: Processes, cells: Sequence[tuple[str, int]], upstream: str, workdir: Path
+    procs: Processes,
+    cells: Sequence[tuple[str, int]],
+    upstream: str,
+    workdir: Path,
+    settings: Sequence[tuple[str, str]] = (),
 ) -> list[Target]:
     """One `hitl serve` per (mode, reply length), its upstream base_url nginx's location
     for that reply: /w50/v1, or /w50/sse/v1 for the streamed one."""
@@ -220,7 +231,7 @@ def start_gateways(
         base_url = upstream + upstream_base(mode, words)
         argv = [hitl, "serve", "--config", str(BENCH / "gateway_bench.toml")]
         argv += ["--host", "127.0.0.1", "--port", str(port)]
-        env = gateway_env(base_url, workdir / f"{name}.db")
+        env = gateway_env(base_url, workdir / f"{name}.db", settings)
         proc = procs.start(name, argv, cpu=SERVER_CPU, env=env, cwd=workdir)
         started.append((name, mode, words, proc, f"http://127.0.0.1:{port}"))
     targets = []
