@@ -25,7 +25,7 @@ from middleware.learning.model import DEFAULT_MODEL, learn, make_model, predict
 from middleware.learning.progress import Progress
 from middleware.learning.versions import LEGACY_FEATURES_VERSION, built_with, fingerprint
 from middleware.scoring.conversation import RecentThumbs, Thumbs
-from middleware.scoring.features import REPLY_KEYS
+from middleware.scoring.features import NUMERIC_KEYS, REPLY_KEYS
 
 # 2: progress is bounded (rolling windows and counters). 1: it kept every label; it is
 # read by mapping its classes from their old home (``_MOVED``) and keeping the windows.
@@ -177,6 +177,10 @@ class Brain:
         # The texts are stored once, in the exchange's columns (older rows kept them here).
         x.setdefault("reply", row.reply_text)
         x.setdefault("question", row.question)
+        # A reply scored by older feature code lacks the newer numeric keys: they read 0.0,
+        # as features() stores a missing signal (the model's Select refuses a missing key).
+        for key in NUMERIC_KEYS:
+            x.setdefault(key, 0.0)
         y = int(row.value)
         self.progress.add(y, float(row.confidence))
         event = None

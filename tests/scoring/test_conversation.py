@@ -3,6 +3,7 @@ scorer and brain that feed them (a real ``Scorer`` and a real ``Brain``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 
@@ -209,3 +210,18 @@ def test_a_snapshot_from_before_the_thumbs_loads_without_them() -> None:
     restored = Brain.from_bytes(blob)
     assert restored.recent_thumbs("ann") is None
     assert restored.user_rate("ann") == (1.0, 1)
+
+
+def test_a_label_on_a_reply_scored_before_the_conversation_features_is_learned() -> None:
+    # Upgrading the gateway must not stop learning: an exchange stored by older feature
+    # code lacks the conversation keys, and its label is learned with them at 0.0.
+    brain = Brain()
+    brain.learn_label(label(1, "ann", 1), now=1.0)
+    old = label(2, "ann", 0)
+    stored = orjson.loads(old.features_json)
+    for key in CONVERSATION_KEYS:
+        stored.pop(key, None)
+    old = dataclasses.replace(old, features_json=orjson.dumps(stored).decode())
+    brain.learn_label(old, now=2.0)
+    assert brain.labels == 2
+    assert brain.predict(features(ExchangeView(question="q", reply="reply 3"))) is not None
