@@ -52,6 +52,22 @@ def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
         action="store_true",
         help="make the candidate live when it is better by more than the interval",
     )
+    features = retrain.add_mutually_exclusive_group()
+    features.add_argument(
+        "--recompute",
+        dest="recompute",
+        action="store_const",
+        const=True,
+        help="compute every labelled exchange's features again with today's feature code "
+        "(default: only when the stored features are not the code's)",
+    )
+    features.add_argument(
+        "--stored-features",
+        dest="recompute",
+        action="store_const",
+        const=False,
+        help="learn the features stored at reply time, even when they are not the code's",
+    )
     retrain.add_argument("--by", metavar="NAME", help="who promotes (default: the OS user)")
     retrain.add_argument("--json", action="store_true", help="end with one JSON line")
 
@@ -111,6 +127,24 @@ def table(comparison: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def said_features(features: dict[str, Any]) -> str:
+    """One line on what the candidate learned from: the stored features or recomputed."""
+    if not features["recomputed"]:
+        if features["stale"] is None:
+            return "features: as stored at reply time (today's feature code's)"
+        return (
+            f"features: as stored at reply time, though {features['stale']}; what they lack "
+            "reads 0.0. --recompute computes them again"
+        )
+    kept = features["purged_kept_stored"]
+    return (
+        f"features: recomputed with feature code version {features['features_version']} "
+        f"for {features['labelled']} labelled exchanges ({features['exchanges']} replayed "
+        f"in {features['seconds']:.1f} s), because {features['why']}"
+        + (f"; {kept} purged kept their stored features (no text left)" if kept else "")
+    )
+
+
 def cmd_retrain(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
     from middleware.cli.report import _open_store, _require_database
     from middleware.learning.retrain import RetrainPlan, promote, retrain
@@ -132,11 +166,12 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings, environ: Mapping[s
     async def run() -> dict[str, Any]:
         store = await _open_store(settings)
         try:
-            rebuilt = await retrain(store, plan)
+            rebuilt = await retrain(store, plan, recompute_features=args.recompute)
             held, trained = rebuilt.comparison.held_out, rebuilt.comparison.trained
             if held < 2 or trained < 1:
                 raise ConfigError(too_few(held + trained, args.holdout))
             out: dict[str, Any] = {"promoted": False, **rebuilt.comparison.as_dict()}
+            out["features"] = rebuilt.features_dict()
             if args.promote and rebuilt.comparison.better:
                 version, generation = await promote(store, rebuilt, by=who(args.by))
                 out.update(rebuilt.comparison.as_dict())
@@ -146,6 +181,7 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings, environ: Mapping[s
             await store.close()
 
     out = asyncio.run(run())
+    print(said_features(out["features"]))
     print(table(out))
     if out["promoted"]:
         print(f"promoted: model version {out['version']} is live")

@@ -11,6 +11,10 @@ The figures are pure functions of (label, prediction) lists; the bootstrap of th
 AUC difference is paired (the same resampled labels for both) and seeded. A candidate
 is promoted only when the whole interval lies above zero: better by more than it.
 Before it goes live it learns every label that arrived during the rebuild.
+
+With ``recompute`` (the default when the stored features are not the code's), the
+candidate learns and is judged on features computed again by today's code
+(``recompute.py``); the live model is still judged by what it stored at reply time.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from feedback_store.report import log_loss, roc_auc
 from feedback_store.versions import Going, ModelVersions, Retired
 from middleware.learning.brain import Brain
 from middleware.learning.model import learn
+from middleware.learning.recompute import Recomputed, padded, recompute, stale
 from middleware.scoring.policy import ReviewBudget
 
 __all__ = ["Comparison", "Figures", "Rebuilt", "compare", "figures", "paired_bootstrap"]
@@ -174,6 +179,15 @@ class RetrainPlan:
 class Rebuilt:
     brain: Brain
     comparison: Comparison
+    #: how the candidate's features were computed again (None: it learned the stored ones)
+    features: Recomputed | None = None
+    #: why the stored features are not the code's (None: they are)
+    stale: str | None = None
+
+    def features_dict(self) -> dict[str, Any]:
+        if self.features is None:
+            return {"recomputed": False, "stale": self.stale}
+        return self.features.as_dict()
 
 
 def held_out(labels: int, holdout: float) -> int:
@@ -215,9 +229,24 @@ def rebuild(rows: list[LabelRow], plan: RetrainPlan) -> Rebuilt:
     return Rebuilt(brain, comparison)
 
 
-async def retrain(store: Store, plan: RetrainPlan) -> Rebuilt:
+async def retrain(
+    store: Store, plan: RetrainPlan, *, recompute_features: bool | None = None
+) -> Rebuilt:
+    """``recompute_features``: True recomputes, False learns the stored features, None
+    (the default) recomputes when the stored features are not the code's (``stale``)."""
     rows = await stored_labels(store)
-    return await asyncio.to_thread(rebuild, rows, plan)
+    old = await asyncio.to_thread(stale, rows)
+    why = old if recompute_features is None else None
+    if recompute_features:
+        why = "--recompute asked for it"
+    recomputed = None if why is None else await recompute(store, rows, why=why)
+    if recomputed is not None:
+        rows = recomputed.rows
+    if old is not None:  # rows kept as stored (or purged) may lack what the model reads
+        rows = await asyncio.to_thread(padded, rows)
+    rebuilt = await asyncio.to_thread(rebuild, rows, plan)
+    rebuilt.features, rebuilt.stale = recomputed, old
+    return rebuilt
 
 
 async def _retiring(store: Store) -> Retired:
@@ -261,7 +290,8 @@ async def promote(store: Store, rebuilt: Rebuilt, *, by: str) -> tuple[int, int]
     for row in late:
         brain.learn_label(row, now=row.created_at)
     rebuilt.comparison = replace(rebuilt.comparison, caught_up=len(late))
-    figures_json = orjson.dumps(rebuilt.comparison.as_dict()).decode()
+    figures = {**rebuilt.comparison.as_dict(), "features": rebuilt.features_dict()}
+    figures_json = orjson.dumps(figures).decode()
     going = Going(
         blob=brain.to_bytes(),
         last_label_id=brain.last_label_id,
