@@ -25,4 +25,4 @@ class ScoringSettings(BaseModel):
     #: replies waiting for the deeper look; past it the most certain are skipped
     deep_queue: int = Field(256, ge=1, le=100_000)
     #: recent labelled replies whose embeddings the nearest-neighbour rate reads
-    deep_ring: int = Field(2000, ge=10, le=100_000)
+    deep_ring: int = Field(5000, ge=10, le=100_000)

@@ -49,6 +49,7 @@ from feedback_store.report.periods import (
     timeline,
 )
 from feedback_store.report.rows import (
+    DEEP_FIGURES_KEY,
     BallotRow,
     EventRow,
     ExchangeRow,
@@ -65,6 +66,7 @@ from feedback_store.report.versions import learner_modes, model_changes
 __all__ = [
     "BUCKET_WIDTHS",
     "CSV_COLUMNS",
+    "DEEP_FIGURES_KEY",
     "MAX_BUCKETS",
     "BallotRow",
     "EventRow",

@@ -63,7 +63,11 @@ def build_report(
         "feedback": feedback_summary(rows.votes),
         "decisions": decision_counts(rows.exchanges),
         "reviews": review_summary(rows.reviews, rows.votes, rows.ballots),
-        "model": model_summary(rows.labels, rows.events, window=window, start=start),
+        "model": {
+            **model_summary(rows.labels, rows.events, window=window, start=start),
+            # both tiers, when the deeper look ran: its rolling figures, not the period's
+            "deep": rows.deep,
+        },
         "topics": topics(complaints(rows)),
         "segments": segments(rows, segment_keys),
         "latency": {

@@ -24,11 +24,15 @@ from feedback_store.tables import (
     event_t,
     exchange_t,
     feedback_t,
+    kv_t,
     label_t,
     review_vote_t,
 )
 
 T = TypeVar("T")
+
+#: where the deeper look saves its rolling figures beside the live model's (JSON)
+DEEP_FIGURES_KEY = "deep_figures"
 
 
 class Reader(Protocol):
@@ -122,6 +126,8 @@ class EventRow:
 @dataclass(slots=True)
 class ReportRows:
     exchanges: list[ExchangeRow] = field(default_factory=list)
+    #: the deeper look's rolling figures beside the live model's (``DEEP_FIGURES_KEY``)
+    deep: dict[str, Any] | None = None
     votes: list[VoteRow] = field(default_factory=list)
     labels: list[LabelPoint] = field(default_factory=list)
     reviews: list[ReviewRow] = field(default_factory=list)
@@ -215,7 +221,9 @@ def _queries(since: float | None, until: float | None) -> list[Any]:
 def _read_rows(conn: Connection, queries: list[Any]) -> ReportRows:
     # One connection, one transaction: every table seen at the same moment.
     exchanges, votes, labels, reviews, events, ballots = (conn.execute(q).all() for q in queries)
+    deep = conn.execute(select(kv_t.c.value).where(kv_t.c.key == DEEP_FIGURES_KEY)).scalar()
     return ReportRows(
+        deep=_json_object(deep) or None,
         exchanges=[
             ExchangeRow(
                 id=r.id,

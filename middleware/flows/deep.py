@@ -12,13 +12,16 @@ One task owns the second model (``run``): it learns every label the live model h
 learned (read from the store, in label order, up to the learner's position), then looks
 at waiting replies. Its snapshot lives beside the live model's (``[kv] deep_model``),
 written when the learner snapshots and at shutdown, restored at start; labels after it
-are learned again from the store.
+are learned again from the store. Its rolling figures beside the live model's
+(``figures.tier_figures``) are written with it (``[kv] deep_figures``): the report shows
+both tiers from them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import pickle
 import time
@@ -27,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from feedback_store import Store, StoreError
+from feedback_store.report import DEEP_FIGURES_KEY
+from middleware.learning.deep.figures import tier_figures
 from middleware.learning.deep.look import DeepLook, DeepResult
 from middleware.learning.deep.model import DeepModel
 from middleware.learning.deep.worker import Embedder
@@ -243,12 +248,15 @@ class DeepFlow:
         )
 
     async def snapshot(self) -> None:
+        """The model, and its rolling figures beside the live model's for the report."""
         model = self.look.model
         if model.labels == self._saved_labels:
             return
         blob = pickle.dumps((self.last_label_id, model.to_bytes()), protocol=5)
+        figures = {**tier_figures(model.history, self.budget.share), "at": self.clock()}
         try:
             await self.store.put_value(SNAPSHOT_KEY, base64.b64encode(blob).decode())
+            await self.store.put_value(DEEP_FIGURES_KEY, json.dumps(figures))
         except StoreError as exc:
             log.error("deeper look snapshot not saved (%s)", exc)
             return

@@ -73,6 +73,24 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], caption: str) 
     )
 
 
+def _tiers(deep: dict[str, Any] | None) -> str:
+    """Both tiers on the deeper look's recent labels (its figures are not the period's)."""
+    if not deep:
+        return ""
+    rows = [
+        (_e(name), _e(num(tier.get("roc_auc"))), _e(pct(tier.get("caught_at_budget"))))
+        for name, tier in (
+            ("live model", deep.get("live") or {}),
+            ("deeper look", deep.get("deep") or {}),
+        )
+    ]
+    caption = (
+        f"Both tiers on the last {num(deep.get('labels'))} labels the deeper look learned, "
+        f"caught within a {pct(deep.get('budget'))} review budget"
+    )
+    return _table(("tier", "ROC AUC", "thumbs-down caught"), rows, caption)
+
+
 def _glance(report: dict[str, Any]) -> str:
     fb, reviews, model, decisions = (
         report["feedback"],
@@ -313,6 +331,7 @@ def render_html(
         "</section>",
         '<section aria-labelledby="model"><h2 id="model">Is the model learning?</h2>',
         learning,
+        _tiers(model.get("deep")),
         f'<p class="explain modes">{_e(modes_line(model.get("learner_modes", [])))}</p>',
         changes_table(model["versions"]) if model.get("versions") else "",
         f'<div class="pair">{calibration}{confidence}</div>',

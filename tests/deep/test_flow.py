@@ -67,7 +67,7 @@ def flow(store: Store, embedder: WordEmbedder, *, wait_s: float = 5.0) -> DeepFl
     queued: list[int] = []
     deep = DeepFlow(
         embedder=embedder,
-        model=DeepModel(ring_size=50),
+        model=DeepModel(ring_size=50, neighbours=5),
         queue_size=8,
         store=store,
         budget=ReviewBudget(share=1.0, per_hour=None),
@@ -87,7 +87,8 @@ def assessed(kind: str, confidence: float = 0.5) -> Assessment:
 
 
 async def teach(deep: DeepFlow) -> None:
-    for i in range(60):
+    # enough for the second model, which starts as the live score and learns slowly
+    for i in range(300):
         helpful = i % 2 == 0
         text = "it arrives monday" if helpful else "sorry i do not know"
         assert await deep.look.learn(f"l{i}", "q", text, 0.5, helpful, 1.0)

@@ -55,8 +55,8 @@ async def test_a_held_reply_waits_for_its_score_up_to_the_limit() -> None:
 
 
 async def test_labels_teach_the_second_model() -> None:
-    look = DeepLook(embedder=WordEmbedder(), model=DeepModel())
-    for i in range(60):
+    look = DeepLook(embedder=WordEmbedder(), model=DeepModel(ring_size=100, neighbours=5))
+    for i in range(300):
         helpful = i % 2 == 0
         text = "it arrives monday" if helpful else "sorry i do not know"
         assert await look.learn(f"l{i}", "q", text, 0.5, helpful, 1.0)

@@ -46,7 +46,7 @@ def _vector(rng: random.Random, helpful: bool) -> list[float]:
 
 def test_it_learns_what_the_embeddings_say_and_survives_a_snapshot() -> None:
     rng = random.Random(3)
-    model = DeepModel(ring_size=50)
+    model = DeepModel(ring_size=200)
     q = [0.0, 0.0, 1.0]
     assert model.score(model.features(q, [1.0, 0.0, 0.0], 0.5)) is None
     for i in range(300):
@@ -55,9 +55,9 @@ def test_it_learns_what_the_embeddings_say_and_survives_a_snapshot() -> None:
         model.learn(model.features(q, r, 0.5), r, helpful)
     good = model.score(model.features(q, [1.0, 0.0, 0.0], 0.5))
     bad = model.score(model.features(q, [0.0, 1.0, 0.0], 0.5))
-    assert good is not None and bad is not None and good > 0.8 > 0.2 > bad
+    assert good is not None and bad is not None and good > 0.75 > 0.3 > bad
     restored = DeepModel.from_bytes(model.to_bytes())
-    assert restored.labels == 300 and len(restored.ring) == 50
+    assert restored.labels == 300 and len(restored.ring) == 200
     assert restored.score(restored.features(q, [1.0, 0.0, 0.0], 0.5)) == good
     with pytest.raises(ValueError, match="deep snapshot format 9"):
         DeepModel.from_bytes(pickle.dumps((9, {})))
