@@ -176,6 +176,17 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 @pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A started, empty store in a SQLite file of the test's own."""
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
 async def known_store(tmp_path: Path) -> AsyncIterator[Store]:
     """A SQLite store filled with the report tests' known figures (tests/report_data.py)."""
     from tests.support.report_data import fill_known_store

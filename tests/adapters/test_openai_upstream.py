@@ -32,28 +32,21 @@ async def _read_request(reader: asyncio.StreamReader) -> bool:
     return True
 
 
-class DroppingServer:
-    """Answers the first request on each connection, then closes it when the next request
-    arrives on it without answering: what a server's idle close looks like to a client
-    that reused the connection a moment too late. ``drop_all`` closes before any answer."""
+class RawServer:
+    """A raw asyncio server on 127.0.0.1 that answers each connection with ``answer``
+    (what a subclass does wrong on purpose); ``async with`` gives its /v1 base URL."""
 
-    def __init__(self, *, drop_all: bool = False) -> None:
-        self.drop_all = drop_all
-        self.connections = 0
-        self.requests = 0
+    def __init__(self) -> None:
         self.server: asyncio.Server | None = None
+        #: set when the server closes: an answer waiting on it stops then
+        self.release = asyncio.Event()
+
+    async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
         try:
-            answered = False
-            while await _read_request(reader):
-                self.requests += 1
-                if answered or self.drop_all:
-                    break
-                writer.write(ANSWER)
-                await writer.drain()
-                answered = True
+            await self.answer(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -66,8 +59,32 @@ class DroppingServer:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
+        self.release.set()
         self.server.close()
         await self.server.wait_closed()
+
+
+class DroppingServer(RawServer):
+    """Answers the first request on each connection, then closes it when the next request
+    arrives on it without answering: what a server's idle close looks like to a client
+    that reused the connection a moment too late. ``drop_all`` closes before any answer."""
+
+    def __init__(self, *, drop_all: bool = False) -> None:
+        super().__init__()
+        self.drop_all = drop_all
+        self.connections = 0
+        self.requests = 0
+
+    async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        answered = False
+        while await _read_request(reader):
+            self.requests += 1
+            if answered or self.drop_all:
+                break
+            writer.write(ANSWER)
+            await writer.drain()
+            answered = True
 
 
 def chat() -> UpstreamRequest:
@@ -118,44 +135,27 @@ async def test_a_server_that_drops_every_request_is_reported_unreachable_after_o
     assert server.requests == 2
 
 
-class StallingServer:
+class StallingServer(RawServer):
     """Answers a stream's headers and first event (or a JSON answer's headers and half
     its body), then sends nothing more: an upstream that hangs midway."""
 
     def __init__(self, *, stream: bool) -> None:
+        super().__init__()
         self.stream = stream
-        self.server: asyncio.Server | None = None
-        self.release = asyncio.Event()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await _read_request(reader)
-            if self.stream:
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                    b"transfer-encoding: chunked\r\n\r\n"
-                )
-                first = b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n\n'
-                writer.write(f"{len(first):x}\r\n".encode() + first + b"\r\n")
-            else:
-                writer.write(ANSWER[: len(ANSWER) - len(BODY) // 2])
-            await writer.drain()
-            await self.release.wait()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/v1"
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.release.set()
-        self.server.close()
-        await self.server.wait_closed()
+    async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        if self.stream:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n"
+            )
+            first = b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n\n'
+            writer.write(f"{len(first):x}\r\n".encode() + first + b"\r\n")
+        else:
+            writer.write(ANSWER[: len(ANSWER) - len(BODY) // 2])
+        await writer.drain()
+        await self.release.wait()
 
 
 async def test_a_stream_that_stalls_midway_times_out_after_its_first_event() -> None:

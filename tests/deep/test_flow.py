@@ -5,8 +5,6 @@ to a delivered reply and to a held one, what it learns, and its snapshot."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -54,13 +52,9 @@ class DeadEmbedder(WordEmbedder):
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'deep.db'}")
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.close()
+def store(sqlite_store: Store) -> Store:
+    """These tests run on SQLite only."""
+    return sqlite_store
 
 
 def flow(store: Store, embedder: WordEmbedder, *, wait_s: float = 5.0) -> DeepFlow:

@@ -4,8 +4,6 @@ in a real SQLite store, read by the report and rendered (escaped) on the page.""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -31,13 +29,9 @@ def test_caught_counts_the_thumbs_down_among_the_lowest_scores() -> None:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'report.db'}")
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.close()
+def store(sqlite_store: Store) -> Store:
+    """These tests run on SQLite only."""
+    return sqlite_store
 
 
 async def test_the_report_shows_both_tiers_from_the_snapshot(store: Store) -> None:

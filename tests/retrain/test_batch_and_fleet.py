@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from feedback_store import Store
 from middleware.learner_settings import MODEL_NAMES
@@ -19,16 +15,6 @@ from tests.retrain.conftest import add_labels
 
 def test_the_settings_name_every_model() -> None:
     assert set(MODEL_NAMES) == set(CANDIDATES)
-
-
-@pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'batch.db'}")
-    await store.start()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def test_batch_mode_learns_only_at_its_schedule(sqlite_store: Store) -> None:
