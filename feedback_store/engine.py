@@ -62,14 +62,10 @@ class Store:
         config_hint: str = "config.toml",
         sync: Sync = "full",
     ):
-        """``sync``: "full", a commit is on disk before it is acknowledged; "normal", on
-        the OS only (SQLite ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit=off``:
-        a power cut may lose the last commits, a crash of the gateway loses nothing);
-        "off" (SQLite only) no fsync at all, statements on the event loop: for throwaway
-        stores such as ``hitl replay``'s, never for a gateway's."""
+        """``sync``: what a commit waits for (``connect.Sync``). With "off" (throwaway
+        SQLite stores such as ``hitl replay``'s) the statements run on the event loop."""
         self.url = url
         self.sync = sync
-        self.durable = sync != "off"
         self.commit_batch = commit_batch
         self.config_hint = config_hint
         self._engine: Engine | None = None
@@ -99,7 +95,9 @@ class Store:
                 await ensure_schema_async(self.url, config_hint=self.config_hint)
             self._engine = create_store_engine(self.url, self.sync)
         self._read_threads = ThreadPoolExecutor(4, thread_name_prefix="hitl-store-reader")
-        self._writer = Writer(self._engine, commit_batch=self.commit_batch, threaded=self.durable)
+        self._writer = Writer(
+            self._engine, commit_batch=self.commit_batch, threaded=self.sync != "off"
+        )
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -142,7 +140,7 @@ class Store:
                 return fn(conn)
 
         with self._mapped(READ):
-            if not self.durable:
+            if self.sync == "off":
                 return run()
             return await asyncio.get_running_loop().run_in_executor(self._read_threads, run)
 
