@@ -37,12 +37,16 @@ async def embedder() -> AsyncIterator[Embedder]:
 
 
 def autogroup_nice(pid: int) -> int | None:
-    """The nice of the process's autogroup ("/autogroup-85 nice 19"), None without one."""
+    """The nice of the process's autogroup ("/autogroup-85 nice 19"), None without one.
+
+    The file is absent without autogroup, and empty for a process the kernel keeps in
+    a cgroup's task group instead (as CI's runner does for the test process)."""
     try:
         with open(f"/proc/{pid}/autogroup") as group:
-            return int(group.read().split()[-1])
+            fields = group.read().split()
     except OSError:
         return None
+    return int(fields[-1]) if fields else None
 
 
 def niceness(pid: int) -> int:
