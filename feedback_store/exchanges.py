@@ -50,6 +50,9 @@ _VOTE_CONTEXT = (
         feedback_t.c.id.label("feedback_id"),
         feedback_t.c.voter,
         feedback_t.c.rating,
+        feedback_t.c.reason,
+        feedback_t.c.comment,
+        feedback_t.c.correction,
     )
     .select_from(exchange_t.outerjoin(feedback_t, feedback_t.c.reply_id == exchange_t.c.id))
     .where(exchange_t.c.id == bindparam("reply_id"))
@@ -121,7 +124,12 @@ class Vote:
 
 
 def vote(conn: Connection, vote: Vote, voter: Callable[[str | None], str]) -> VoteResult:
-    """Store a vote (last vote wins); only the first end-user vote of a reply is learned."""
+    """Store a vote (last vote wins); only the first end-user vote of a reply is learned.
+
+    A changed or repeated vote replaces the rating but not the words the voter already
+    wrote: a comment or correction is replaced only by a new one, and the reason is kept
+    while the rating stays the same (a thumbs-down, then its comment, then the same
+    thumb clicked again must not erase the comment)."""
     rows = conn.execute(_VOTE_CONTEXT, {"reply_id": vote.reply_id}).all()
     if not rows:
         return VoteResult(created=False, label_id=None, previous_rating=None, found=False)
@@ -136,7 +144,14 @@ def vote(conn: Connection, vote: Vote, voter: Callable[[str | None], str]) -> Vo
         "updated_at": vote.at,
     }
     if existing is not None:
-        conn.execute(_UPDATE_VOTE, {**values, "feedback_id": existing.feedback_id})
+        kept = {
+            "reason": vote.reason
+            if vote.reason is not None or vote.rating != existing.rating
+            else existing.reason,
+            "comment": vote.comment if vote.comment is not None else existing.comment,
+            "correction": vote.correction if vote.correction is not None else existing.correction,
+        }
+        conn.execute(_UPDATE_VOTE, {**values, **kept, "feedback_id": existing.feedback_id})
         return VoteResult(created=False, label_id=None, previous_rating=existing.rating)
     conn.execute(
         _INSERT_VOTE,

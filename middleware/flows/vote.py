@@ -1,6 +1,7 @@
 """Record a vote: an end user's thumbs up or down on one reply.
 
-One vote per reply and voter, last vote wins. The vote and its label are committed in
+One vote per reply and voter, last vote wins (but a vote without a comment keeps the
+one written before it: ``feedback_store.exchanges.vote``). The vote and its label are committed in
 one store job before the caller answers; only then is the learner woken and, for a
 thumbs-down with a comment, a review considered. The comment and correction are stored
 masked (``[privacy] redact``); a blank one is none.

@@ -96,6 +96,20 @@ def test_changed_and_repeated_votes_are_200_and_last_wins(gw: ServerThread, db: 
     assert rows(db, "SELECT value FROM label WHERE reply_id = ?", hitl["reply_id"]) == [(1,)]
 
 
+def test_a_thumb_clicked_again_keeps_the_comment_written_after_it(
+    gw: ServerThread, db: Path
+) -> None:
+    hitl = ask(gw)
+    body = {"reply_id": hitl["reply_id"], "token": hitl["feedback_token"], "rating": "down"}
+    assert vote(gw, body).status_code == 201
+    assert vote(gw, {**body, "comment": "the address is wrong"}).status_code == 200
+    assert vote(gw, {**body, "comment": "   "}).status_code == 200  # blank is no comment
+    assert vote(gw, body).status_code == 200
+    assert rows(
+        db, "SELECT rating, comment, changes FROM feedback WHERE reply_id = ?", hitl["reply_id"]
+    ) == [("down", "the address is wrong", 3)]
+
+
 def test_votes_of_different_end_users_are_separate(gw: ServerThread, db: Path) -> None:
     alice = ask(gw, "from alice", **{"x-hitl-user": "alice"})
     bob = ask(gw, "from bob", **{"x-hitl-user": "bob"})

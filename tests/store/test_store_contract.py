@@ -251,10 +251,36 @@ async def test_vote_create_then_update_appends_one_label(store: Store) -> None:
     current = await store.feedback_for("r1")
     assert current is not None
     assert (current.rating, current.reason, current.changes) == ("down", "tone", 2)
-    assert current.correction is None  # last vote wins, whole
+    # The rating and reason are the last vote's; the words written earlier stay.
+    assert (current.comment, current.correction) == ("good", "fixed")
     assert await store.count_rows(Feedback) == 1
     labels = await store.labels_after(0)
     assert [(label.reply_id, label.value, label.source) for label in labels] == [("r1", 1, "user")]
+
+
+async def test_a_later_vote_replaces_words_only_with_new_words(store: Store) -> None:
+    await store.record_exchange(exchange("r1"))
+    await vote(store, "r1", "down", reason="incorrect")
+    await vote(store, "r1", "down", comment="the address is wrong")
+    await vote(store, "r1", "down")  # the same thumb clicked again
+    current = await store.feedback_for("r1")
+    assert current is not None
+    assert (current.rating, current.reason, current.comment) == (
+        "down",
+        "incorrect",
+        "the address is wrong",
+    )
+    await vote(store, "r1", "down", comment="and the date", correction="12 May")
+    await vote(store, "r1", "up")  # a changed mind: the down vote's reason goes with it
+    current = await store.feedback_for("r1")
+    assert current is not None
+    assert (current.rating, current.reason, current.comment, current.correction) == (
+        "up",
+        None,
+        "and the date",
+        "12 May",
+    )
+    assert current.changes == 4
 
 
 async def test_a_second_voter_is_a_new_vote_but_not_a_new_label(store: Store) -> None:
