@@ -12,9 +12,23 @@ from middleware.http.headers import forward_headers
 from middleware.http.responses import error_response
 from middleware.ports import Upstream, UpstreamRequest
 
-# Routes the gateway answers itself: another method on them is a 405, never forwarded.
-OWN_ROUTES = frozenset({"/chat/completions", "/feedback"})
-OWN_PREFIXES = ("/replies/", "/reviews/")
+# Routes the gateway answers itself (below /v1): never forwarded.
+OWN_ROUTES = ("/chat/completions", "/feedback", "/replies", "/reviews")
+
+
+def own_route(path: str) -> str | None:
+    """The gateway's own route that ``path`` (below /v1) names, exactly or once an
+    upstream's usual leniency is applied: a trailing or doubled slash, another case.
+
+    Forwarded, ``/chat/completions/`` would reach the model unscored and unheld, and
+    servers that redirect it to the slash-less path hand the client the upstream's own
+    address, so such a path is refused rather than passed on.
+    """
+    lenient = "/" + "/".join(segment for segment in path.lower().split("/") if segment)
+    for route in OWN_ROUTES:
+        if lenient == route or lenient.startswith(route + "/"):
+            return route
+    return None
 
 
 class Passthrough:
@@ -44,9 +58,21 @@ class Passthrough:
         except BodyTooLarge as exc:
             return error_response(413, str(exc), "body_too_large")
         path = request.url.path.removeprefix("/v1")
-        if path in OWN_ROUTES or path.startswith(OWN_PREFIXES):
+        if (route := own_route(path)) is not None:
+            as_routed = (path == route or path.startswith(route + "/")) and not (
+                "//" in path or path.endswith("/")
+            )
+            if as_routed:
+                return error_response(
+                    405,
+                    f"{request.method} is not allowed on {request.url.path}",
+                    "method_not_allowed",
+                )
             return error_response(
-                405, f"{request.method} is not allowed on {request.url.path}", "method_not_allowed"
+                404,
+                f"no route for {request.url.path}: the gateway's own route is /v1{route}"
+                " (no trailing slash, lower case)",
+                "not_found",
             )
         if any(segment in (".", "..") for segment in path.split("/")):
             # The upstream client would normalise it into another route, unscored.

@@ -437,6 +437,47 @@ def test_unknown_upstream_route_passes_its_404_through(gw: ServerThread) -> None
     assert r.status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/v1/chat/completions", 405, "method_not_allowed"),
+        ("DELETE", "/v1/feedback", 405, "method_not_allowed"),
+        ("POST", "/v1/replies/r-1", 405, "method_not_allowed"),
+        ("POST", "/v1/chat/completions/", 404, "not_found"),
+        ("POST", "/v1//chat/completions", 404, "not_found"),
+        ("POST", "/v1/chat//completions", 404, "not_found"),
+        ("POST", "/v1/Chat/Completions", 404, "not_found"),
+        ("POST", "/v1/chat/completions%2F", 404, "not_found"),
+        ("POST", "/v1/feedback/", 404, "not_found"),
+        ("POST", "/v1/FEEDBACK", 404, "not_found"),
+        ("GET", "/v1/replies/r-1/", 404, "not_found"),
+        ("GET", "/v1/replies/r-1/explanation/", 404, "not_found"),
+        ("POST", "/v1/reviews//r-1", 404, "not_found"),
+        ("GET", "/v1/Replies", 404, "not_found"),
+    ],
+)
+def test_a_path_an_upstream_would_read_as_the_gateways_own_is_never_forwarded(
+    gw: ServerThread,
+    upstream_requests: list[Any],
+    db: Path,
+    method: str,
+    path: str,
+    status: int,
+    code: str,
+) -> None:
+    # Forwarded, /v1/chat/completions/ would be answered by the model unscored and
+    # unheld (or redirected to the upstream's own address).
+    seen, before = len(upstream_requests), rows(db, "SELECT count(*) FROM exchange")
+    r = httpx.request(method, gw.url + path, json={"model": "json", "messages": user("x")})
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code
+    if status == 404:
+        assert "the gateway's own route is /v1/" in error["message"]
+    assert len(upstream_requests) == seen
+    assert rows(db, "SELECT count(*) FROM exchange") == before
+
+
 # -- client keys and CORS ----------------------------------------------------------------
 
 
