@@ -14,6 +14,32 @@ import numpy as np
 from feedback_store.report.aggregates import user_votes
 from feedback_store.report.rows import ReportRows
 
+# A word is two or more word characters, with apostrophes inside it: "don't" stays one
+# token (the default pattern cuts it to "don", which then names topics).
+_WORD = r"(?u)\b\w(?:\w|'(?=\w))+\b"
+_NOT = ("don", "doesn", "didn", "isn", "aren", "wasn", "weren", "won", "wouldn", "can",
+        "couldn", "shouldn", "haven", "hasn", "hadn", "ain", "mustn", "needn")  # fmt: skip
+_CONTRACTED = ("i'm", "i've", "i'll", "i'd", "you're", "you've", "you'll", "you'd",
+               "it's", "it'll", "that's", "there's", "what's", "where's", "how's", "he's",
+               "she's", "we're", "we've", "we'll", "they're", "they've", "let's")  # fmt: skip
+# Words of any conversation, not of a subject: greetings, thanks, contractions (with the
+# apostrophe, without it as people type them, and the stem an apostrophe-less split
+# leaves, "don t").
+_GREETINGS = ("hi", "hello", "hey", "thanks", "thank", "thx", "ok", "okay", "pls", "plz",
+              "just", "ll", "ve", "im", "ive", "youre", "thats", "whats", "lets")  # fmt: skip
+_CHATTER = frozenset(
+    set(_GREETINGS)
+    | {f"{stem}'t" for stem in _NOT}
+    | {f"{stem}t" for stem in _NOT}
+    | set(_NOT)
+    | set(_CONTRACTED)
+)
+
+
+def _words(text: str) -> str:
+    """Lower case, with typographic apostrophes made plain (U+2019 in "don\u2019t" is "'")."""
+    return text.lower().replace("\u2019", "'").replace("\u02bc", "'")
+
 
 def complaints(rows: ReportRows) -> list[tuple[str, str, str | None]]:
     """(reply id, question, reason) behind thumbs-down, rejected and corrected replies."""
@@ -47,11 +73,16 @@ def topics(
         return []
     from sklearn.decomposition import NMF
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
 
     docs = [question for _, question, _ in items]
     vectorizer = TfidfVectorizer(
-        stop_words="english", ngram_range=(1, 2), max_features=5000, sublinear_tf=True
+        preprocessor=_words,
+        token_pattern=_WORD,
+        stop_words=sorted(ENGLISH_STOP_WORDS | _CHATTER),
+        ngram_range=(1, 2),
+        max_features=5000,
+        sublinear_tf=True,
     )
     try:
         matrix = vectorizer.fit_transform(docs)

@@ -400,6 +400,22 @@ def test_topics_edge_cases(questions: list[str], expected: list[tuple[str, int]]
     assert [(t["label"], t["count"]) for t in found] == expected
 
 
+def test_topics_are_not_named_by_contractions_or_greetings() -> None:
+    questions = [
+        "Hi, I don't get my refund",
+        "hello, why didn\u2019t the refund arrive?",
+        "thanks but I can't see the refund",
+        "I dont understand, it's my refund!",
+        "Hey, my refund doesn't show, I'm waiting",
+    ]
+    found = topics([(str(i), q, "incorrect") for i, q in enumerate(questions)])
+    names = " ".join(t["label"] for t in found).replace(",", " ").split()
+    assert "refund" in names
+    chatter = {"don", "didn", "doesn", "don't", "didn't", "dont", "can't", "it's", "i'm"}
+    assert not chatter & set(names), names
+    assert not {"hi", "hello", "thanks", "hey", "t"} & set(names), names
+
+
 def test_topics_of_a_single_complaint_with_several_words() -> None:
     # One question, three terms: more candidate topics than questions must not fail NMF.
     found = topics([("1", "How do I send feedback?", "incorrect")])
