@@ -81,6 +81,7 @@ _LABELS_AFTER = (
         label_t.c.created_at,
         exchange_t.c.confidence,
         exchange_t.c.features_json,
+        exchange_t.c.features_version,
         exchange_t.c.end_user,
         exchange_t.c.reply_text,
         exchange_t.c.question,

@@ -57,6 +57,8 @@ class _ExchangeColumns(Columns):
     ask_feedback: bool = False
     outlier: bool = False
     features_json: str = "{}"
+    #: the feature code version that computed ``features_json`` (None: not recorded)
+    features_version: int | None = None
     reasons_json: str = "[]"
     meta_json: str = "{}"
 
@@ -159,6 +161,8 @@ class LabelRow(Columns):
     confidence: float
     features_json: str
     end_user: str | None
+    #: the feature code version that computed ``features_json`` (None: not recorded)
+    features_version: int | None = None
     #: the texts ``features_json`` leaves out, read only for learning (else "")
     reply_text: str = ""
     question: str = ""

@@ -45,6 +45,9 @@ class Exchange(SQLModel, table=True):
     outlier: bool = False
     #: JSON: the feature dict the model scored, so learning sees exactly that
     features_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    #: the feature code version (``FEATURES_VERSION``) that computed ``features_json``;
+    #: None for exchanges stored before it was recorded
+    features_version: int | None = None
     #: JSON: why the policy decided as it did (low-scoring features, outlier, drift)
     reasons_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
     #: JSON: free request metadata for report segments (e.g. locale)

@@ -34,7 +34,7 @@ from middleware.metrics import ExchangeObserver, NoMetrics
 from middleware.quotas import FleetCaps
 from middleware.review.privacy import Redactor
 from middleware.scoring.completion import ReplySummary, read_conversation
-from middleware.scoring.features import QUESTION_CHARS, without_text
+from middleware.scoring.features import FEATURES_VERSION, QUESTION_CHARS, without_text
 from middleware.scoring.scorer import Assessment, Scorer
 from middleware.vocabulary import REPLAY_ROUTE, REPLAYED_STATE
 
@@ -195,6 +195,7 @@ class ReplyFlow:
             ask_feedback=decision.ask_feedback,
             outlier=assessment.outlier,
             features_json=orjson.dumps(without_text(assessment.features)).decode(),
+            features_version=FEATURES_VERSION,
             reasons_json=orjson.dumps(assessment.reasons).decode(),
             meta_json=orjson.dumps(metadata(meta)).decode(),
         )

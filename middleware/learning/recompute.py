@@ -81,14 +81,23 @@ def code_keys() -> frozenset[str]:
 
 
 def stale(rows: list[LabelRow]) -> str | None:
-    """Why the stored features of ``rows`` are not the code's (None when every row has
-    exactly the code's keys). The rows carry no version: the keys tell. A change that
-    keeps the keys but computes them differently needs ``--recompute`` said outright."""
+    """Why the stored features of ``rows`` are not the code's (None when all of them are).
+
+    A row that records its feature code version is stale when that version is not
+    ``FEATURES_VERSION``; one stored before versions were recorded is judged by its keys
+    (a change that kept the keys but computed them differently needs ``--recompute``
+    said outright for those)."""
     expected = code_keys()
     old = 0
+    versions: set[int] = set()
     missing: set[str] = set()
     extra: set[str] = set()
     for row in rows:
+        if row.features_version is not None:
+            if row.features_version != FEATURES_VERSION:
+                old += 1
+                versions.add(row.features_version)
+            continue
         keys = {k for k in orjson.loads(row.features_json) if not k.startswith(DIGEST_PREFIX)}
         if keys != expected:
             old += 1
@@ -96,11 +105,12 @@ def stale(rows: list[LabelRow]) -> str | None:
             extra |= keys - expected
     if not old:
         return None
-    said = [f"without {', '.join(sorted(missing))}"] if missing else []
+    said = [f"version {', '.join(map(str, sorted(versions)))}"] if versions else []
+    said += [f"without {', '.join(sorted(missing))}"] if missing else []
     said += [f"with {', '.join(sorted(extra))} the code no longer computes"] if extra else []
     return (
         f"{old} of {len(rows)} labelled exchanges were stored by other feature code "
-        f"({'; '.join(said)})"
+        f"({'; '.join(said)}; this code is version {FEATURES_VERSION})"
     )
 
 

@@ -128,7 +128,8 @@ def test_the_same_settings_with_recompute_rebuild_the_live_model(current: tuple[
 
 
 def strip(url: str, keys: tuple[str, ...]) -> None:
-    """Make every stored row look written by an older feature code without ``keys``."""
+    """Make every stored row look written by an older feature code without ``keys``, from
+    before exchanges recorded their feature code version."""
 
     def job(conn: Connection) -> None:
         for reply_id, text in conn.execute(select(exchange_t.c.id, exchange_t.c.features_json)):
@@ -136,7 +137,7 @@ def strip(url: str, keys: tuple[str, ...]) -> None:
             conn.execute(
                 update(exchange_t)
                 .where(exchange_t.c.id == reply_id)
-                .values(features_json=orjson.dumps(x).decode())
+                .values(features_json=orjson.dumps(x).decode(), features_version=None)
             )
 
     async def run() -> None:
@@ -243,3 +244,31 @@ def test_recomputed_rows_have_the_code_s_features_and_purged_ones_fall_back(
     assert all(set(x) == code_keys() for x in fresh)
     assert all(set(USER_KEYS).isdisjoint(x) for x in before if "~reply" not in x)
     assert rebuilt.brain.built_with["features_version"] == FEATURES_VERSION
+
+
+def test_the_same_keys_from_another_feature_code_version_are_recomputed(tmp_path: Path) -> None:
+    _, url = replayed(tmp_path, "logreg-adagrad", 60)
+
+    def older(conn: Connection) -> None:
+        conn.execute(update(exchange_t).where(exchange_t.c.id.in_(
+            select(exchange_t.c.id).order_by(exchange_t.c.id).limit(25).scalar_subquery()
+        )).values(features_version=FEATURES_VERSION - 1))  # fmt: skip
+
+    async def run() -> tuple[str | None, str | None, Any]:
+        store = await opened(url)
+        try:
+            fresh = stale(await stored_labels(store))
+            await store.write(older)
+            labels = await stored_labels(store)
+            return fresh, stale(labels), await retrain(store, plan())
+        finally:
+            await store.close()
+
+    fresh, why, rebuilt = asyncio.run(run())
+    assert fresh is None  # every exchange records today's version
+    # The keys are today's: only the recorded version tells these 25 apart.
+    assert why == (
+        f"25 of 60 labelled exchanges were stored by other feature code (version "
+        f"{FEATURES_VERSION - 1}; this code is version {FEATURES_VERSION})"
+    )
+    assert rebuilt.features is not None and rebuilt.features.recomputed == 60

@@ -731,7 +731,7 @@ def _schema_drift(url: str) -> list[Any]:
 async def test_the_migrations_make_exactly_the_tables(fresh_url: str) -> None:
     from feedback_store import upgrade
 
-    assert await asyncio.to_thread(upgrade, fresh_url) == head_revision() == "0004"
+    assert await asyncio.to_thread(upgrade, fresh_url) == head_revision() == "0005"
     assert await asyncio.to_thread(_schema_drift, fresh_url) == []
 
 
@@ -787,7 +787,7 @@ async def test_upgrading_a_0001_database_keeps_its_rows(fresh_url: str) -> None:
     refused = Store(fresh_url, config_hint="test.toml")
     with pytest.raises(SchemaError):
         await refused.start()
-    assert await asyncio.to_thread(upgrade, fresh_url) == "0004"
+    assert await asyncio.to_thread(upgrade, fresh_url) == "0005"
     assert await asyncio.to_thread(_schema_drift, fresh_url) == []
     store = Store(fresh_url)
     await store.start()
