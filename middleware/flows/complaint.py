@@ -53,7 +53,7 @@ class ComplaintFlow:
             # A complaint ranks with the least confident replies: only the share of
             # traffic and the hourly cap limit it.
             within_budget = under_review or (
-                budget.allows(min(exchange.confidence, budget.threshold()), now)
+                budget.allows(min(exchange.confidence, budget.threshold()), now, recorded=True)
                 and (self.caps is None or await self.caps.review())
             )
             action = complaint_action(under_review=under_review, within_budget=within_budget)
@@ -62,7 +62,7 @@ class ComplaintFlow:
                 return
             opened = await self.store.open_review(reply_id, trigger="downvote", now=now)
             if opened is not None:
-                budget.record(exchange.confidence, True, now)
+                budget.escalated_later(now)
             self.hooks.review_queued()
         except StoreError as exc:
             # The vote itself is stored; only the extra review card is lost.

@@ -155,10 +155,10 @@ class DeepFlow:
         now = self.clock()
         context = replace(assessment.context, risky=False)
         candidate = is_candidate(score, context.outlier, self.thresholds)
-        room = self.budget.check(score, now) if candidate else BudgetState(False)
+        room = self.budget.check(score, now, recorded=True) if candidate else BudgetState(False)
         decision = decide(score, context, room, self.thresholds)
         if decision.kind == "escalate":
-            self.budget.record(score, True, now)
+            self.budget.escalated_later(now)
         reason = f"deeper look {score:.2f} >= {self.thresholds.hold_below:g}: not held"
         decision = replace(decision, reasons=(reason, *decision.reasons))
         self.released += 1
@@ -174,7 +174,7 @@ class DeepFlow:
             return
         now = self.clock()
         try:
-            if not self.budget.allows(score, now):
+            if not self.budget.allows(score, now, recorded=True):
                 return
             if self.caps is not None and not await self.caps.review():
                 return
@@ -183,7 +183,7 @@ class DeepFlow:
             log.error("deeper look on %s: review not opened (%s)", result.reply_id, exc)
             return
         if opened is not None:
-            self.budget.record(score, True, now)
+            self.budget.escalated_later(now)
             self.escalated += 1
             self.review_queued()
             log.info("reply %s sent to review by the deeper look (%.3f)", result.reply_id, score)

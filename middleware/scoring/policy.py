@@ -251,12 +251,14 @@ class ReviewBudget:
         index = max(0, math.ceil(self.share * len(self._sorted)) - 1)
         return self._sorted[index]
 
-    def allows(self, confidence: float, now: float) -> bool:
-        return self.check(confidence, now).allows_review
+    def allows(self, confidence: float, now: float, *, recorded: bool = False) -> bool:
+        return self.check(confidence, now, recorded=recorded).allows_review
 
-    def check(self, confidence: float, now: float) -> BudgetState:
+    def check(self, confidence: float, now: float, *, recorded: bool = False) -> BudgetState:
         """Whether a candidate scored ``confidence`` may go to people now, and if not,
-        which limit keeps it back."""
+        which limit keeps it back. ``recorded``: its reply's decision is already among
+        the recent ones (a deeper look or a complaint reconsiders a delivered reply), so
+        escalating it adds no decision (``escalated_later``)."""
         if self.share <= 0.0:
             return _refused("no_review_budget", "[policy] review_budget is 0: nothing is escalated")
         if self.per_hour is not None:
@@ -270,7 +272,7 @@ class ReviewBudget:
                 )
         if self.share >= 1.0:
             return BudgetState()
-        n = len(self._decisions) + 1
+        n = max(1, len(self._decisions) + (0 if recorded else 1))
         if (self._escalated + 1) / n > self.share + self.slack:
             return _refused(
                 "review_share",
@@ -300,6 +302,23 @@ class ReviewBudget:
             del self._sorted[bisect.bisect_left(self._sorted, old)]
         if escalated:
             self._hour.append(now)
+
+    def escalated_later(self, now: float) -> None:
+        """A reply recorded as not escalated goes to people after all: its decision
+        becomes an escalation, and no decision or score is added (recording it again
+        would count the reply twice in the share and in the quantile)."""
+        self._hour.append(now)
+        # As in ``refused``: the share counts escalations, not which reply's.
+        for i in range(len(self._decisions) - 1, -1, -1):
+            if not self._decisions[i]:
+                self._decisions[i] = True
+                self._escalated += 1
+                return
+        # Its decision has left the window (or was never this process's): count it anew.
+        self._decisions.append(True)
+        self._escalated += 1
+        if len(self._decisions) > self.window:
+            self._escalated -= self._decisions.popleft()
 
     def refused(self, now: float) -> None:
         """The escalation recorded at ``now`` was refused a slot of the fleet's hourly cap:

@@ -93,11 +93,14 @@ async def test_a_low_deep_score_sends_a_delivered_reply_to_review(store: Store) 
     await teach(deep)
     for reply_id, text in [("bad", "sorry no"), ("good", "arrives monday")]:
         await store.record_exchange(exchange_row(reply_id, reply_text=text), None)
+        deep.budget.record(0.5, False, now=0.0)  # the live decision, as the scorer records it
         deep.submit(reply_id, "q", text, assessed("deliver"))
     await deep.look.step()
     bad, good = await store.escalation_for("bad"), await store.escalation_for("good")
     assert bad is not None and bad.trigger == "deep" and bad.state == "pending"
     assert good is None
+    # One decision per reply: the bad one's became an escalation, none was added.
+    assert deep.budget.escalated_share == 0.5
     assert deep.counts().escalated == 1 and deep.queued == [1]  # type: ignore[attr-defined]
 
 

@@ -95,6 +95,20 @@ async def test_a_complaint_without_budget_or_switched_off_opens_nothing(store: S
     assert await store.escalation_for("r2") is None
 
 
+async def test_complaints_turn_their_replys_decisions_into_escalations(store: Store) -> None:
+    budget = ReviewBudget(share=0.5, per_hour=None)
+    for reply_id in ("r1", "r2"):
+        await store.record_exchange(exchange_row(reply_id, decision="deliver", confidence=0.9))
+        budget.record(0.9, False, now=0.0)  # the live decisions, as the scorer records them
+    complaints = ComplaintFlow(store=store, budget=budget, enabled=True, hooks=Heard().hooks())
+    await complaints("r1", "down", "wrong city")
+    assert await store.escalation_for("r1") is not None
+    assert budget.escalated_share == 0.5  # one of the two replies, none added
+    # The second would make both replies escalations: over the half the budget allows.
+    await complaints("r2", "down", "wrong date")
+    assert await store.escalation_for("r2") is None
+
+
 async def test_a_complaint_on_a_reviewed_reply_redraws_its_card(store: Store) -> None:
     await store.record_exchange(
         exchange_row("r1"), escalation_row("r1", state="posted", channel="C1", message_ts="1.1")

@@ -195,6 +195,38 @@ def test_review_budget_window_forgets_old_decisions() -> None:
     assert budget.escalated_share == 0.0
 
 
+def test_a_later_escalation_turns_its_replys_decision_into_one_and_adds_none() -> None:
+    # A deeper look or a complaint sends a delivered reply to people after all.
+    budget = ReviewBudget(share=0.1, per_hour=None, window=100, slack=0.0)
+    for i in range(100):
+        budget.record(i / 100, False, now=float(i))
+    quantile = budget.threshold()
+    for n in range(1, 11):
+        assert budget.allows(0.05, now=100.0, recorded=True)
+        budget.escalated_later(now=100.0)
+        # Exactly n of the same 100 decisions, not n of 100 + n.
+        assert budget.escalated_share == n / 100
+    assert budget.threshold() == quantile  # no score was added
+    assert not budget.allows(0.05, now=100.0, recorded=True)  # 11 of 100 > 10%
+    # Recorded anew, the same ten count as 10 of 110, and an eleventh gets through.
+    twice = ReviewBudget(share=0.1, per_hour=None, window=200, slack=0.0)
+    for i in range(100):
+        twice.record(i / 100, False, now=float(i))
+    for _ in range(10):
+        twice.record(0.05, True, now=100.0)
+    assert twice.allows(0.05, now=100.0)
+
+
+def test_a_later_escalation_spends_the_hourly_cap() -> None:
+    budget = ReviewBudget(share=1.0, per_hour=2)
+    budget.record(0.1, False, now=0.0)
+    budget.escalated_later(now=1.0)
+    budget.escalated_later(now=2.0)  # no undecided one left to turn: counted anew
+    assert budget.escalated_share == 1.0
+    assert not budget.allows(0.1, now=3.0, recorded=True)
+    assert budget.allows(0.1, now=3601.0, recorded=True)
+
+
 def test_ask_limiter_per_user_per_hour() -> None:
     asker = AskLimiter(2)
     for now in (0.0, 1.0):
