@@ -80,6 +80,21 @@ class UpstreamSettings(_Section):
     max_connections: int = Field(256, gt=0)
     #: ask the upstream for token log-probabilities (a feature) when the client did not
     logprobs: bool = False
+    #: routes below /v1 forwarded unscored, each with what is below it ("/models" covers
+    #: "/models/gpt-4o"); "*" forwards every route. One that writes text a user reads
+    #: (/completions, /responses) would reach users unscored and unheld: none by default
+    passthrough: list[str] = ["/models", "/embeddings", "/moderations"]
+
+    @field_validator("passthrough")
+    @classmethod
+    def _routes(cls, value: list[str]) -> list[str]:
+        for route in value:
+            if route != "*" and not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", route):
+                raise ValueError(
+                    f"{route!r} is not a route below /v1: write it like '/models' "
+                    "(a leading slash, no trailing one), or '*' for every route"
+                )
+        return value
 
     @field_validator("base_url")
     @classmethod

@@ -90,6 +90,7 @@ def routes(parts: Parts) -> list[BaseRoute]:
         api_key=secrets.upstream_api_key,
         forward_client_auth=settings.upstream.forward_client_auth,
         max_body_bytes=settings.server.max_body_bytes,
+        routes=settings.upstream.passthrough,
     )
     feedback = FeedbackEndpoint(
         votes=parts.votes,

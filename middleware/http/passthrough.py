@@ -1,6 +1,9 @@
-"""Other ``/v1/*`` routes (models, embeddings...): forwarded, not scored."""
+"""Other ``/v1/*`` routes (models, embeddings...): forwarded, not scored, when
+``[upstream] passthrough`` names them."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -14,6 +17,11 @@ from middleware.ports import Upstream, UpstreamRequest
 
 # Routes the gateway answers itself (below /v1): never forwarded.
 OWN_ROUTES = ("/chat/completions", "/feedback", "/replies", "/reviews")
+
+
+def forwarded(path: str, routes: Sequence[str]) -> bool:
+    """Whether ``path`` (below /v1) is one of ``routes`` or below one ("*": any)."""
+    return any(route == "*" or path == route or path.startswith(route + "/") for route in routes)
 
 
 def own_route(path: str) -> str | None:
@@ -39,11 +47,13 @@ class Passthrough:
         api_key: str | None,
         forward_client_auth: bool,
         max_body_bytes: int,
+        routes: Sequence[str] = ("*",),
     ) -> None:
         self.upstream = upstream
         self.api_key = api_key
         self.forward_client_auth = forward_client_auth
         self.max_body_bytes = max_body_bytes
+        self.routes = tuple(routes)
 
     def _headers(self, request: Request) -> list[tuple[str, str]]:
         return forward_headers(
@@ -77,6 +87,14 @@ class Passthrough:
         if any(segment in (".", "..") for segment in path.split("/")):
             # The upstream client would normalise it into another route, unscored.
             return error_response(404, f"no route for {request.url.path}", "not_found")
+        if not forwarded(path, self.routes):
+            return error_response(
+                404,
+                f"no route for {request.url.path}: the gateway forwards unscored only "
+                f"[upstream] passthrough = {list(self.routes)} (chat goes to "
+                "/v1/chat/completions)",
+                "not_found",
+            )
         upstream_request = UpstreamRequest(
             request.method,
             path,

@@ -134,6 +134,11 @@ def test_wrong_env_override_names_the_key() -> None:
             "upstream.kind = 'vllm': Input should be 'local' or 'openai'",
         ),
         (
+            '[upstream]\npassthrough = ["models/"]\n',
+            "upstream.passthrough = ['models/']: 'models/' is not a route below /v1: write it"
+            " like '/models' (a leading slash, no trailing one), or '*' for every route",
+        ),
+        (
             "[server]\nmax_body_bytes = 0\n",
             "server.max_body_bytes = 0: Input should be greater than 0",
         ),

@@ -20,7 +20,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from middleware.app import create_app
 from middleware.http.auth import ClientKeyMiddleware, exempt_path
-from tests.conftest import gateway_settings
+from tests.conftest import GatewayFactory, gateway_settings
 from tests.support.servers import ServerThread
 
 CHAT = "/v1/chat/completions"
@@ -432,9 +432,52 @@ def test_models_and_embeddings_pass_through_unscored(
     assert rows(db, "SELECT count(*) FROM exchange") == before
 
 
-def test_unknown_upstream_route_passes_its_404_through(gw: ServerThread) -> None:
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/completions"),  # legacy completions: text a user reads
+        ("POST", "/v1/responses"),
+        ("POST", "/v1/responses/resp_1/cancel"),
+        ("POST", "/v1/assistants"),
+        ("GET", "/v1/no-such-thing"),
+        ("GET", "/v1/modelsx"),  # a route covers what is below it, not a longer name
+    ],
+)
+def test_a_route_the_passthrough_does_not_name_is_a_404_never_forwarded(
+    gw: ServerThread, upstream_requests: list[Any], db: Path, method: str, path: str
+) -> None:
+    seen, before = len(upstream_requests), rows(db, "SELECT count(*) FROM exchange")
+    r = httpx.request(method, gw.url + path, json={"model": "json", "prompt": "x"})
+    assert r.status_code == 404, r.text
+    error = r.json()["error"]
+    assert error["code"] == "not_found" and error["type"] == "not_found_error"
+    assert f"no route for {path}" in error["message"]
+    assert (
+        "[upstream] passthrough = ['/models', '/embeddings', '/moderations']" in (error["message"])
+    )
+    assert len(upstream_requests) == seen
+    assert rows(db, "SELECT count(*) FROM exchange") == before
+
+
+def test_a_passthrough_of_every_route_forwards_an_unknown_one(
+    gateway_factory: GatewayFactory, upstream_requests: list[Any]
+) -> None:
+    gw = gateway_factory(upstream={"passthrough": ["*"]})
     r = httpx.get(gw.url + "/v1/no-such-thing")
     assert r.status_code == 404
+    assert r.json()["error"]["code"] == "unknown_url"  # the upstream's own answer
+    assert upstream_requests[-1]["path"] == "/v1/no-such-thing"
+    own = httpx.post(gw.url + "/v1/chat/completions/", json={})
+    assert own.status_code == 404 and "own route" in own.json()["error"]["message"]
+
+
+def test_a_named_route_covers_what_is_below_it(
+    gateway_factory: GatewayFactory, upstream_requests: list[Any]
+) -> None:
+    gw = gateway_factory(upstream={"passthrough": ["/models"]})
+    httpx.get(gw.url + "/v1/models/json")
+    assert upstream_requests[-1]["path"] == "/v1/models/json"
+    assert httpx.post(gw.url + "/v1/embeddings", json={"input": "x"}).status_code == 404
 
 
 @pytest.mark.parametrize(

@@ -222,11 +222,19 @@ def make_app(*, slow_s: float = 3.0) -> Starlette:
             }
         )
 
+    async def unknown(request: Request) -> Response:
+        _keep(request, await request.body())
+        message = f"Unknown request URL: {request.method} {request.url.path}"
+        return JSONResponse({"error": {"message": message, "type": "invalid_request_error",
+                                       "code": "unknown_url"}}, status_code=404)  # fmt: skip
+
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
+            # What OpenAI answers for any other route, seen by the tests that forward one.
+            Route("/{path:path}", unknown, methods=["GET", "POST", "DELETE"]),
         ]
     )
     app.state.requests = []
