@@ -84,8 +84,13 @@ def cmd_models(args: argparse.Namespace, settings: Settings, environ: Mapping[st
             snapshot = await store.latest_snapshot()
             live = snapshot.version if snapshot is not None else 1
             rows = [_row(v, live) for v in await ModelVersions(store).list()]
-            if not rows and snapshot is not None:
-                print("one model so far (version 1, learned online); no retrain promoted yet")
+            if not rows and not args.json:
+                print(
+                    "one model so far (version 1, learned online); no retrain promoted yet"
+                    if snapshot is not None
+                    else "no model saved yet: the learner saves version 1 after the first"
+                    " label, and `hitl retrain --promote` adds versions"
+                )
             return rows, note
         finally:
             await store.close()
@@ -96,6 +101,8 @@ def cmd_models(args: argparse.Namespace, settings: Settings, environ: Mapping[st
     if args.json:
         for row in rows:
             sys.stdout.write(orjson.dumps(row).decode() + "\n")
+        return 0
+    if not rows:
         return 0
     heads = (
         *("version", "live", "kind", "by", "model", "features_version", "labels"),

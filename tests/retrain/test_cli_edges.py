@@ -42,6 +42,18 @@ def test_retrain_on_a_store_without_labels_says_so(
     assert "Traceback" not in err and "try --holdout" not in err  # no holdout would do
 
 
+def test_models_on_a_new_store_says_there_is_none_yet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = store_with(tmp_path / "new.db", 0)
+    assert main(["models", "--store", url], environ={}) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("no model saved yet: the learner saves version 1 after the first label")
+    assert "created" not in out  # no empty table under it
+    assert main(["models", "--store", url, "--json"], environ={}) == 0
+    assert capsys.readouterr().out == ""  # JSON lines: none
+
+
 def test_retrain_with_too_few_to_hold_out_says_how_many_and_a_holdout_that_works(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
