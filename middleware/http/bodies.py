@@ -177,6 +177,16 @@ def validation_message(exc: ValidationError) -> tuple[str, str]:
         return name, "'reason' must be one of " + ", ".join(REASONS)
     if name == "body" and first["type"] in ("model_type", "dict_type"):
         return name, "the request body must be a JSON object"
+    # One phrasing for every text length (on a ``Text``, checked after its validator,
+    # pydantic's own reads "items").
+    if first["type"] in ("too_short", "string_too_short") and isinstance(first.get("input"), str):
+        least = (first.get("ctx") or {}).get("min_length", 1)
+        if least <= 1:
+            return name, f"'{name}' must not be empty"
+        return name, f"'{name}' must be at least {least} characters"
+    if first["type"] in ("too_long", "string_too_long") and isinstance(first.get("input"), str):
+        most = (first.get("ctx") or {}).get("max_length")
+        return name, f"'{name}' must be at most {most} characters"
     return name, f"'{name}': {first['msg'].removeprefix('Value error, ')}"
 
 

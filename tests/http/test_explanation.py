@@ -124,6 +124,19 @@ def test_a_reviewer_token_records_the_verdict_under_its_name(
         headers=bearer(ADMIN),
     )
     assert r.status_code == 422 and r.json()["error"]["param"] == "reviewer"
+    for name, says in (("", "'reviewer' must not be empty"),
+                       ("a" * 201, "'reviewer' must be at most 200 characters")):  # fmt: skip
+        r = httpx.post(
+            f"{gw.url}/v1/reviews/{other['reply_id']}",
+            json={"decision": "approve", "reviewer": name},
+            headers=bearer(ADMIN),
+        )
+        assert r.status_code == 422 and r.json()["error"] == {
+            "message": says,
+            "type": "invalid_request_error",
+            "code": "invalid_field",
+            "param": "reviewer",
+        }
 
 
 @pytest.mark.parametrize(

@@ -213,6 +213,8 @@ def test_small_chunked_body_is_accepted(gw: ServerThread) -> None:
         ({"comment": 123}, "comment", "comment"),
         ({"reply_id": None}, "reply_id", "'reply_id' is required"),
         ({"token": ["a"]}, "token", "token"),
+        ({"token": ""}, "token", "'token' must not be empty"),
+        ({"comment": "x" * 4001}, "comment", "'comment' must be at most 4000 characters"),
     ],
 )
 def test_invalid_body_is_422_naming_the_field(
