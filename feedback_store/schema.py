@@ -80,6 +80,9 @@ def _has_tables(url: str) -> bool:
 def upgrade(url: str) -> str:
     """Bring the database to the newest revision; returns it."""
     with migrating(url):
+        current = current_revision(url)
+        if current is not None and not _known(current):
+            raise SchemaError(_unknown(current, head_revision()))
         command.upgrade(alembic_config(url), "head")
     return head_revision()
 
@@ -105,10 +108,27 @@ def _create_or_refuse(url: str, head: str, current: str | None, config_hint: str
             )
         command.upgrade(alembic_config(url), "head")
         return
+    if not _known(current):
+        # A newer hitl-gateway migrated it (a rolling upgrade in progress, or this host
+        # was left behind): upgrading from here cannot help.
+        raise SchemaError(_unknown(current, head))
     raise SchemaError(
         f"the database is at schema revision {current}, this version needs {head}: "
         f"run `hitl db upgrade --config {config_hint}`"
     )
+
+
+def _unknown(current: str, head: str) -> str:
+    return (
+        f"the database is at schema revision {current}, which this version of "
+        f"hitl-gateway does not know (it needs {head}; a newer version migrated the "
+        "database): run that version here too"
+    )
+
+
+def _known(revision: str) -> bool:
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return any(script.revision == revision for script in scripts.walk_revisions())
 
 
 async def ensure_schema_async(url: str, *, config_hint: str = "config.toml") -> None:

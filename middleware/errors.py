@@ -57,7 +57,8 @@ class StoreUnavailable(HITLError):
 
 
 class SchemaOutdated(HITLError):
-    pass
+    """The database's schema is not this code's: older (upgrade it) or newer (run the
+    version that migrated it)."""
 
 
 class QuotaUnavailable(HITLError):

@@ -168,14 +168,16 @@ def _config_hint(settings: Settings) -> str:
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from feedback_store import current_revision, upgrade
+    from feedback_store import SchemaError, current_revision, upgrade
     from feedback_store.schema import redact_url
-    from middleware.errors import StoreUnavailable
+    from middleware.errors import SchemaOutdated, StoreUnavailable
 
     where = redact_url(settings.store.url)
     try:
         before = current_revision(settings.store.url)
         after = upgrade(settings.store.url)
+    except SchemaError as exc:
+        raise SchemaOutdated(str(exc)) from None
     except SQLAlchemyError as exc:
         raise StoreUnavailable(
             f"cannot upgrade the database {where} "

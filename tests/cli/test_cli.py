@@ -114,6 +114,24 @@ def test_db_upgrade_on_an_empty_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert capsys.readouterr().out.endswith(f"already at revision {head_revision()}\n")
 
 
+def test_a_database_a_newer_version_migrated_is_refused_by_serve_and_upgrade(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "newer.db"
+    config = write_config(tmp_path, f'[store]\nurl = "sqlite:///{db}"\n')
+    assert main(["db", "upgrade", "--config", str(config)], environ={}) == 0
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    capsys.readouterr()
+    assert main(["db", "upgrade", "--config", str(config)], environ={}) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hitl: the database is at schema revision 0099, which this version")
+    assert "run that version here too" in err and "Traceback" not in err
+    done = hitl("serve", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 2 and "Started server" not in done.stderr
+    assert "revision 0099, which this version of hitl-gateway does not know" in done.stderr
+
+
 def test_serve_refuses_a_database_at_an_older_revision(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     url = f"sqlite:///{db}"
@@ -121,15 +139,15 @@ def test_serve_refuses_a_database_at_an_older_revision(tmp_path: Path) -> None:
     assert main(["db", "upgrade", "--config", str(config)], environ={}) == 0
     # Stamp it as an earlier revision than this code's.
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE alembic_version SET version_num = '0000'")
+        conn.execute("UPDATE alembic_version SET version_num = '0003'")
     done = hitl("serve", "--config", str(config), cwd=tmp_path)
     assert done.returncode == 2
     lines = done.stderr.splitlines()
-    assert lines[-1].startswith("hitl: the database is at schema revision 0000")
+    assert lines[-1].startswith("hitl: the database is at schema revision 0003")
     assert lines[-1].endswith(f"run `hitl db upgrade --config {config}`")
     # Refused before anything was served or changed.
     assert "Started server" not in done.stderr
-    assert current_revision(url) == "0000"
+    assert current_revision(url) == "0003"
 
 
 UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"  # nothing listens on port 1

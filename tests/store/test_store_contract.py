@@ -187,14 +187,32 @@ async def test_an_older_revision_is_refused_naming_the_upgrade_command(fresh_url
     first = Store(store_url)
     await first.start()
     await first.close()
-    await asyncio.to_thread(_stamp, store_url, "0000")
+    await asyncio.to_thread(_stamp, store_url, "0002")
     outdated = Store(store_url, config_hint="/etc/hitl/prod.toml")
     with pytest.raises(SchemaError) as info:
         await outdated.start()
     message = str(info.value)
-    assert "0000" in message
+    assert "0002" in message
     assert head_revision() in message
     assert "hitl db upgrade --config /etc/hitl/prod.toml" in message
+
+
+async def test_a_revision_from_a_newer_version_is_refused_without_the_upgrade_advice(
+    fresh_url: str,
+) -> None:
+    first = Store(fresh_url)
+    await first.start()
+    await first.close()
+    await asyncio.to_thread(_stamp, fresh_url, "0099")
+    left_behind = Store(fresh_url, config_hint="prod.toml")
+    with pytest.raises(SchemaError) as info:
+        await left_behind.start()
+    message = str(info.value)
+    assert message == (
+        f"the database is at schema revision 0099, which this version of hitl-gateway does "
+        f"not know (it needs {head_revision()}; a newer version migrated the database): run "
+        "that version here too"
+    )
 
 
 # -- exchanges ---------------------------------------------------------------------
