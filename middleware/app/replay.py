@@ -57,22 +57,45 @@ def read_stream(path: Path) -> Iterator[Recorded]:
             if not line.strip():
                 continue
             try:
-                row = orjson.loads(line)
-                label = int(row["label"])
-                reply = str(row["reply"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise ValueError(f"not JSON: {exc}") from None
+                yield recorded(row)
+            except ValueError as exc:
                 raise ValueError(
-                    f"{path}:{number}: not a labelled exchange ({exc}); each line needs "
-                    '"reply" and "label" (0 or 1), see the data README'
+                    f"{path}:{number}: not a labelled exchange ({exc}); each line is an "
+                    'object with "reply" (a string) and "label" (0 or 1), see the data README'
                 ) from None
-            history = tuple(
-                ("bot" if turn.get("role") == "bot" else "user", str(turn.get("text", "")))
-                for turn in row.get("history") or ()
-                if isinstance(turn, dict)
-            )
-            meta = row.get("meta") or {}
-            user = meta.get("user") if isinstance(meta, dict) else None
-            yield Recorded(str(row.get("question") or ""), history, reply, label, user)
+
+
+def recorded(row: object) -> Recorded:
+    """One row of a stream, or ValueError saying what is wrong with it (pure)."""
+    if not isinstance(row, dict):
+        raise ValueError(f"a line must be a JSON object, not {type(row).__name__}")
+    for name in ("reply", "label"):
+        if name not in row:
+            raise ValueError(f"no {name!r}")
+    label, reply = row["label"], row["reply"]
+    if label not in (0, 1) or isinstance(label, float):
+        raise ValueError(f"'label' must be 0 or 1, not {orjson.dumps(label).decode()[:40]}")
+    if not isinstance(reply, str):
+        raise ValueError("'reply' must be a string")
+    question = row.get("question")
+    if question is not None and not isinstance(question, str):
+        raise ValueError("'question' must be a string")
+    turns = row.get("history") or []
+    if not isinstance(turns, list) or not all(isinstance(turn, dict) for turn in turns):
+        raise ValueError('\'history\' must be an array of {"role", "text"} objects')
+    meta = row.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ValueError("'meta' must be an object")
+    history = tuple(
+        ("bot" if turn.get("role") == "bot" else "user", str(turn.get("text", "")))
+        for turn in turns
+    )
+    user = meta.get("user")
+    return Recorded(question or "", history, reply, int(label), None if user is None else str(user))
 
 
 def messages_of(item: Recorded) -> list[dict[str, str]]:
