@@ -182,16 +182,19 @@ def _stamp(url: str, revision: str) -> None:
         engine.dispose()
 
 
-async def test_an_older_revision_is_refused_naming_the_upgrade_command(fresh_url: str) -> None:
-    store_url = fresh_url
-    first = Store(store_url)
+async def _refusal_at(url: str, revision: str, config_hint: str) -> str:
+    """What a store says at start on a database made at the head, then stamped ``revision``."""
+    first = Store(url)
     await first.start()
     await first.close()
-    await asyncio.to_thread(_stamp, store_url, "0002")
-    outdated = Store(store_url, config_hint="/etc/hitl/prod.toml")
+    await asyncio.to_thread(_stamp, url, revision)
     with pytest.raises(SchemaError) as info:
-        await outdated.start()
-    message = str(info.value)
+        await Store(url, config_hint=config_hint).start()
+    return str(info.value)
+
+
+async def test_an_older_revision_is_refused_naming_the_upgrade_command(fresh_url: str) -> None:
+    message = await _refusal_at(fresh_url, "0002", "/etc/hitl/prod.toml")
     assert "0002" in message
     assert head_revision() in message
     assert "hitl db upgrade --config /etc/hitl/prod.toml" in message
@@ -200,15 +203,7 @@ async def test_an_older_revision_is_refused_naming_the_upgrade_command(fresh_url
 async def test_a_revision_from_a_newer_version_is_refused_without_the_upgrade_advice(
     fresh_url: str,
 ) -> None:
-    first = Store(fresh_url)
-    await first.start()
-    await first.close()
-    await asyncio.to_thread(_stamp, fresh_url, "0099")
-    left_behind = Store(fresh_url, config_hint="prod.toml")
-    with pytest.raises(SchemaError) as info:
-        await left_behind.start()
-    message = str(info.value)
-    assert message == (
+    assert await _refusal_at(fresh_url, "0099", "prod.toml") == (
         f"the database is at schema revision 0099, which this version of hitl-gateway does "
         f"not know (it needs {head_revision()}; a newer version migrated the database): run "
         "that version here too"
