@@ -22,13 +22,11 @@ _NOT = ("don", "doesn", "didn", "isn", "aren", "wasn", "weren", "won", "wouldn",
 _CONTRACTED = ("i'm", "i've", "i'll", "i'd", "you're", "you've", "you'll", "you'd",
                "it's", "it'll", "that's", "there's", "what's", "where's", "how's", "he's",
                "she's", "we're", "we've", "we'll", "they're", "they've", "let's")  # fmt: skip
-# Words of any conversation, not of a subject: greetings, thanks, contractions (with the
-# apostrophe, without it as people type them, and the stem an apostrophe-less split
-# leaves, "don t").
-_GREETINGS = ("hi", "hello", "hey", "thanks", "thank", "thx", "ok", "okay", "pls", "plz",
-              "just", "ll", "ve", "im", "ive", "youre", "thats", "whats", "lets")  # fmt: skip
-_CHATTER = frozenset(
-    set(_GREETINGS)
+# Contractions are grammar, not a subject: with the apostrophe, without it as people
+# type them, and the stem an apostrophe-less split leaves ("don t"). Greetings stay
+# words: a bot that answers "hi" badly is a topic.
+_CONTRACTIONS = frozenset(
+    {"ll", "ve", "im", "ive", "youre", "thats", "whats", "lets"}
     | {f"{stem}'t" for stem in _NOT}
     | {f"{stem}t" for stem in _NOT}
     | set(_NOT)
@@ -79,7 +77,7 @@ def topics(
     vectorizer = TfidfVectorizer(
         preprocessor=_words,
         token_pattern=_WORD,
-        stop_words=sorted(ENGLISH_STOP_WORDS | _CHATTER),
+        stop_words=sorted(ENGLISH_STOP_WORDS | _CONTRACTIONS),
         ngram_range=(1, 2),
         max_features=5000,
         sublinear_tf=True,
