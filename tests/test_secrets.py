@@ -23,7 +23,7 @@ import pytest
 from middleware.errors import ConfigError
 from middleware.secrets import Secrets
 from middleware.settings import settings_from_mapping
-from tests.support.processes import serve
+from tests.support.fleet import serving
 from tests.support.servers import ServerThread
 from tests.support.slack import action_payload, card_for, elements, signed
 from tests.support.slack_standin import CHANNEL, SlackStandin
@@ -305,7 +305,7 @@ channel = "{CHANNEL}"
 api_url = "{standin.url}"
 reviewers = ["UREVIEWER1"]
 """
-    with serve(tmp_path, config, env=ENVIRON) as gateway:
+    with serving(tmp_path, config, env=ENVIRON) as gateway:
         seen = scenarios(gateway.url, standin)
     output = gateway.output()
     assert "Slack: review cards go to channel" in output  # the start-up lines are in it

@@ -268,10 +268,10 @@ def test_serve_says_in_one_line_what_runs_and_keeps_library_chatter_quiet(
 ) -> None:
     """The start-up line names the upstream, the store (a SQLite file's path), the review
     mode, the policy and the model; alembic's INFO lines stay below the default level."""
-    from tests.support.processes import serve
+    from tests.support.fleet import serving
 
     config = '[store]\nurl = "sqlite:///hitl.db"\n[policy]\nescalate_below = 0.25\n'
-    with serve(tmp_path, config) as gateway:
+    with serving(tmp_path, config) as gateway:
         pass
     output = gateway.output()
     line = next((ln for ln in output.splitlines() if "hitl-gateway (all):" in ln), None)

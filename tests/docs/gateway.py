@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from tests.support.fake_openai import make_app
-from tests.support.processes import GatewayProcess, clean_env, serve
+from tests.support.fleet import serving
+from tests.support.processes import GatewayProcess, clean_env
 from tests.support.servers import ServerThread
 
 ADMIN_TOKEN = "readme-admin-token-0123456789"
@@ -101,7 +102,7 @@ class ReadmeGateway:
 def readme_gateway(folder: Path) -> Iterator[ReadmeGateway]:
     with ServerThread(make_app()) as upstream:
         config = CONFIG.format(upstream=upstream.url)
-        with serve(folder, config, env={"HITL_ADMIN_TOKEN": ADMIN_TOKEN}) as process:
+        with serving(folder, config, env={"HITL_ADMIN_TOKEN": ADMIN_TOKEN}) as process:
             yield ReadmeGateway(process, folder)
 
 

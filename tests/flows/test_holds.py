@@ -15,9 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.fleet import start_serve
 from tests.support.holds import ADMIN, FALLBACK, HOLD_ALL, held_reply_id
+from tests.support.processes import free_port
 from tests.support.servers import ServerThread
-from tests.support.waiting import free_port, serve_config, wait_for
+from tests.support.waiting import wait_for
 
 #: before learning, every reply scores the prior: 0.1 < hold_below on a risky route
 pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
@@ -259,7 +261,7 @@ admin_token_env = "HOLDS_TEST_ADMIN"
 """
     )
     port = free_port()
-    proc = serve_config(config, port, tmp_path)
+    proc = start_serve(tmp_path, config.read_text(), port=port).process
     url = f"http://127.0.0.1:{port}"
     received: list[bytes] = []
     headers: dict[str, str] = {}
@@ -293,7 +295,7 @@ admin_token_env = "HOLDS_TEST_ADMIN"
             ).fetchone()
         # Still waiting for a person, and nothing was released to anyone.
         assert row == ("pending", None)
-        proc = serve_config(config, port, tmp_path)
+        proc = start_serve(tmp_path, config.read_text(), port=port).process
         token = headers["x-hitl-feedback-token"]
         pending = httpx.get(
             f"{url}/v1/replies/{reply_id}", headers={"x-hitl-feedback-token": token}

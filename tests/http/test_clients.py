@@ -15,7 +15,8 @@ from middleware.cli.main import server_options
 from middleware.http.clients import TrustedProxies, client_host, forwarded_hops
 from middleware.http.ratelimit import MovingWindow, Unlimited, per_minute
 from middleware.settings import settings_from_mapping
-from tests.support.processes import GatewayProcess, serve
+from tests.support.fleet import serving
+from tests.support.processes import GatewayProcess
 
 # -- the pure parts ------------------------------------------------------------------------
 
@@ -154,14 +155,14 @@ url = "sqlite:///{tmp_path / "hitl.db"}"
 @pytest.fixture(scope="module")
 def untrusted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     tmp = tmp_path_factory.mktemp("untrusted")
-    with serve(tmp, config(tmp, [])) as gateway:
+    with serving(tmp, config(tmp, [])) as gateway:
         yield gateway
 
 
 @pytest.fixture(scope="module")
 def behind_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     tmp = tmp_path_factory.mktemp("behind-proxy")
-    with serve(tmp, config(tmp, ["127.0.0.1"])) as gateway:
+    with serving(tmp, config(tmp, ["127.0.0.1"])) as gateway:
         yield gateway
 
 

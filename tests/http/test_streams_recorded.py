@@ -15,8 +15,10 @@ import httpx
 import pytest
 
 from tests.support import private_postgres
+from tests.support.fleet import start_serve
+from tests.support.processes import free_port
 from tests.support.servers import ServerThread
-from tests.support.waiting import free_port, serve_config, wait_for
+from tests.support.waiting import wait_for
 
 WORDS = " ".join(f"word{i}" for i in range(40))
 
@@ -36,7 +38,7 @@ url = "sqlite:///{tmp_path / "hitl.db"}"
 """
     )
     port = free_port()
-    return port, serve_config(config, port, tmp_path)
+    return port, start_serve(tmp_path, config.read_text(), port=port).process
 
 
 def exchange_rows(db: Path) -> list[tuple[str, str, int]]:

@@ -29,9 +29,11 @@ from middleware.learning.brain import Brain
 from middleware.learning.learner import Learner
 from middleware.learning.progress import Progress, WholeStream
 from middleware.scoring.features import NUMERIC_KEYS, ExchangeView, features
+from tests.support.fleet import start_serve
+from tests.support.processes import free_port
 from tests.support.report_data import T0, exchange_row, user_vote
 from tests.support.servers import ServerThread
-from tests.support.waiting import free_port, serve_config, wait_for
+from tests.support.waiting import wait_for
 
 HEDGES = [
     "I'm not sure, maybe it could be {w}, I think.",
@@ -134,7 +136,7 @@ snapshot_every_labels = 50
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = serve_config(config, port, tmp_path)
+    proc = start_serve(tmp_path, config.read_text(), port=port).process
     try:
         teach(url)
         assert wait_for(lambda: gap(url) <= -0.15, timeout=10.0)
@@ -143,7 +145,7 @@ snapshot_every_labels = 50
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-    proc = serve_config(config, port, tmp_path)
+    proc = start_serve(tmp_path, config.read_text(), port=port).process
     try:
         after = [ask(url, p)["confidence"] for p in probes]
         assert after == before

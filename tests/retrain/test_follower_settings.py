@@ -17,7 +17,8 @@ from middleware.learning.brain import Brain
 from middleware.learning.learner import Learner
 from middleware.learning.retrain import RetrainPlan, promote, retrain
 from tests.retrain.conftest import add_labels
-from tests.support.processes import GatewayProcess, serve
+from tests.support.fleet import serving
+from tests.support.processes import GatewayProcess
 from tests.support.waiting import wait_for
 
 PLAN = RetrainPlan(model="logreg-adagrad", rolling_window=50, holdout=0.25, passes=1,
@@ -43,7 +44,7 @@ async def test_a_follower_stops_saying_its_settings_differ_once_it_serves_the_pr
         config = f'[store]\nurl = "{postgres_url}"\n\n[learner]\nmodel = "logreg-adagrad"\n'
         with contextlib.ExitStack() as stack:
             # A gateway configured for the question-reading model: it follows.
-            gateway = await asyncio.to_thread(stack.enter_context, serve(tmp_path, config))
+            gateway = await asyncio.to_thread(stack.enter_context, serving(tmp_path, config))
             model = await asyncio.to_thread(served, gateway)
             assert model["learner"] == "following" and model["settings_differ"] is True
             await promote(store, await retrain(store, PLAN), by="test")

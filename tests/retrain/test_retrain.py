@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 
 from tests.retrain.conftest import config, filled, hitl
-from tests.support.processes import GatewayProcess, serve
+from tests.support.fleet import serving
+from tests.support.processes import GatewayProcess
 from tests.support.waiting import wait_for
 
 
@@ -90,11 +91,11 @@ def served(gateway: GatewayProcess) -> dict[str, Any]:
 
 def test_a_settings_change_without_retrain_is_reported_at_start(tmp_path: Path) -> None:
     filled(tmp_path, "logreg-adagrad-reply", n=120)
-    with serve(tmp_path, config(tmp_path / "hitl.db", "logreg-adagrad-reply")) as first:
+    with serving(tmp_path, config(tmp_path / "hitl.db", "logreg-adagrad-reply")) as first:
         assert served(first)["settings_differ"] is False
     # the first gateway learned the replayed labels and left a snapshot when it stopped
     changed = config(tmp_path / "hitl.db", "naive-bayes")
-    with serve(tmp_path, changed) as gateway:
+    with serving(tmp_path, changed) as gateway:
         model = served(gateway)
         out = gateway.output()
     assert "built with model logreg-adagrad-reply" in out
@@ -110,7 +111,7 @@ def test_the_served_gateway_switches_to_a_promotion_and_rolls_back_exactly(
     cli = tmp_path / "cli.toml"
     cli.write_text(reads_question)
     # The gateway serves the reply-only model; the retrain reads the question too.
-    with serve(tmp_path, config(tmp_path / "hitl.db", "logreg-adagrad-reply")) as gateway:
+    with serving(tmp_path, config(tmp_path / "hitl.db", "logreg-adagrad-reply")) as gateway:
         before = [probe(gateway, n) for n in range(3)]
         assert len(set(before)) == 1  # the same model answers the same
         promoted = last_json(hitl(tmp_path, "retrain", "--config", str(cli), "--promote",

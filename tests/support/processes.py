@@ -1,20 +1,15 @@
-"""A real ``hitl serve`` process for tests: its own config file, environment and port,
-its stderr kept in a file for assertions."""
+"""What a test's own processes share: a free port, an environment without the
+gateway's variables, and ``GatewayProcess`` (a process, its port and its log). They are
+started by ``tests.support.fleet`` (``start_serve``, ``serving``)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,41 +59,3 @@ class GatewayProcess:
                 self.process.kill()
                 self.process.wait()
         return self.output()
-
-
-@contextlib.contextmanager
-def serve(
-    tmp_path: Path, config: str, *, env: dict[str, str] | None = None, timeout: float = 60
-) -> Iterator[GatewayProcess]:
-    """``hitl serve --config <config>`` on a free port, up (``/healthz`` 200) before the
-    body runs, interrupted (Ctrl-C) after it."""
-    path = tmp_path / "config.toml"
-    path.write_text(config, encoding="utf-8")
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "middleware.cli", "serve", "--config", str(path),
-             "--port", str(port)],
-            cwd=tmp_path,
-            env=clean_env(**(env or {})),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    gateway = GatewayProcess(process, port, log)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"hitl serve exited early:\n{gateway.output()}")
-            try:
-                if httpx.get(gateway.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"hitl serve did not come up:\n{gateway.output()}")
-            time.sleep(0.1)
-        yield gateway
-    finally:
-        gateway.stop()
