@@ -64,6 +64,8 @@ RELEASES: tuple[Released, ...] = ("original", "correction", "fallback")
 
 Trigger = Literal["policy", "outlier", "downvote", "api", "deep"]
 TRIGGERS: tuple[Trigger, ...] = ("policy", "outlier", "downvote", "api", "deep")
+#: reviews opened after the reply went out (not by the policy's decision at reply time)
+AFTER_REPLY_TRIGGERS: tuple[Trigger, ...] = ("downvote", "api", "deep")
 
 LabelSource = Literal["user", "reviewer"]
 LABEL_SOURCES: tuple[LabelSource, ...] = ("user", "reviewer")

@@ -20,6 +20,7 @@ from feedback_store.report.rows import (
     VoteRow,
 )
 from feedback_store.vocabulary import (
+    AFTER_REPLY_TRIGGERS,
     AWAITING_STATES,
     DECIDED_STATES,
     DECISION_KINDS,
@@ -130,6 +131,10 @@ def review_summary(
         "dead_letter": states["failed"],
         # recorded by ``hitl replay``: what the policy would have sent, never put to people
         "replayed": states[REPLAYED_STATE],
+        # opened after the reply went out: a thumbs-down, the deeper look, the review API
+        "after_reply": sum(
+            r.trigger in AFTER_REPLY_TRIGGERS for r in reviews if r.state != REPLAYED_STATE
+        ),
         "median_seconds_to_decision": quantile(waits, 0.5),
         "p90_seconds_to_decision": quantile(waits, 0.9),
         "agreement": cohen_kappa(agreement_pairs(verdicts)),

@@ -15,7 +15,7 @@ from feedback_store.vocabulary import (
     AWAITING_STATES,
     DECIDED_STATES,
     REPLAY_ROUTE,
-    REVIEWED_DECISIONS,
+    REPLAYED_STATE,
 )
 
 #: nice time-bucket widths in seconds; the report picks the first giving few enough buckets
@@ -55,7 +55,8 @@ def timeline(rows: ReportRows, *, start: float, end: float) -> dict[str, Any]:
     the time it took), not in a bucket past the chart's end. The backlog is the one
     figure by the clock: what was still waiting when each bucket ended. Exchanges from
     ``hitl replay`` count in the volume (``replayed``), but their escalations were never
-    put to people: they are not among the escalated.
+    put to people: they are not among the escalated. The escalated are the review items
+    of the bucket's exchanges, however they were opened.
     """
     width = bucket_width(max(end - start, 1.0))
     first = math.floor(start / width) * width
@@ -80,21 +81,23 @@ def timeline(rows: ReportRows, *, start: float, end: float) -> dict[str, Any]:
             continue
         bucket_of[e.id] = i
         exchanges[i] += 1
-        if e.route == REPLAY_ROUTE:
-            replayed[i] += 1
-        else:
-            escalated[i] += e.decision in REVIEWED_DECISIONS
+        replayed[i] += e.route == REPLAY_ROUTE
     for v in user_votes(rows.votes):
         i = bucket_of.get(v.reply_id)
         if i is not None:
             up[i] += v.rating == "up"
             down[i] += v.rating == "down"
+    # Every item put to people counts, whatever opened it (the policy at reply time, a
+    # thumbs-down, the deeper look, a verdict through the review API), so the decided
+    # are always among the escalated.
     for r in rows.reviews:
+        i = bucket_of.get(r.reply_id)
+        if i is None or r.state == REPLAYED_STATE:
+            continue
+        escalated[i] += 1
         if r.state in DECIDED_STATES:
-            i = bucket_of.get(r.reply_id)
-            if i is not None:
-                decided[i] += 1
-                waits[i].extend(waiting_times([r]))
+            decided[i] += 1
+            waits[i].extend(waiting_times([r]))
     # Backlog at a bucket's end: created by then, not decided by then. Rows that left the
     # queue without a decision time (expired, dead letters) are left out.
     tracked = [r for r in rows.reviews if r.state in AWAITING_STATES or r.decided_at is not None]

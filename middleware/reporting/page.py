@@ -100,9 +100,12 @@ def _glance(report: dict[str, Any]) -> str:
     )
     total = report["exchanges"]
     replayed = reviews.get("replayed", 0)
-    # A replayed escalation was never sent: nobody was asked (``hitl replay``).
-    reviewed = decisions.get("escalate", 0) + decisions.get("hold", 0) - replayed
+    # Every review item, however opened, as the reviewers' chart counts them; a replayed
+    # escalation was never sent: nobody was asked (``hitl replay``).
+    reviewed = reviews["escalated"] - replayed
     not_sent = f" · {replayed:,} replayed, not sent" if replayed else ""
+    later = reviews.get("after_reply", 0)
+    not_sent += f" · {later:,} after the reply" if later else ""
     live = total - report.get("replayed", 0)
     of_live = "of live exchanges" if report.get("replayed", 0) else "of exchanges"
     cards = [

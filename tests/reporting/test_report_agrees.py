@@ -130,3 +130,45 @@ async def test_one_point_gets_an_axis_around_it_not_a_hair(tmp_path: Path) -> No
         counts = ticks(chart(page, prefix))
         assert counts[0] == 0.0 and counts == [int(c) for c in counts], (prefix, counts)
     assert json.dumps(report["timeline"]["buckets"][0]["decided"]) == "1"
+
+
+async def test_reviews_opened_after_the_reply_count_as_sent_and_in_the_chart(
+    tmp_path: Path,
+) -> None:
+    # One escalated by the policy, one by a thumbs-down, one decided through the review
+    # API though nobody escalated it, one never reviewed: three items went to people.
+    store = Store(f"sqlite:///{tmp_path / 'later.db'}")
+    await store.start()
+    try:
+        for index, (reply_id, decision) in enumerate(
+            [("policy", "escalate"), ("down", "deliver"), ("api", "deliver"), ("none", "deliver")]
+        ):
+            row = exchange_row(reply_id, 10.0 * index, "m", decision, 0.2, "where", {}, index)
+            at = T0 + 10.0 * index
+            escalation = (
+                NewEscalation(
+                    reply_id=reply_id, trigger="policy", created_at=at, next_attempt_at=at
+                )
+                if decision == "escalate"
+                else None
+            )
+            await store.record_exchange(row, escalation)
+        assert await store.open_review("down", trigger="downvote", now=T0 + 100.0) is not None
+        for reply_id in ("policy", "down", "api"):
+            decided = await store.record_review(
+                reply_id=reply_id, state="approved", reviewer="U1", reason=None,
+                correction=None, value=1, weight=3.0, now=T0 + 200.0,
+            )  # fmt: skip
+            assert decided is not None
+        report = build_report(await load_rows(store), now=T0 + 600)
+    finally:
+        await store.close()
+    buckets = report["timeline"]["buckets"]
+    assert report["reviews"]["escalated"] == 3 and report["reviews"]["after_reply"] == 2
+    assert sum(b["escalated"] for b in buckets) == sum(b["decided"] for b in buckets) == 3
+    assert all(b["decided"] <= b["escalated"] for b in buckets)
+    page = render_html(report)
+    card = page[page.index("<h3>Sent to people</h3>") :]
+    card = card[: card.index("</div>")]
+    assert '<p class="value">3</p>' in card and "2 after the reply" in card
+    assert "75.0% of exchanges" in card
