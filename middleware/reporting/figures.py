@@ -114,6 +114,10 @@ def count_axis(axis: Any, *, top: float | None = None) -> None:
         axis.axes.set_xlim(0, high)
 
 
+#: the narrowest time axis drawn, in seconds
+MIN_SPAN_S = 10.0
+
+
 def time_span(ax: Any, timeline: dict[str, Any]) -> None:
     """The x axis over the timeline's buckets exactly: one bucket is a few seconds wide,
     not the days matplotlib puts around a single date."""
@@ -121,7 +125,10 @@ def time_span(ax: Any, timeline: dict[str, Any]) -> None:
     if buckets:
         first = buckets[0]["ts"]
         last = buckets[-1]["ts"] + timeline["bucket_seconds"]
-        ax.set_xlim(*datetimes((first, last)))
+        # Under a few seconds, ticks fall between whole seconds and all read "17:44:04":
+        # widen the axis around the data instead.
+        pad = max(0.0, MIN_SPAN_S - (last - first)) / 2
+        ax.set_xlim(*datetimes((first - pad, last + pad)))
 
 
 def drift_lines(ax: Any, drift: Sequence[float], *, as_dates: bool = True) -> list[Any]:

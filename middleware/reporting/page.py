@@ -35,7 +35,7 @@ def learning_verdict(model: dict[str, Any]) -> str:
     curve = [p for p in model.get("learning_curve", []) if p["rolling_roc_auc"] is not None]
     labels = model.get("labels", 0)
     if labels < 20 or len(curve) < 2:
-        return f"Too early to tell: {labels} labels so far."
+        return f"Too early to tell: {labels} label{'' if labels == 1 else 's'} so far."
     first, last = curve[0]["rolling_roc_auc"], curve[-1]["rolling_roc_auc"]
     if last >= 0.6 and last >= first + 0.02:
         return f"Yes: recent ROC AUC {last:.2f}, up from {first:.2f} on the first labels."

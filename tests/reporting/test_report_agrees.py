@@ -172,3 +172,25 @@ async def test_reviews_opened_after_the_reply_count_as_sent_and_in_the_chart(
     card = card[: card.index("</div>")]
     assert '<p class="value">3</p>' in card and "2 after the reply" in card
     assert "75.0% of exchanges" in card
+
+
+def tick_labels(svg: str, axis: int = 1) -> list[str]:
+    """The text matplotlib wrote at each tick of one axis (axis 1: the first x axis)."""
+    start = svg.index(f'matplotlib.axis_{axis}"')
+    part = svg[start : svg.find("matplotlib.axis_", start + 20)]
+    return re.findall(r"<!-- ([^>]*?) -->\s*<g", part) or re.findall(r"<text[^>]*>([^<]*)<", part)
+
+
+async def test_exchanges_within_one_second_get_time_ticks_that_differ(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'second.db'}")
+    await store.start()
+    try:
+        for index in range(3):
+            row = exchange_row(f"r{index}", 0.1 * index, "m", "deliver", 0.5, "hi", {}, index)
+            await store.record_exchange(row, None)
+        report = build_report(await load_rows(store), now=T0 + 1)
+    finally:
+        await store.close()
+    labels = tick_labels(chart(render_html(report), "volume"))
+    assert len(labels) >= 3, labels
+    assert len(set(labels)) == len(labels), f"repeated time ticks: {labels}"
