@@ -1,5 +1,6 @@
-"""Every exchange in the order it was scored, paged: what a retrain replays to rebuild
-the per-user and conversation state the features read (``hitl retrain --recompute``)."""
+"""Exchanges in the order they were scored: every one, paged, for what a retrain replays
+to rebuild the per-user and conversation state the features read (``hitl retrain
+--recompute``); the newest decisions, for the review budget a starting process resumes."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from sqlalchemy import Connection, and_, or_, select
 from feedback_store.engine import Store
 from feedback_store.rows import ExchangeRow
 from feedback_store.tables import exchange_t
+from feedback_store.vocabulary import REPLAY_ROUTE
 
-__all__ = ["exchanges_in_order"]
+__all__ = ["exchanges_in_order", "recent_decisions"]
 
 _ex = exchange_t.c
 
@@ -33,3 +35,19 @@ async def exchanges_in_order(store: Store, *, page: int = 1000) -> AsyncIterator
         if len(rows) < page:
             return
         after = (rows[-1].created_at, rows[-1].id)
+
+
+def _recent(conn: Connection, limit: int) -> list[tuple[float, str, float]]:
+    query = (
+        select(_ex.confidence, _ex.decision, _ex.created_at)
+        .where(_ex.route != REPLAY_ROUTE)
+        .order_by(_ex.created_at.desc(), _ex.id.desc())
+        .limit(limit)
+    )
+    return [(row.confidence, row.decision, row.created_at) for row in conn.execute(query)][::-1]
+
+
+async def recent_decisions(store: Store, limit: int) -> list[tuple[float, str, float]]:
+    """(confidence, decision, created_at) of the newest ``limit`` served exchanges (not
+    replayed ones), oldest first."""
+    return await store.read(partial(_recent, limit=limit))

@@ -20,9 +20,10 @@ from typing import Literal
 
 from feedback_store import SchemaError, Store, StoreError
 from feedback_store.leadership import leadership_for
-from feedback_store.urls import describe_url, is_sqlite, redact_url
+from feedback_store.urls import is_sqlite, redact_url
 from middleware.app.deep import DeepFlow, build_deep
 from middleware.app.review import ReviewSide, build_channel
+from middleware.app.startup import resume_budget, startup_line
 from middleware.errors import ConfigError, SchemaOutdated, StoreUnavailable
 from middleware.flows import ComplaintFlow, DecisionFlow, Hooks, ReplyFlow, VoteFlow
 from middleware.flows.hold import Holds
@@ -107,6 +108,7 @@ class Parts:
             self.retention.start()
         if self.role == "learn":
             return
+        await resume_budget(self.store, self.scorer.budget)
         self.draining.start()
         await self.upstream.start()
         await self.review.start(self.outbox)
@@ -145,30 +147,6 @@ class Parts:
                 f"${settings.server.token_secret_env}: {exc} (or unset it to let the "
                 "gateway generate and keep one)"
             ) from None
-
-
-def startup_line(parts: Parts) -> str:
-    """One line that says what runs: upstream, store, review, policy, model (no secret)."""
-    settings = parts.settings
-    upstream = settings.upstream
-    where = "embedded FAQ model" if upstream.kind == "local" else upstream.base_url
-    slack = settings.slack
-    review = (
-        f"Slack channel {slack.channel} ({slack.mode} mode)"
-        if parts.review.slack is not None
-        else "review API and /review page only (no Slack)"
-    )
-    policy = settings.policy
-    learner = "learning here" if parts.learner.leading else "following the fleet's learner"
-    unsafe = " (commits not forced to disk)" if settings.store.lose_recent_on_power_loss else ""
-    return (
-        f"hitl-gateway ({parts.role}): upstream {upstream.kind} {where} · store "
-        f"{describe_url(settings.store.url)}{unsafe} · review: {review} · policy: review below "
-        f"{policy.escalate_below:g}, hold below {policy.hold_below:g}, budget "
-        f"{policy.review_budget:.0%}, {policy.max_reviews_per_hour} an hour · model: "
-        f"version {parts.brain.version} ({parts.brain.fingerprint}), {parts.brain.labels} "
-        f"labels learned, {learner}"
-    )
 
 
 def build_upstream(settings: Settings) -> Upstream:

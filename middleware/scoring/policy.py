@@ -303,6 +303,12 @@ class ReviewBudget:
         if escalated:
             self._hour.append(now)
 
+    def resume(self, decisions: Iterable[tuple[float, str, float]]) -> None:
+        """Take up recent ``(confidence, decision, at)``, oldest first, as if decided here:
+        a process that starts knows the share, the quantile and the hour it joins."""
+        for confidence, decision, at in decisions:
+            self.record(confidence, decision == "escalate", at)
+
     def escalated_later(self, now: float) -> None:
         """A reply recorded as not escalated goes to people after all: its decision
         becomes an escalation, and no decision or score is added (recording it again

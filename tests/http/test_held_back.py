@@ -66,3 +66,20 @@ def test_the_hourly_cap_is_named_in_the_log_and_the_reply_state(
             "SELECT reasons_json FROM exchange WHERE id = ?", (second["reply_id"],)
         ).fetchone()
     assert f"held back (hourly_cap): {held['message']}" in reasons
+
+
+def test_a_restarted_gateway_resumes_the_review_budget_from_the_store(
+    gateway_factory: Any,
+) -> None:
+    # Half of the replies may go to people; every reply is a candidate (prior 0.5 < 0.6).
+    half = {"escalate_below": 0.6, "review_budget": 0.5, "max_reviews_per_hour": 1000}
+    first = gateway_factory(policy=half)
+    decisions = [chat(first)["decision"] for _ in range(5)]
+    # One of one would be over half; then every second reply fits the share.
+    assert [d == "escalate" for d in decisions] == [False, True, False, True, False]
+    first.stop()
+    # A fresh process with an empty budget would refuse its first candidate (one of one);
+    # resumed from the store it is the third of six.
+    again = gateway_factory(policy=half)
+    reply = chat(again)
+    assert reply["decision"] == "escalate", state(again, reply)["held_back"]

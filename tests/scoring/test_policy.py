@@ -217,6 +217,18 @@ def test_a_later_escalation_turns_its_replys_decision_into_one_and_adds_none() -
     assert twice.allows(0.05, now=100.0)
 
 
+def test_a_resumed_budget_knows_the_share_the_quantile_and_the_hour() -> None:
+    resumed = ReviewBudget(share=0.1, per_hour=2, window=100)
+    resumed.resume(
+        [(i / 100, "escalate" if i in (50, 90) else "deliver", float(i)) for i in range(100)]
+    )
+    assert resumed.escalated_share == 0.02
+    assert resumed.threshold() == pytest.approx(0.09)  # the 10% quantile of the 100 scores
+    # Two escalations within the hour before 100 s: the hourly cap is spent.
+    assert resumed.check(0.01, now=100.0).refused_by == "hourly_cap"
+    assert resumed.allows(0.01, now=3651.0)
+
+
 def test_a_later_escalation_spends_the_hourly_cap() -> None:
     budget = ReviewBudget(share=1.0, per_hour=2)
     budget.record(0.1, False, now=0.0)

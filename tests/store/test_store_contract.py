@@ -241,6 +241,18 @@ async def test_a_failing_escalation_rolls_back_its_exchange(store: Store) -> Non
     assert await store.count_rows(Escalation) == 0
 
 
+async def test_recent_decisions_are_the_newest_served_ones_oldest_first(store: Store) -> None:
+    from feedback_store.history import recent_decisions
+
+    for i, (route, decision) in enumerate(
+        [("chat", "deliver"), ("chat", "escalate"), ("replay", "escalate"), ("chat", "ask")]
+    ):
+        row = exchange(f"r{i}", route=route, decision=decision, confidence=i / 10, created_at=i)
+        await store.record_exchange(row)
+    assert await recent_decisions(store, 2) == [(0.1, "escalate", 1.0), (0.3, "ask", 3.0)]
+    assert len(await recent_decisions(store, 10)) == 3  # the replayed one is left out
+
+
 async def test_a_duplicate_reply_id_is_refused(store: Store) -> None:
     await store.record_exchange(exchange("r1", reply_text="first"))
     with pytest.raises(StoreError):
