@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,13 +27,15 @@ def forwarded(path: str, routes: Sequence[str]) -> bool:
 
 def own_route(path: str) -> str | None:
     """The gateway's own route that ``path`` (below /v1) names, exactly or once an
-    upstream's usual leniency is applied: a trailing or doubled slash, another case.
+    upstream's usual leniency is applied: a trailing or doubled slash, a backslash for a
+    slash, another case.
 
     Forwarded, ``/chat/completions/`` would reach the model unscored and unheld, and
     servers that redirect it to the slash-less path hand the client the upstream's own
     address, so such a path is refused rather than passed on.
     """
-    lenient = "/" + "/".join(segment for segment in path.lower().split("/") if segment)
+    segments = path.lower().replace("\\", "/").split("/")
+    lenient = "/" + "/".join(segment for segment in segments if segment)
     for route in OWN_ROUTES:
         if lenient == route or lenient.startswith(route + "/"):
             return route
@@ -68,9 +71,10 @@ class Passthrough:
         except BodyTooLarge as exc:
             return error_response(413, str(exc), "body_too_large")
         path = request.url.path.removeprefix("/v1")
-        if (route := own_route(path)) is not None:
+        # Percent-encoded too: the upstream decodes "chat%5Ccompletions" before it is lenient.
+        if (route := own_route(path) or own_route(unquote(path))) is not None:
             as_routed = (path == route or path.startswith(route + "/")) and not (
-                "//" in path or path.endswith("/")
+                "//" in path or path.endswith("/") or "\\" in path
             )
             if as_routed:
                 return error_response(

@@ -490,6 +490,7 @@ def test_a_named_route_covers_what_is_below_it(
         ("POST", "/v1//chat/completions", 404, "not_found"),
         ("POST", "/v1/chat//completions", 404, "not_found"),
         ("POST", "/v1/Chat/Completions", 404, "not_found"),
+        ("POST", "/v1/chat%5Ccompletions", 404, "not_found"),  # a backslash, IIS-style
         ("POST", "/v1/chat/completions%2F", 404, "not_found"),
         ("POST", "/v1/feedback/", 404, "not_found"),
         ("POST", "/v1/FEEDBACK", 404, "not_found"),
