@@ -38,13 +38,13 @@ from feedback_store.history import exchanges_in_order
 from feedback_store.purge import is_purged
 from middleware.learning.model import DIGEST_PREFIX
 from middleware.scoring.completion import read_conversation
-from middleware.scoring.conversation import RecentThumbs, Sibling, SiblingIndex, sibling_key
+from middleware.scoring.conversation import RecentThumbs, SiblingIndex, sibling_key
 from middleware.scoring.features import (
     FEATURES_VERSION,
     NUMERIC_KEYS,
     ExchangeView,
     features,
-    read,
+    sibling_of,
     without_text,
 )
 
@@ -222,10 +222,7 @@ class Replay:
             sibling=self.siblings.get(key),
         )
         if key is not None:
-            reading = read(row.reply_text)
-            self.siblings.put(
-                key, Sibling(frozenset(reading.tokens), reading.words, row.confidence)
-            )
+            self.siblings.put(key, sibling_of(row.reply_text, row.confidence))
         return view
 
     def rows(self) -> list[LabelRow]:

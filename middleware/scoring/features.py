@@ -39,6 +39,7 @@ __all__ = [
     "Reading",
     "features",
     "read",
+    "sibling_of",
     "without_text",
     "word_spans",
     "words",
@@ -272,6 +273,13 @@ def read(text: str) -> Reading:
     tail = text[len(text) - READ_TAIL_CHARS if tail_start < 0 else tail_start :]
     # Without whitespace near a cut, the word the cut splits is not read.
     return _read(head, tail, len(text), head_end < 0, tail_start < 0)
+
+
+def sibling_of(reply: str, score: float) -> Sibling:
+    """What the sibling index keeps of a scored reply: the words read of it (``read``,
+    cached, so the reading ``features`` just made), their count, and its score."""
+    reading = read(reply)
+    return Sibling(frozenset(reading.tokens), reading.words, score)
 
 
 @functools.lru_cache(maxsize=4096)

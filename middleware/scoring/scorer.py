@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from middleware.scoring.completion import ReplySummary
-from middleware.scoring.conversation import Sibling, SiblingIndex, Thumbs, sibling_key
-from middleware.scoring.features import ExchangeView, features, read
+from middleware.scoring.conversation import SiblingIndex, Thumbs, sibling_key
+from middleware.scoring.features import ExchangeView, features, sibling_of
 from middleware.scoring.policy import (
     AskLimiter,
     BudgetState,
@@ -124,8 +124,7 @@ class Scorer:
         predicted = brain.predict(x) if brain is not None else None
         confidence = self.prior if predicted is None else predicted
         if key is not None:
-            reading = read(reply.text)  # cached: the one ``features`` just made
-            self.siblings.put(key, Sibling(frozenset(reading.tokens), reading.words, confidence))
+            self.siblings.put(key, sibling_of(reply.text, confidence))
         outlier = brain.is_outlier(x) if brain is not None else False
         drifting = brain.drifting(now) if brain is not None else False
         candidate = is_candidate(confidence, outlier, self.thresholds)
