@@ -21,7 +21,6 @@ ModelName = Literal[
 ]
 MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
 LearnerMode = Literal["online", "batch"]
-LEARNER_MODES: tuple[str, ...] = get_args(LearnerMode)
 
 
 class LearnerSettings(BaseModel):

@@ -6,12 +6,11 @@ torch: ``deep = "minilm"`` needs the ``deep`` install extra, which start-up chec
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 DeepKind = Literal["off", "minilm"]
-DEEP_KINDS: tuple[str, ...] = get_args(DeepKind)
 
 
 class ScoringSettings(BaseModel):

@@ -190,14 +190,6 @@ def _check_secrets(settings: Settings, secrets: Secrets) -> None:
         )
 
 
-def _fan_out(*calls: Callable[[], None]) -> Callable[[], None]:
-    def call_all() -> None:
-        for call in calls:
-            call()
-
-    return call_all
-
-
 def build_parts(
     settings: Settings,
     *,

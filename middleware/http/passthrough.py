@@ -50,7 +50,7 @@ class Passthrough:
         api_key: str | None,
         forward_client_auth: bool,
         max_body_bytes: int,
-        routes: Sequence[str] = ("*",),
+        routes: Sequence[str],
     ) -> None:
         self.upstream = upstream
         self.api_key = api_key

@@ -93,14 +93,11 @@ class Learner:
         self._task: asyncio.Task[None] | None = None
         self._snapshot_labels = 0
         self._snapshot_at = clock()
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def wake(self) -> None:
         if not self.leading or self.mode == "batch":
             return  # a follower's model comes from the leader's snapshots, on its poll
         self._wake.set()
-        self._idle.clear()
 
     async def begin(self) -> int:
         """At start, before the port opens: lead and catch up (returns the labels
@@ -308,13 +305,6 @@ class Learner:
             except StoreError as exc:
                 log.error("learner could not read or write the store (%s); retrying", exc)
                 await asyncio.sleep(self.poll_s)
-            finally:
-                if not self._wake.is_set():
-                    self._idle.set()
-
-    async def idle(self) -> None:
-        """Wait until every label committed so far has been learned (for tests, replay)."""
-        await self._idle.wait()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="hitl-learner")
