@@ -37,8 +37,9 @@ from middleware.metrics import Metrics
 from middleware.ports import ReviewOutcome, Upstream
 from middleware.quotas import FleetCaps, Guarded, MemoryQuotas, Quotas, StoreQuotas
 from middleware.review.items import ReviewItems
-from middleware.review.outbox import Outbox, RetryPolicy
+from middleware.review.outbox import Outbox
 from middleware.review.privacy import Redactor
+from middleware.review.retry import RetryPolicy
 from middleware.scoring.policy import AskLimiter, ReviewBudget, Thresholds
 from middleware.scoring.scorer import Scorer
 from middleware.scoring.tokens import TokenSigner, new_secret

@@ -14,8 +14,7 @@ commit), may already have its card in the channel: such a row is looked up first
 by older versions are deleted, the oldest kept: the row records one message, so that is
 the only card a verdict can redraw.
 
-The decisions are pure functions (``backoff_delay``, ``retry_delay``,
-``may_be_in_channel``).
+The decisions are pure functions, in ``retry.py``.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from middleware.errors import (
     ReviewChannelRetryable,
 )
 from middleware.ports import PostedCard, ReviewChannel, ReviewItem
+from middleware.review.retry import RetryPolicy, may_be_in_channel, retry_delay
 from middleware.tasks import cancelled
 
 log = logging.getLogger("hitl.outbox")
@@ -91,53 +91,9 @@ class LogChannel:
         log.warning("%s", text)
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    base_s: float = 1.0
-    cap_s: float = 300.0
-    #: share of each delay that is random (0: none, 1: "full jitter")
-    jitter: float = 0.5
-    #: how long a claimed row is ours before another dispatcher may take it
-    lease_s: float = 60.0
-    #: look at the table at least this often, for rows other processes committed
-    poll_s: float = 30.0
-    batch: int = 20
-
-
-def backoff_delay(attempt: int, policy: RetryPolicy, rand: float) -> float:
-    """Seconds before retry number ``attempt`` (1, 2, ...): doubling, capped, jittered.
-
-    ``rand`` in [0, 1) picks the point within the jitter band.
-    """
-    raw = min(policy.cap_s, policy.base_s * 2.0 ** max(0, attempt - 1))
-    return raw * (1.0 - policy.jitter) + raw * policy.jitter * rand
-
-
-def retry_delay(attempt: int, retry_after: float | None, policy: RetryPolicy, rand: float) -> float:
-    """A rate limit says how long to wait: never less than that, plus a little jitter so
-    queued cards don't all return at once; other failures back off."""
-    if retry_after is not None and retry_after >= 0:
-        return retry_after + 0.1 * policy.base_s * rand
-    return backoff_delay(attempt, policy, rand)
-
-
-def may_be_in_channel(row: EscalationRow, left_clean: tuple[int, float] | None) -> bool:
-    """Whether a pending row's card may be in the channel already, so it is looked up
-    before it is posted (pure).
-
-    ``row`` is as leased, with the ``next_attempt_at`` it was due at; ``left_clean`` is
-    the (attempts, next_attempt_at) this process left it at, knowing no card was posted.
-    Not in the channel: a row due since it was queued and never attempted, or one still
-    as this process left it. Any other may be: an attempt whose answer was lost, a lease
-    left by a process that died after posting, a retry another process scheduled.
-    """
-    if row.attempts == 0 and row.next_attempt_at == row.created_at:
-        return False
-    return left_clean != (row.attempts, row.next_attempt_at)
-
-
 class _LeaseEnding(Exception):
-    """Half the lease is gone: the rest of the pass goes back to the queue."""
+    """Half the lease is gone, or the dispatcher is stopping: the rest of the pass goes
+    back to the queue."""
 
 
 @dataclass(slots=True)
@@ -179,6 +135,7 @@ class Outbox:
         self._clean: dict[int, tuple[int, float]] = {}
         #: after a retryable failure the channel rests until then (rate limits are per app)
         self._paused_until = 0.0
+        self._stopping = False
 
     def wake(self) -> None:
         """Something was committed: look at the outbox now (must be called on the loop)."""
@@ -186,14 +143,26 @@ class Outbox:
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="hitl-review-outbox")
 
     async def stop(self) -> None:
-        await cancelled(self._task)
-        self._task = None
+        """End the dispatcher, giving back the rows it leased.
+
+        Left leased, they would wait out the lease (a minute) before the next process or
+        another dispatcher could post them. The pass in progress ends after the row in
+        hand (``stop_grace_s`` at most, then it is cancelled and gives back the rest).
+        """
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        await asyncio.wait({task}, timeout=self.policy.stop_grace_s)
+        await cancelled(task)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             # Cleared before the pass: a commit during it wakes the next one at once.
             self._wake.clear()
             try:
@@ -235,8 +204,13 @@ class Outbox:
                 self._check_lease(run)
                 await self._deliver(row, run)
             except _LeaseEnding:
-                await self._put_back(run, rows[index:], at=self.clock())
+                await self._give_back(run, rows[index:])
                 return 0.0
+            except asyncio.CancelledError:
+                # Stopped with a Slack call or a write in flight: that row may be in the
+                # channel now, so it goes back unclean and is looked up before a post.
+                await self._give_back(run, rows[index:])
+                raise
             except ReviewChannelRetryable as exc:
                 attempts = row.attempts + 1
                 delay = retry_delay(attempts, exc.retry_after, policy, self.rng.random())
@@ -273,12 +247,31 @@ class Outbox:
 
     def _check_lease(self, run: _Pass) -> None:
         # Past half the lease another dispatcher may take a row soon: post none after that.
-        if self.clock() > run.give_back_at:
+        if self._stopping or self.clock() > run.give_back_at:
             raise _LeaseEnding
 
     async def _put_back(self, run: _Pass, rows: Sequence[EscalationRow], *, at: float) -> None:
         await self.store.defer_escalations([r.id for r in rows], at=at)
         self._clean.update({r.id: (r.attempts, at) for r in rows if r.id in run.clean})
+
+    async def _give_back(self, run: _Pass, rows: Sequence[EscalationRow]) -> None:
+        """Rows of the pass it will not finish become due again at once. One known not
+        to be in the channel gets back the due time it was leased at, so whoever takes it
+        next sees it as this process found it (never touched: no lookup before the post);
+        any other is due now, a time no clean row has, so it is looked up first."""
+        now = self.clock()
+        back = [(r, r.next_attempt_at if r.id in run.clean else now) for r in rows]
+        try:
+            await asyncio.gather(*(self.store.defer_escalations([r.id], at=at) for r, at in back))
+        except StoreError as exc:
+            log.warning(
+                "review outbox: %d leased rows not given back (%s); they are posted once "
+                "their lease runs out",
+                len(rows),
+                exc,
+            )
+            return
+        self._clean.update({r.id: (r.attempts, at) for r, at in back if r.id in run.clean})
 
     async def _deliver(self, row: EscalationRow, run: _Pass) -> None:
         item = await self.load_item(row)

@@ -31,7 +31,8 @@ from middleware.app import create_app
 from middleware.errors import ReviewChannelAmbiguous, ReviewChannelRetryable
 from middleware.ports import ReviewItem
 from middleware.review.items import ReviewItems
-from middleware.review.outbox import LogChannel, Outbox, RetryPolicy, may_be_in_channel
+from middleware.review.outbox import LogChannel, Outbox
+from middleware.review.retry import RetryPolicy, may_be_in_channel
 from middleware.settings import settings_from_mapping
 from tests.support.outbox import FAST, decisions, escalate, eventually, row_when
 from tests.support.processes import free_port
@@ -389,6 +390,65 @@ async def test_rows_whose_lease_runs_out_go_back_unposted(
     assert standin.calls_to("conversations.history") == []  # put back clean: no lookups
 
 
+async def test_a_stopping_dispatcher_finishes_the_row_in_hand_and_gives_back_the_rest(
+    store: Store, standin: SlackStandin, dispatchers: Dispatcher
+) -> None:
+    # Left leased, the rows would wait out the minute's lease after a restart.
+    policy = RetryPolicy(base_s=0.05, cap_s=0.2, lease_s=60.0, poll_s=0.5)
+    outbox, channel = await dispatchers(policy)
+    real_post, posting = channel.post, asyncio.Event()
+
+    async def slow_post(item: Any) -> Any:
+        posting.set()
+        await asyncio.sleep(0.3)
+        return await real_post(item)
+
+    channel.post = slow_post  # type: ignore[method-assign]
+    await escalate(store, "r1", "r2", "r3")
+    outbox.start()
+    await asyncio.wait_for(posting.wait(), 5)
+    await outbox.stop()
+    assert (await store.review_counts()).posted == 1  # the card in hand was finished
+    now = time.time()
+    for rid in ("r2", "r3"):
+        back = await store.escalation_for(rid)
+        # As it was queued: due, never attempted, so the next takes it without a lookup.
+        assert back is not None and back.state == "pending" and back.attempts == 0
+        assert back.next_attempt_at == back.created_at <= now
+    nxt, _ = await dispatchers(policy)
+    assert await nxt.run_once() is None
+    assert [len(standin.cards_for(r)) for r in ("r1", "r2", "r3")] == [1, 1, 1]
+    assert standin.calls_to("conversations.history") == []
+
+
+async def test_a_dispatcher_stopped_while_slack_hangs_gives_its_rows_back_to_look_up(
+    store: Store, standin: SlackStandin, dispatchers: Dispatcher
+) -> None:
+    policy = RetryPolicy(base_s=0.05, cap_s=0.2, lease_s=60.0, poll_s=0.5, stop_grace_s=0.1)
+    outbox, _ = await dispatchers(policy)
+    await escalate(store, "r1", "r2")
+    standin.lose_answer("chat.postMessage", how="hang")  # Slack takes r1's card, then hangs
+    outbox.start()
+    await eventually(lambda: len(standin.cards_for("r1")) == 1)
+    started = time.monotonic()
+    await outbox.stop()
+    assert time.monotonic() - started < 0.4  # the grace, not Slack's timeout or the lease
+    in_hand = await store.escalation_for("r1")
+    assert in_hand is not None and in_hand.state == "pending"
+    # Due now, and not as queued: the card may be in the channel, so it is looked up.
+    assert in_hand.created_at < in_hand.next_attempt_at <= time.time()
+    untouched = await store.escalation_for("r2")
+    assert untouched is not None and untouched.next_attempt_at == untouched.created_at
+
+    nxt, _ = await dispatchers(policy)
+    await nxt.run_once()
+    adopted = await store.escalation_for("r1")
+    assert adopted is not None and adopted.state == "posted"
+    assert list(standin.cards_for("r1")) == [adopted.message_ts]  # adopted, not posted again
+    assert len(standin.cards_for("r2")) == 1
+    assert len(standin.calls_to("chat.postMessage")) == 2
+
+
 # -- a real gateway process killed between the post and its commit -------------------
 
 
@@ -396,7 +456,7 @@ RUNNER = """
 import json, sys
 import uvicorn
 from middleware.app import create_app
-from middleware.review.outbox import RetryPolicy
+from middleware.review.retry import RetryPolicy
 from middleware.settings import settings_from_mapping
 
 spec = json.loads(sys.argv[1])

@@ -11,7 +11,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack.channel import SlackReviewChannel
 from feedback_store import Store
 from middleware.review.items import ReviewItems
-from middleware.review.outbox import Outbox, RetryPolicy, drift_text
+from middleware.review.outbox import Outbox, drift_text
+from middleware.review.retry import RetryPolicy
 from tests.support.slack_standin import CHANNEL, TOKEN, SlackStandin
 
 FAST = RetryPolicy(base_s=0.05, cap_s=0.2, jitter=0.5, lease_s=5.0, poll_s=0.5, batch=20)

@@ -21,14 +21,8 @@ from feedback_store import ReviewCounts, Store, StoreError
 from middleware.errors import ReviewChannelPermanent, ReviewChannelRetryable
 from middleware.flows import Hooks
 from middleware.review.items import ReviewItems
-from middleware.review.outbox import (
-    PARKED_AT,
-    LogChannel,
-    Outbox,
-    RetryPolicy,
-    backoff_delay,
-    retry_delay,
-)
+from middleware.review.outbox import PARKED_AT, LogChannel, Outbox
+from middleware.review.retry import RetryPolicy, backoff_delay, retry_delay
 from tests.support.outbox import FAST, decisions, escalate, eventually, row_when
 from tests.support.slack_standin import CHANNEL, TOKEN, SlackStandin
 

@@ -10,9 +10,7 @@ from typing import Any
 from feedback_store import EscalationRow, Store
 from middleware.flows import DecisionFlow, Hooks
 from middleware.review.items import ReviewItems
-from middleware.review.outbox import (
-    RetryPolicy,
-)
+from middleware.review.retry import RetryPolicy
 from tests.support.builders import escalation_row, exchange_row
 
 FAST = RetryPolicy(base_s=0.05, cap_s=0.2, jitter=0.5, lease_s=5.0, poll_s=0.5, batch=20)
