@@ -21,9 +21,9 @@ log = logging.getLogger("hitl")
 async def resume_budget(store: Store, budget: ReviewBudget) -> int:
     """Give ``budget`` the newest decisions in the store; how many it took up.
 
-    A process starting with an empty budget could escalate nothing for its first few
-    replies (one of one is over any share) and knew no quantile of recent scores. A store
-    that cannot be read leaves the budget empty, which only escalates less.
+    A process starting with an empty budget knows neither the share its fleet (or its
+    last run) has used nor the quantile of recent scores: it would escalate its first
+    candidate whatever the share. A store that cannot be read leaves the budget empty.
     """
     try:
         decisions = await recent_decisions(store, budget.window)

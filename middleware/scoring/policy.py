@@ -214,9 +214,11 @@ class ReviewBudget:
     The least confident go first: a candidate is allowed when its confidence is at or
     below the ``share``-quantile of the last ``quantile_window`` scores, and escalating
     it keeps the escalated share of the last ``window`` decisions at or below
-    ``share + slack``. A short quantile window follows a learning model's scores as they
-    move; the slack (one percentage point by default) lets a run of low scores use the
-    budget a run of high ones left (measured in ``bench/learning_candidates.py``).
+    ``share + slack`` (counted over ``1 / (share + slack)`` decisions while there are
+    fewer: a new process may escalate its first candidate). A short quantile window
+    follows a learning model's scores as they move; the slack (one percentage point by
+    default) lets a run of low scores use the budget a run of high ones left (measured
+    in ``bench/learning_candidates.py``).
 
     In a fleet each process keeps its own budget: a share bound that every process keeps
     of its own decisions is kept by the union of them, so only the hourly cap must be
@@ -273,13 +275,12 @@ class ReviewBudget:
         if self.share >= 1.0:
             return BudgetState()
         n = max(1, len(self._decisions) + (0 if recorded else 1))
-        if (self._escalated + 1) / n > self.share + self.slack:
-            return _refused(
-                "review_share",
-                f"escalating it would make {self._escalated + 1} of the last {n} decisions "
-                f"escalations, above [policy] review_budget = {self.share:g} plus "
-                f"review_budget_slack = {self.slack:g}",
-            )
+        bound = self.share + self.slack
+        # Fewer decisions than one escalation's worth: counted as that many, so a new
+        # gateway's first candidate goes to people rather than waiting to be one of ten.
+        per_one = math.ceil(1.0 / bound)
+        if (self._escalated + 1) / max(n, per_one) > bound:
+            return _refused("review_share", self._share_used(n, per_one))
         # Too few scores for a quantile: the share limit alone decides.
         if len(self._sorted) < 20 or confidence <= self.threshold():
             return BudgetState()
@@ -288,6 +289,20 @@ class ReviewBudget:
             f"under the review budget only the least confident go to people, and its "
             f"confidence {confidence:.2f} is above {self.threshold():.2f}, the "
             f"{self.share:.0%} quantile of the last {len(self._sorted)} scores",
+        )
+
+    def _share_used(self, n: int, per_one: int) -> str:
+        limits = (
+            f"[policy] review_budget = {self.share:g} plus review_budget_slack = {self.slack:g}"
+        )
+        if n < per_one:
+            return (
+                f"escalating it would make {self._escalated + 1} escalations in the first "
+                f"{n} decisions, and {limits} allow one per {per_one}"
+            )
+        return (
+            f"escalating it would make {self._escalated + 1} of the last {n} decisions "
+            f"escalations, above {limits}"
         )
 
     def record(self, confidence: float, escalated: bool, now: float) -> None:

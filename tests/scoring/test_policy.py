@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -113,8 +114,37 @@ def run_stream(budget: ReviewBudget, scores: list[float], *, escalate_below: flo
         allowed = score < escalate_below and budget.allows(score, now=float(i))
         budget.record(score, allowed, now=float(i))
         escalated.append(allowed)
-        assert budget.escalated_share <= budget.share + budget.slack + 1e-12
+        # Within the share, or (before one escalation's worth of decisions) just one.
+        n = min(i + 1, budget.window)
+        bound = budget.share + budget.slack
+        assert budget.escalated_share * n <= max(1.0, bound * n) + 1e-9
     return escalated
+
+
+@pytest.mark.parametrize(("share", "per_one"), [(0.1, 10), (0.04, 20), (0.5, 2)])
+def test_a_new_budget_escalates_its_first_candidate_then_keeps_the_share(
+    share: float, per_one: int
+) -> None:
+    budget = ReviewBudget(share=share, per_hour=None)
+    assert budget.allows(0.05, now=0.0)  # not "one of one is above the share"
+    budget.record(0.05, True, now=0.0)
+    decisions = 1
+    while not budget.allows(0.05, now=float(decisions)):
+        room = budget.check(0.05, now=float(decisions))
+        assert room.refused_by == "review_share"
+        if decisions + 1 < per_one:
+            assert room.why == (
+                f"escalating it would make 2 escalations in the first {decisions + 1} "
+                f"decisions, and [policy] review_budget = {share:g} plus "
+                f"review_budget_slack = 0.01 allow one per {per_one}"
+            )
+        else:
+            assert room.why.startswith(f"escalating it would make 2 of the last {decisions + 1}")
+        budget.record(0.05, False, now=float(decisions))
+        decisions += 1
+    # The second waits until it is within the share of every decision so far.
+    assert decisions + 1 == math.ceil(2 / (share + 0.01))
+    assert budget.escalated_share == 1 / decisions
 
 
 @pytest.mark.parametrize("share", [0.01, 0.05, 0.1, 0.3])
