@@ -6,7 +6,7 @@ and ``NewEscalation`` to insert. Database errors reach callers as ``StoreError``
 """
 
 from feedback_store.engine import Store
-from feedback_store.errors import SchemaError, StoreError
+from feedback_store.errors import ReplayedReply, SchemaError, StoreError
 from feedback_store.rows import (
     EscalationRow,
     EventRow,
@@ -55,6 +55,7 @@ __all__ = [
     "NewEscalation",
     "NewExchange",
     "QuotaHit",
+    "ReplayedReply",
     "ReviewCounts",
     "ReviewResult",
     "ReviewVote",

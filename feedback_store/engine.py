@@ -294,7 +294,8 @@ class Store:
         """Commit one reviewer's vote (``state``: the verdict as the state it leaves) on
         the reply's newest escalation, with its label; it decides the item when its side
         reaches ``votes_required`` (``reviews.py``). Nothing is stored when the item is
-        decided or this reviewer voted on it already; None when the reply is unknown.
+        decided or this reviewer voted on it already; None when the reply is unknown;
+        ``ReplayedReply`` for one ``hitl replay`` stored.
         """
         ballot = reviews.Ballot.of_state(
             state,

@@ -18,6 +18,11 @@ class SchemaError(StoreError):
     """The database schema is not at the revision this code needs."""
 
 
+class ReplayedReply(Exception):
+    """A verdict named a reply ``hitl replay`` stored (route "replay"): nothing is
+    written; its label came with the recorded stream."""
+
+
 def describe(exc: BaseException, action: str, url: str, config_hint: str) -> str:
     """What failed, for a ``StoreError``: the driver's first line (secrets masked) and
     what to do about it."""

@@ -22,10 +22,17 @@ from typing import Any
 from sqlalchemy import Connection, case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from feedback_store.errors import ReplayedReply
 from feedback_store.escalations import add, newest_state
 from feedback_store.rows import EscalationRow, NewEscalation, ReviewResult, ReviewVoteRow
 from feedback_store.tables import escalation_t, exchange_t, label_t, review_vote_t
-from feedback_store.vocabulary import DECIDED_STATES, RELEASES, VERDICT_OF, VERDICTS
+from feedback_store.vocabulary import (
+    DECIDED_STATES,
+    RELEASES,
+    REPLAY_ROUTE,
+    VERDICT_OF,
+    VERDICTS,
+)
 
 esc = escalation_t.c
 rv = review_vote_t.c
@@ -150,8 +157,11 @@ def record_review(conn: Connection, reply_id: str, ballot: Ballot) -> ReviewResu
         raise ValueError(f"a verdict must be one of {', '.join(VERDICTS)}")
     if ballot.votes_required < 1:
         raise ValueError("votes_required must be at least 1")
-    if conn.execute(select(exchange_t.c.id).where(exchange_t.c.id == reply_id)).first() is None:
+    exchange = conn.execute(select(exchange_t.c.route).where(exchange_t.c.id == reply_id)).first()
+    if exchange is None:
         return None
+    if exchange.route == REPLAY_ROUTE:
+        raise ReplayedReply(reply_id)
     now = ballot.at
     row = newest_state(conn, reply_id)
     if row is None:

@@ -96,6 +96,21 @@ class UnknownReply(Refused):
         self.reply_id = reply_id
 
 
+class NotReviewable(Refused):
+    """A verdict on a reply that was replayed from a recorded stream, not served."""
+
+    status_code = 409
+    code = "replayed"
+
+    def __init__(self, reply_id: str) -> None:
+        super().__init__(
+            f"reply {reply_id!r} was replayed from a recorded stream (hitl replay), not "
+            "served to anyone: nobody waits for its review, and its label came with the "
+            "stream"
+        )
+        self.reply_id = reply_id
+
+
 class InvalidVerdict(Refused):
     status_code = 422
     code = "invalid_field"

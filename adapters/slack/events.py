@@ -39,6 +39,7 @@ from adapters.slack.channel import ReviewerCheck, SlackReviewChannel
 from adapters.slack.requests import check_signature, read_payload
 from middleware.errors import (
     InvalidVerdict,
+    NotReviewable,
     ReviewChannelError,
     StoreUnavailable,
     UnknownReply,
@@ -47,6 +48,9 @@ from middleware.ports import PostedCard, ReviewDesk, ReviewOutcome
 from middleware.vocabulary import Reason, Verdict
 
 log = logging.getLogger("hitl.slack.events")
+
+#: no card of a replayed reply is ever posted, but a signed payload may still name one
+REPLAYED = "Reply {reply_id} was replayed from a recorded stream; it takes no review."
 
 MAX_SKEW_S = 300
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
@@ -210,6 +214,10 @@ class _Decisions:
             await ack()
             await self._tell(body, user, f"Reply {reply_id} is no longer in the store.")
             return
+        except NotReviewable:
+            await ack()
+            await self._tell(body, user, REPLAYED.format(reply_id=reply_id))
+            return
         except (StoreUnavailable, InvalidVerdict) as exc:
             log.error("review click on %s by %s not stored: %s", reply_id, user, exc)
             await ack()
@@ -286,6 +294,9 @@ class _Decisions:
             return
         except UnknownReply:
             await refuse(f"Reply {reply_id} is no longer in the store.")
+            return
+        except NotReviewable:
+            await refuse(REPLAYED.format(reply_id=reply_id))
             return
         except StoreUnavailable as exc:
             log.error("correction of %s by %s not stored: %s", reply_id, user, exc)

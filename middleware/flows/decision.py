@@ -16,17 +16,32 @@ import logging
 import time
 from collections.abc import Callable
 
-from feedback_store import Store
-from middleware.errors import InvalidVerdict, UnknownReply, store_errors
+from feedback_store import ReplayedReply, Store
+from middleware.errors import InvalidVerdict, NotReviewable, UnknownReply, store_errors
 from middleware.flows.hooks import Hooks
 from middleware.ports import ReviewItem, ReviewOutcome
 from middleware.review.items import ReviewItems, votes_of
 from middleware.review.privacy import Redactor
-from middleware.vocabulary import LABEL_OF, REASONS, STATE_OF, VERDICTS, Reason, Verdict
+from middleware.vocabulary import (
+    LABEL_OF,
+    REASONS,
+    STATE_OF,
+    VERDICTS,
+    Reason,
+    Verdict,
+)
 
 log = logging.getLogger("hitl.review")
 
 MAX_CORRECTION = 32_000
+#: reply ids are "hitl-" and 24 hex digits; a longer one is no reply's
+MAX_REPLY_ID = 200
+
+
+def no_reply_has(reply_id: str) -> bool:
+    """Whether no reply can have this id (pure): too long, or with a NUL, which
+    PostgreSQL refuses in text (asking it would look like an outage, not a 404)."""
+    return len(reply_id) > MAX_REPLY_ID or "\x00" in reply_id
 
 
 def check_verdict(
@@ -90,23 +105,30 @@ class DecisionFlow:
     ) -> ReviewOutcome:
         """Commit a verdict (first one wins; ``outcome.applied`` says whether this one did).
 
-        Raises ``InvalidVerdict``, ``UnknownReply``, or ``StoreUnavailable`` when it could
-        not be committed: then nothing changed.
+        Raises ``InvalidVerdict``, ``UnknownReply``, ``NotReviewable`` (a replayed
+        reply), or ``StoreUnavailable`` when it could not be committed: then nothing
+        changed.
         """
+        if no_reply_has(reply_id):
+            raise UnknownReply(reply_id[:MAX_REPLY_ID])
         stored_reason, written = check_verdict(verdict, reason, correction)
         stored_correction = self.redact.optional(written)
         with store_errors("the verdict could not be stored"):
-            result = await self.store.record_review(
-                reply_id=reply_id,
-                state=STATE_OF[verdict],
-                reviewer=reviewer,
-                reason=stored_reason,
-                correction=stored_correction,
-                value=LABEL_OF[verdict],
-                weight=self.reviewer_weight,
-                now=self.clock(),
-                votes_required=self.votes_required,
-            )
+            try:
+                result = await self.store.record_review(
+                    reply_id=reply_id,
+                    state=STATE_OF[verdict],
+                    reviewer=reviewer,
+                    reason=stored_reason,
+                    correction=stored_correction,
+                    value=LABEL_OF[verdict],
+                    weight=self.reviewer_weight,
+                    now=self.clock(),
+                    votes_required=self.votes_required,
+                )
+            except ReplayedReply:
+                # A verdict would be a second label on it, and count as sent to people.
+                raise NotReviewable(reply_id) from None
         if result is None:
             raise UnknownReply(reply_id)
         row = result.escalation
@@ -142,5 +164,7 @@ class DecisionFlow:
         return outcome
 
     async def item_for(self, reply_id: str) -> ReviewItem | None:
+        if no_reply_has(reply_id):
+            return None
         with store_errors(f"reply {reply_id} could not be read"):
             return await self.items.for_reply(reply_id)

@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from feedback_store import EscalationRow, ExchangeRow, FeedbackRow, ReviewVoteRow, Store
 from middleware.errors import InvalidToken, UnknownReply, store_errors
-from middleware.flows.decision import DecisionFlow
+from middleware.flows.decision import MAX_REPLY_ID, DecisionFlow, no_reply_has
 from middleware.http.bodies import Text, read_model
 from middleware.http.responses import error_response, json_response
 from middleware.http.reviewers import Reviewers, Signed
@@ -33,8 +33,6 @@ from middleware.vocabulary import Reason, Verdict
 log = logging.getLogger("hitl.review")
 
 MAX_REVIEW_BYTES = 64 * 1024
-#: reply ids are "hitl-" and 24 hex digits; a longer one is no reply's (nor is one with NUL)
-MAX_REPLY_ID = 200
 
 
 class ReviewIn(BaseModel):
@@ -208,8 +206,6 @@ class ReviewAPI:
         verdict = await read_model(request, ReviewIn, MAX_REVIEW_BYTES)
         if isinstance(verdict, Response):
             return verdict
-        if len(reply_id) > MAX_REPLY_ID or "\x00" in reply_id:
-            raise UnknownReply(reply_id[:MAX_REPLY_ID])  # no reply has such an id
         reviewer = verdict.reviewer if signed.admin else signed.name
         if reviewer is None:
             return error_response(
@@ -244,7 +240,7 @@ class ReviewAPI:
         if isinstance(signed, Response):
             return signed
         reply_id = request.path_params["reply_id"]
-        if len(reply_id) > MAX_REPLY_ID or "\x00" in reply_id:
+        if no_reply_has(reply_id):
             raise UnknownReply(reply_id[:MAX_REPLY_ID])
         with store_errors("the store could not be read"):
             exchange = await self.store.get_exchange(reply_id)

@@ -116,3 +116,38 @@ def test_replayed_escalations_are_kept_apart_from_the_review_work(
     page = httpx.get(gw.url + "/report", headers=admin).text
     assert f"{ROWS} of these {ROWS + 1} exchanges were replayed" in page
     assert f"{ROWS} replayed, not sent" in page
+
+    # A verdict on a replayed reply is refused (nobody waits for it; its label came with
+    # the stream), through the review API and the terminal alike, and nothing is stored.
+    labels = rows(db, "SELECT count(*) FROM label")
+    replayed = replayed_ids[0]
+    refused = httpx.post(
+        f"{gw.url}/v1/reviews/{replayed}",
+        headers=admin,
+        json={"decision": "approve", "reviewer": "ann"},
+    )
+    assert refused.status_code == 409
+    error = refused.json()["error"]
+    assert error["code"] == "replayed"
+    assert error["message"] == (
+        f"reply {replayed!r} was replayed from a recorded stream (hitl replay), not served "
+        "to anyone: nobody waits for its review, and its label came with the stream"
+    )
+    gw.stop()
+    cli = subprocess.run(
+        [
+            *(sys.executable, "-m", "middleware.cli", "reviews", "decide", replayed, "approve"),
+            *("--reviewer", "ann", "--config", str(config), "--store", f"sqlite:///{db}"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 2, cli.stdout + cli.stderr
+    assert "was replayed from a recorded stream" in cli.stderr
+    assert rows(db, "SELECT count(*) FROM label") == labels
+    assert rows(db, f"SELECT state FROM escalation WHERE reply_id = '{replayed}'") == [
+        ("replayed",)
+    ]

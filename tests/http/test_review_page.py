@@ -173,3 +173,25 @@ def test_a_form_over_the_limit_is_refused_unread(gw: ServerThread) -> None:
     )
     assert r.status_code == 422 and r.json()["error"]["param"] == "body"
     assert "larger than 65536 bytes" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("reply_id", ["hitl-%00abc", "%00", "x" * 300])
+def test_an_id_no_reply_can_have_is_a_404_on_every_store(
+    kind: str, reply_id: str, gateway_factory: GatewayFactory, request: pytest.FixtureRequest
+) -> None:
+    # PostgreSQL refuses NUL in text: asked, it would answer as if the store were down.
+    store = {"url": request.getfixturevalue("postgres_url")} if kind == "postgres" else {}
+    gw = gateway_factory(environ={**ENV, "HITL_ADMIN_TOKEN": "admin-0123456789abcdef"}, store=store)
+    as_json = {**AUTH, "accept": "application/json"}
+    page = httpx.post(f"{gw.url}/review/{reply_id}", data={"decision": "approve"}, headers=AUTH)
+    assert page.status_code == 404, page.text
+    assert "no reply with id" in page.text and "<!doctype html>" in page.text
+    for url, headers, body in (
+        (f"{gw.url}/review/{reply_id}", as_json, {"data": {"decision": "approve"}}),
+        (f"{gw.url}/v1/reviews/{reply_id}", AUTH, {"json": {"decision": "approve"}}),
+    ):
+        r = httpx.post(url, headers=headers, **body)  # type: ignore[arg-type]
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["code"] == "unknown_reply"
+        assert len(r.json()["error"]["message"]) < 240  # the id is cut, not echoed whole
