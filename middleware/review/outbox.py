@@ -66,12 +66,14 @@ class LogChannel:
     """No reviewer channel configured: say once that a reply waits for the review API."""
 
     async def post(self, item: ReviewItem) -> PostedCard | None:
+        why = "; ".join(item.reasons) or item.trigger
+        if "confidence" not in why:  # most reasons name it already
+            why += f", confidence {item.confidence:.2f}"
         log.warning(
-            "reply %s needs review (%s, confidence %.2f): no reviewer channel is configured; "
-            "decide with POST /v1/reviews/%s",
+            "reply %s needs review (%s): no reviewer channel is configured; decide with "
+            "POST /v1/reviews/%s",
             item.reply_id,
-            "; ".join(item.reasons) or item.trigger,
-            item.confidence,
+            why,
             item.reply_id,
         )
         return None

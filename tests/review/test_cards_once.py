@@ -120,6 +120,35 @@ async def test_the_log_channel_finds_nothing() -> None:
     assert await LogChannel().find(["r1"], since=0.0) == {}
 
 
+@pytest.mark.parametrize(
+    ("reasons", "trigger", "said"),
+    [
+        (("confidence 0.20 < 0.3",), "policy", "(confidence 0.20 < 0.3)"),
+        (("outlier",), "policy", "(outlier, confidence 0.20)"),
+        ((), "complaint", "(complaint, confidence 0.20)"),
+    ],
+)
+async def test_the_log_channel_says_why_once_and_how_to_decide(
+    reasons: tuple[str, ...], trigger: str, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="hitl.outbox")
+    item = ReviewItem(
+        reply_id="r1",
+        question="q?",
+        answer="a.",
+        confidence=0.2,
+        threshold=0.3,
+        reasons=reasons,
+        trigger=trigger,
+    )
+    assert await LogChannel().post(item) is None
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == (
+        f"reply r1 needs review {said}: no reviewer channel is configured; decide with "
+        "POST /v1/reviews/r1"
+    )
+
+
 # -- the stand-in's history, and find() over it -----------------------------------------
 
 
