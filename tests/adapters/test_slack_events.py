@@ -6,6 +6,7 @@ Payloads are form-encoded ``payload=<json>`` and signed the way Slack signs them
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ import httpx
 import pytest
 
 from adapters.slack.events import header_problem
+from feedback_store import Store
+from tests.support.builders import escalation_row, exchange_row
 from tests.support.servers import ServerThread
 from tests.support.slack import (
     ADMIN,
@@ -216,6 +219,41 @@ def test_a_non_reviewer_is_told_privately_and_nothing_changes(
     assert rows(tmp_path, "SELECT count(*) FROM label") == [(0,)]
     assert standin.calls_to("views.open") == []
     assert standin.calls_to("chat.update") == []
+
+
+async def test_a_payload_naming_a_replayed_reply_is_answered_and_decides_nothing(
+    slack_gateway: SlackGateway, standin: SlackStandin, tmp_path: Path
+) -> None:
+    gw = slack_gateway()
+    card = card_for(standin, ask(gw)["reply_id"])
+    # No card of a replayed reply is ever posted; a signed payload may still name one.
+    store = Store(f"sqlite:///{tmp_path / 'hitl.db'}")
+    await store.start(migrate=False)
+    try:
+        await store.record_exchange(
+            exchange_row("hitl-replayed", route="replay"),
+            escalation_row("hitl-replayed", state="replayed"),
+        )
+    finally:
+        await store.close()
+    forged = json.loads(json.dumps(card).replace(card_reply(card), "hitl-replayed"))
+    assert (await asyncio.to_thread(click, gw, forged, "hitl_approve")).status_code == 200
+    view = {
+        "type": "modal",
+        "callback_id": "hitl_correction",
+        "private_metadata": json.dumps({"reply_id": "hitl-replayed"}),
+    }
+    r = await asyncio.to_thread(submit_correction, gw, view, "a correction")
+    replayed = "Reply hitl-replayed was replayed from a recorded stream; it takes no review."
+    assert r.json() == {"response_action": "errors", "errors": {"correction": replayed}}
+    assert await asyncio.to_thread(ephemerals_to, standin, "UREVIEWER1") == [replayed]
+    state = "SELECT state FROM escalation WHERE reply_id = 'hitl-replayed'"
+    assert rows(tmp_path, state) == [("replayed",)]
+    assert rows(tmp_path, "SELECT count(*) FROM label") == [(0,)]
+
+
+def card_reply(card: dict[str, Any]) -> str:
+    return str(card["metadata"]["event_payload"]["reply_id"])
 
 
 def test_without_a_reviewer_list_channel_members_decide(
