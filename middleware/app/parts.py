@@ -365,7 +365,8 @@ def build_parts(
             settings.server.feedback_per_minute, name="feedback", quotas=quotas
         ),
         quotas=quotas,
-        draining=Draining(settings.server.shutdown_grace_s),
+        # Held clients wait through the shutdown grace, then get the fallback.
+        draining=Draining(settings.server.shutdown_grace_s, at_expiry=holds.stop_waiting),
         retention=Retention(store=store, retain_days=settings.privacy.retain_days, clock=clock),
         deep=deep,
     )

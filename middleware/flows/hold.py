@@ -3,7 +3,8 @@
 A held reply's exchange and escalation are committed like any other; then the client's
 request waits here. It is released as a reviewer decided (approve: the original reply;
 correct: exactly the correction; reject: the fallback), or with the fallback when the
-timeout passes. It fails closed: nothing but a committed decision ever releases the
+timeout passes, or when the gateway shuts down (``stop_waiting``, at the end of the
+shutdown grace). It fails closed: nothing but a committed decision ever releases the
 original text, a store that cannot be read keeps the client waiting until the timeout,
 and a process that dies while a client waits releases nothing.
 
@@ -78,6 +79,17 @@ class Holds:
         self._waiting: dict[str, asyncio.Event] = {}
         #: corrections decided here, as written, for the clients waiting here
         self._written: dict[str, str] = {}
+        #: shutting down: undecided holds get the fallback now, not at their timeout
+        self._stopping = False
+
+    def stop_waiting(self) -> None:
+        """The gateway is shutting down: every client still waiting gets the fallback
+        (after one last look for a decision), as do holds that begin from now on."""
+        self._stopping = True
+        if self._waiting:
+            log.warning("shutting down: %d held clients get the fallback", len(self._waiting))
+        for event in self._waiting.values():
+            event.set()
 
     def decided(self, outcome: ReviewOutcome) -> None:
         """A verdict was committed here: its waiter (if it is ours) looks at once."""
@@ -97,7 +109,7 @@ class Holds:
                 if release is not None:
                     break
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._stopping:
                     release = Release("fallback", self.fallback, timed_out=True)
                     break
                 event.clear()

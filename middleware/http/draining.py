@@ -1,6 +1,8 @@
 """Shutting down without cutting anyone off: on SIGTERM the server stops accepting, running
 streams get ``[server] shutdown_grace_s`` to finish, then end themselves cleanly (a last
-chunk saying ``incomplete``, then ``[DONE]``) and are recorded like any other."""
+chunk saying ``incomplete``, then ``[DONE]``) and are recorded like any other. Clients
+waiting for a reviewer (holds) wait through the grace too, then get the fallback
+(``at_expiry``): the server would otherwise cut them off with nothing."""
 
 from __future__ import annotations
 
@@ -21,9 +23,16 @@ Closer = Callable[[], Awaitable[None]]
 
 
 class Draining:
-    def __init__(self, grace_s: float, *, tick_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        grace_s: float,
+        *,
+        tick_s: float = 0.25,
+        at_expiry: Callable[[], None] | None = None,
+    ) -> None:
         self.grace_s = grace_s
         self.tick_s = tick_s
+        self.at_expiry = at_expiry
         #: when running streams must end (None: not shutting down)
         self.deadline: float | None = None
         self._open: dict[int, Closer] = {}
@@ -89,6 +98,9 @@ class Draining:
                     self.grace_s,
                 )
             if self.expired:
+                if self.at_expiry is not None:
+                    self.at_expiry()
+                    self.at_expiry = None  # once
                 # A silent upstream would keep its stream waiting: end the read itself.
                 for close in list(self._open.values()):
                     with contextlib.suppress(Exception):
