@@ -2,15 +2,15 @@
 process may still decide), then gets the fallback. Never the original, never a cut
 connection or a bare 500 when the server gives up on it.
 
-A real ``hitl serve`` process, SIGTERM, and a real ``hitl reviews decide`` process on the
-same SQLite file as the reviewer who decides during the grace.
+A real ``hitl serve`` (one process on SQLite, and two workers on PostgreSQL), SIGTERM,
+and a real ``hitl reviews decide`` process on the same store as the reviewer who decides
+during the grace.
 """
 
 from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import sqlalchemy
 
 from tests.support.fleet import clean_env, start_serve
 from tests.support.waiting import wait_for
@@ -25,14 +27,14 @@ from tests.support.waiting import wait_for
 FALLBACK = "A person is checking this; please try again later."
 
 
-def config(tmp_path: Path) -> str:
+def config(url: str) -> str:
     return f"""
 [server]
 shutdown_grace_s = 12
 [upstream]
 kind = "local"
 [store]
-url = "sqlite:///{tmp_path / "hitl.db"}"
+url = "{url}"
 [policy]
 hold_below = 1.0
 escalate_below = 1.0
@@ -68,18 +70,32 @@ def streamed(text: str) -> tuple[str, dict[str, Any]]:
     return content, chunks[-1]["hitl"]
 
 
-def escalations(db: Path) -> dict[str, tuple[Any, ...]]:
+def escalations(url: str) -> dict[str, tuple[Any, ...]]:
     """question -> (reply id, review state, what the hold released, timed out)."""
-    with sqlite3.connect(db) as conn:
-        found = conn.execute(
-            "SELECT x.question, e.reply_id, e.state, e.released, e.timed_out "
-            "FROM escalation e JOIN exchange x ON x.id = e.reply_id"
-        ).fetchall()
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                sqlalchemy.text(
+                    "SELECT x.question, e.reply_id, e.state, e.released, e.timed_out "
+                    "FROM escalation e JOIN exchange x ON x.id = e.reply_id"
+                )
+            ).fetchall()
+    finally:
+        engine.dispose()
     return {question: tuple(rest) for question, *rest in found}
 
 
-def test_held_clients_wait_through_the_grace_then_get_the_fallback(tmp_path: Path) -> None:
-    gateway = start_serve(tmp_path, config(tmp_path))
+@pytest.mark.parametrize(("kind", "workers"), [("sqlite", 1), ("postgres", 2)])
+def test_held_clients_wait_through_the_grace_then_get_the_fallback(
+    kind: str, workers: int, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'hitl.db'}"
+        if kind == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    gateway = start_serve(tmp_path, config(url), workers=workers)
     answers: dict[str, Any] = {}
     clients = [
         threading.Thread(target=held_request, args=(gateway.port, q), kwargs=kw)
@@ -91,11 +107,10 @@ def test_held_clients_wait_through_the_grace_then_get_the_fallback(tmp_path: Pat
     try:
         for client in clients:
             client.start()
-        db = tmp_path / "hitl.db"
-        wait_for(lambda: len(escalations(db)) == 2, timeout=20)
+        wait_for(lambda: len(escalations(url)) == 2, timeout=20)
         gateway.process.send_signal(signal.SIGTERM)
         # Another process decides one of them while this one drains.
-        approved_id = escalations(db)["approved during the grace?"][0]
+        approved_id = escalations(url)["approved during the grace?"][0]
         decided = subprocess.run(
             [
                 *(sys.executable, "-m", "middleware.cli", "reviews", "decide", approved_id),
@@ -126,6 +141,6 @@ def test_held_clients_wait_through_the_grace_then_get_the_fallback(tmp_path: Pat
     assert content == FALLBACK
     assert hitl["released"] == "fallback" and hitl["timed_out"] is True
 
-    rows = escalations(db)
+    rows = escalations(url)
     assert rows["approved during the grace?"][1:3] == ("approved", "original")
-    assert rows["nobody decides this one?"][1:] == ("pending", "fallback", 1)
+    assert rows["nobody decides this one?"][1:] == ("pending", "fallback", True)
