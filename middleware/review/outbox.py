@@ -359,16 +359,28 @@ class Outbox:
 
     async def _announce(self, now: float) -> None:
         """Say in the channel, once, that the model drifted. An event is claimed before it
-        is posted, so several dispatchers never announce it twice."""
-        for drift in await self.store.claim_announcements("drift", now=now):
+        is posted, so several dispatchers never announce it twice; the ones this pass
+        does not get to are given back, to be announced later rather than never."""
+        drifts = await self.store.claim_announcements("drift", now=now)
+        for index, drift in enumerate(drifts):
             try:
                 await self.channel.announce(drift_text(drift.data_json))
             except ReviewChannelRetryable as exc:
                 log.warning("drift announcement not posted (%s); retrying later", exc)
-                await self.store.unclaim_announcement(drift.id)
+                await self._unclaim([d.id for d in drifts[index:]])
                 return
+            except asyncio.CancelledError:
+                # Stopped mid-call: maybe posted, maybe not; said twice beats never.
+                await self._unclaim([d.id for d in drifts[index:]])
+                raise
             except ReviewChannelPermanent as exc:
                 log.error("drift announcement not posted: %s", exc)
+
+    async def _unclaim(self, event_ids: list[int]) -> None:
+        try:
+            await asyncio.gather(*(self.store.unclaim_announcement(i) for i in event_ids))
+        except StoreError as exc:
+            log.error("%d drift announcements not given back (%s)", len(event_ids), exc)
 
     async def unpark(self) -> int:
         """Rows parked by a log-only channel become due (a real channel is here now)."""
