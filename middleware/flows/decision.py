@@ -22,14 +22,7 @@ from middleware.flows.hooks import Hooks
 from middleware.ports import ReviewItem, ReviewOutcome
 from middleware.review.items import ReviewItems, votes_of
 from middleware.review.privacy import Redactor
-from middleware.vocabulary import (
-    LABEL_OF,
-    REASONS,
-    STATE_OF,
-    VERDICTS,
-    Reason,
-    Verdict,
-)
+from middleware.vocabulary import LABEL_OF, REASONS, STATE_OF, VERDICTS, Reason, Verdict
 
 log = logging.getLogger("hitl.review")
 
